@@ -319,6 +319,14 @@ class DualEncoder(nn.Module):
         self.text = TermEncoder(len(c.text_vocab) + 2, c.text_embed, c.text_hidden, c.embed_dim)
         self._sym = {s: i + 2 for i, s in enumerate(c.text_vocab)}
 
+    def forward(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward of both towers (one call, so DDP syncs gradients once).
+
+        pooled: (B, in_dim) pooled windows; ids/lengths: tokenized terms (M, L), (M,).
+        Returns unit vectors (B, E) and (M, E).
+        """
+        return self.speech(pooled), self.text(ids, lengths)
+
     # -- text side
     def tokenize(self, unit_strings: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit strings -> (ids (B, L), lengths (B,)); unknown symbols map to UNK."""

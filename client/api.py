@@ -1,0 +1,345 @@
+"""Sync and async clients for rasst, with typed errors that keep the gRPC status code.
+
+A :class:`Session` wraps ``StreamRetrieve``: chunks go out as they come, responses are
+delivered to a callback (or a queue), and a broken stream is re-opened with exponential
+backoff, resuming at the first unanswered sequence number with the stream clock intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from .v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class RasstError(Exception):
+    """A failed call; ``code`` is the gRPC status code, ``field_violations`` the BadRequest details."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, field_violations: list[tuple[str, str]] | None = None):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.field_violations = field_violations or []
+
+
+class InvalidArgument(RasstError):
+    pass
+
+
+class NotFound(RasstError):
+    pass
+
+
+class Unauthenticated(RasstError):
+    pass
+
+
+class PermissionDenied(RasstError):
+    pass
+
+
+class FailedPrecondition(RasstError):
+    pass
+
+
+class Unavailable(RasstError):
+    pass
+
+
+class DeadlineExceeded(RasstError):
+    pass
+
+
+_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+
+
+def from_rpc_error(e: grpc.RpcError) -> RasstError:
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = e.details() if hasattr(e, "details") else str(e)
+    violations = []
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        st = rpc_status.from_call(e) if hasattr(e, "trailing_metadata") else None
+        for d in st.details if st else []:
+            br = error_details_pb2.BadRequest()
+            if d.Unpack(br):
+                violations += [(v.field, v.description) for v in br.field_violations]
+    except Exception:  # details are a convenience; the code and message are what count
+        pass
+    return _BY_CODE.get(code, RasstError)(code, details or "", violations)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def audio_pb(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> retrieval_pb2.Audio:
+    """Float samples in [-1, 1] to an s16le Audio message (bytes, never repeated float)."""
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return retrieval_pb2.Audio(pcm=pcm, encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=sample_rate)
+
+
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+    """Read a PCM WAV with the standard library (mono mixdown), float32 in [-1, 1]."""
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        n, ch, width, rate = w.getnframes(), w.getnchannels(), w.getsampwidth(), w.getframerate()
+        raw = w.readframes(n)
+    if width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 4:
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
+    elif width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128.0
+    else:
+        raise ValueError(f"{path}: unsupported sample width {width} bytes")
+    return x.reshape(-1, ch).mean(axis=1), rate
+
+
+def channel_target(address: str) -> str:
+    return address
+
+
+def make_channel(address: str, tls_ca: str | None = None, aio: bool = True):
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    mod = grpc.aio if aio else grpc
+    if tls_ca is not None:
+        with open(tls_ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return mod.secure_channel(address, creds, options=options)
+    return mod.insecure_channel(address, options=options)
+
+
+def _auth(token: str | None):
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+# --------------------------------------------------------------------------- sync client
+
+
+class Client:
+    """Blocking client for scripts and tools."""
+
+    def __init__(self, address: str, token: str | None = None, tls_ca: str | None = None, timeout: float = 30.0):
+        self.channel = make_channel(address, tls_ca, aio=False)
+        self.retrieval = retrieval_pb2_grpc.TermRetrievalStub(self.channel)
+        self.admin = admin_pb2_grpc.GlossaryAdminStub(self.channel)
+        self.token = token
+        self.timeout = timeout
+
+    def _call(self, fn, request, admin: bool = False):
+        try:
+            return fn(request, timeout=self.timeout, metadata=_auth(self.token) if admin else ())
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def retrieve(self, samples: np.ndarray, glossary_id: str, lang: str, top_k: int = 10, threshold: float | None = None, sample_rate: int = SAMPLE_RATE):
+        req = retrieval_pb2.RetrieveRequest(glossary_id=glossary_id, target_lang=lang, audio=audio_pb(samples, sample_rate), top_k=top_k)
+        if threshold is not None:
+            req.score_threshold = threshold
+        return self._call(self.retrieval.Retrieve, req)
+
+    def put_glossary(self, glossary_id: str, entries: list[dict] | None = None, content: bytes | None = None, fmt: str | None = None):
+        req = admin_pb2.PutGlossaryRequest(glossary_id=glossary_id)
+        if content is not None:
+            req.content = content
+            req.format = admin_pb2.GlossaryFormat.Value(f"GLOSSARY_FORMAT_{(fmt or '').upper()}")
+        for e in entries or []:
+            req.entries.append(entry_pb(e))
+        return self._call(self.admin.PutGlossary, req, admin=True)
+
+    def patch_glossary(self, glossary_id: str, upserts: list[dict] = (), delete_ids: list[str] = (), expected_version: int = 0):
+        req = admin_pb2.PatchGlossaryRequest(glossary_id=glossary_id, delete_ids=list(delete_ids), expected_version=expected_version)
+        req.upserts.extend(entry_pb(e) for e in upserts)
+        return self._call(self.admin.PatchGlossary, req, admin=True)
+
+    def get_glossary(self, glossary_id: str, include_entries: bool = False):
+        return self._call(self.admin.GetGlossary, admin_pb2.GetGlossaryRequest(glossary_id=glossary_id, include_entries=include_entries), admin=True)
+
+    def list_glossaries(self):
+        return list(self._call(self.admin.ListGlossaries, admin_pb2.ListGlossariesRequest(), admin=True).glossaries)
+
+    def delete_glossary(self, glossary_id: str):
+        return self._call(self.admin.DeleteGlossary, admin_pb2.DeleteGlossaryRequest(glossary_id=glossary_id), admin=True)
+
+    def reload_model(self, checkpoint_path: str):
+        return self._call(self.admin.ReloadModel, admin_pb2.ReloadModelRequest(checkpoint_path=checkpoint_path), admin=True)
+
+    def stats(self):
+        return self._call(self.admin.GetStats, admin_pb2.GetStatsRequest(), admin=True)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def entry_pb(e: dict) -> admin_pb2.GlossaryEntry:
+    return admin_pb2.GlossaryEntry(id=e.get("id", ""), term=e["term"], translations=e.get("translations", {}), aliases=e.get("aliases", []))
+
+
+# --------------------------------------------------------------------------- async session
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    glossary_id: str
+    target_lang: str
+    top_k: int = 10
+    score_threshold: float | None = None
+    chunk_s: float = 0.96
+    lookback_s: float = 1.92
+    deadline_ms: int = 1000
+    sample_rate: int = SAMPLE_RATE
+    session_id: str = ""
+    # Reconnect: attempts before giving up, first delay and cap (seconds), doubling with jitter.
+    max_retries: int = 5
+    backoff_s: float = 0.1
+    backoff_max_s: float = 2.0
+    # Chunks in flight (sent, not yet answered) before send() waits: flow control.
+    max_in_flight: int = 8
+
+
+class Session:
+    """An async StreamRetrieve session that survives a broken connection.
+
+    ``await send(samples)`` queues one chunk (float32 at ``sample_rate``) and returns its
+    sequence number; ``on_response(resp, sent_at)`` is called for every response in
+    order. After a transport failure the stream is re-opened with the chunks not yet
+    answered, and their sequence numbers and stream times are kept.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, options: SessionOptions, on_response: Callable | None = None):
+        self.stub = retrieval_pb2_grpc.TermRetrievalStub(channel)
+        self.o = options
+        self.on_response = on_response
+        self.responses: asyncio.Queue = asyncio.Queue()
+        self._pending: dict[int, tuple[bytes, float, float]] = {}  # seq -> (pcm, stream_start_s, sent_at)
+        self._next_seq = 0
+        self._t_stream = 0.0
+        self._outbox: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._window = asyncio.Semaphore(options.max_in_flight)
+        self.reconnects = 0
+        self.error: RasstError | None = None
+        self._done = asyncio.Event()
+
+    async def start(self) -> Session:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def send(self, samples: np.ndarray) -> int:
+        if self.error is not None:
+            raise self.error
+        await self._window.acquire()
+        seq = self._next_seq
+        self._next_seq += 1
+        pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        self._pending[seq] = (pcm, self._t_stream, time.monotonic())
+        self._t_stream += len(samples) / self.o.sample_rate
+        if self._outbox is not None:
+            self._outbox.put_nowait(seq)
+        return seq
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Finish: wait for the answers to every chunk sent (or the timeout), then end the stream."""
+        self._closed = True
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            if self._task:
+                self._task.cancel()
+        if self.error is not None:
+            raise self.error
+
+    def _config(self, first_seq: int, offset: float) -> retrieval_pb2.StreamRetrieveRequest:
+        c = retrieval_pb2.SessionConfig(
+            glossary_id=self.o.glossary_id,
+            target_lang=self.o.target_lang,
+            top_k=self.o.top_k,
+            chunk_s=self.o.chunk_s,
+            lookback_s=self.o.lookback_s,
+            encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+            sample_rate_hz=self.o.sample_rate,
+            deadline_ms=self.o.deadline_ms,
+            session_id=self.o.session_id,
+            first_sequence=first_seq,
+            stream_offset_s=offset,
+        )
+        if self.o.score_threshold is not None:
+            c.score_threshold = self.o.score_threshold
+        return retrieval_pb2.StreamRetrieveRequest(config=c)
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while True:
+                first = min(self._pending) if self._pending else self._next_seq
+                offset = self._pending[first][1] if self._pending else self._t_stream
+                self._outbox = asyncio.Queue()
+                for seq in sorted(self._pending):
+                    self._outbox.put_nowait(seq)
+                if self._closed:
+                    self._outbox.put_nowait(None)
+                outbox = self._outbox
+
+                async def requests(first=first, offset=offset, outbox=outbox):
+                    yield self._config(first, offset)
+                    while True:
+                        seq = await outbox.get()
+                        if seq is None:
+                            return
+                        if seq in self._pending:
+                            yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=seq, pcm=self._pending[seq][0]))
+
+                call = self.stub.StreamRetrieve(requests())
+                try:
+                    async for resp in call:
+                        attempt = 0
+                        item = self._pending.pop(resp.sequence, None)
+                        self._window.release()
+                        sent_at = item[2] if item else time.monotonic()
+                        if self.on_response is not None:
+                            self.on_response(resp, sent_at)
+                        self.responses.put_nowait((resp, sent_at))
+                    if self._closed and not self._pending:
+                        return
+                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "stream ended with chunks unanswered")
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in RETRYABLE or attempt >= self.o.max_retries:
+                        self.error = from_rpc_error(e)
+                        return
+                    delay = min(self.o.backoff_max_s, self.o.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                    attempt += 1
+                    self.reconnects += 1
+                    logger.warning("stream broke (%s); reconnect %d in %.2fs from sequence %s", e.code().name, attempt, delay, min(self._pending) if self._pending else self._next_seq)
+                    await asyncio.sleep(delay)
+        finally:
+            self._done.set()

@@ -1,0 +1,328 @@
+"""The retrieval engine: model + served glossaries as one immutable snapshot, and the
+batching worker that owns the encoder.
+
+Every request captures the snapshot current at its arrival and is answered from it,
+so a glossary change or a model reload (a new snapshot swapped in by one reference
+assignment) never mixes versions inside a request and never fails one.
+
+One worker thread runs the speech encoder and the searches: it takes requests from
+all sessions, batches them (max windows, max wait), drops those whose deadline has
+passed, and hands results back to the asyncio loop. The loop never blocks on torch
+or faiss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .glossary import Entry, Glossary, GlossaryStore
+from .index import EXACT_MAX_DEFAULT, TermIndex
+from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedGlossary:
+    glossary: Glossary
+    index: TermIndex
+    row_form: tuple[str, ...]  # spoken form (term or alias) of each index row
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    model: DualEncoder | None
+    frontend: object | None
+    model_id: str
+    glossaries: dict[str, ServedGlossary]
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Max windows (all sessions) in one encoder batch.
+    max_batch_windows: int = 2048
+    # Max time the worker waits to fill a batch, seconds.
+    max_wait_s: float = 0.004
+    # Glossaries with more rows than this use HNSW instead of exact search.
+    exact_max: int = EXACT_MAX_DEFAULT
+    # torch / CTranslate2 threads of the worker.
+    threads: int = 1
+    # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.
+    device: str = "cpu"
+    # Index rows considered per window before entry max-pooling.
+    search_k: int = 32
+
+
+@dataclass
+class HitOut:
+    entry: Entry
+    form: str
+    score: float
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class Result:
+    hits: list[HitOut]
+    glossary_version: int
+    queue_ms: float = 0.0
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+    batch_windows: int = 0
+    dropped: bool = False
+
+
+class EngineNotReady(RuntimeError):
+    pass
+
+
+class UnknownGlossary(LookupError):
+    pass
+
+
+@dataclass
+class _Job:
+    clip: np.ndarray
+    snapshot: Snapshot
+    served: ServedGlossary
+    top_k: int
+    threshold: float
+    deadline: float  # time.monotonic()
+    clip_start_s: float
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.monotonic)
+
+
+def embed_glossary(model: DualEncoder, g: Glossary, exact_max: int = EXACT_MAX_DEFAULT, progress: bool = False) -> ServedGlossary:
+    """Embed every spoken form of every entry and index them."""
+    forms, row_entry = [], []
+    for i, e in enumerate(g.entries):
+        for f in e.forms():
+            forms.append(f)
+            row_entry.append(i)
+    xb = model.encode_terms(forms, progress=progress) if forms else np.zeros((0, model.config.embed_dim), np.float32)
+    return ServedGlossary(g, TermIndex(xb, np.asarray(row_entry), exact_max), tuple(forms))
+
+
+class Engine:
+    def __init__(self, store: GlossaryStore, cfg: EngineConfig | None = None):
+        self.cfg = cfg or EngineConfig()
+        self.store = store
+        self._snap = Snapshot(None, None, "", {})
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._worker, name="rasst-encoder", daemon=True)
+        self._running = True
+        self._swap_lock = threading.Lock()  # serialises writers; readers just read self._snap
+        self.stats = {"requests": 0, "dropped": 0, "batches": 0}
+        self.observe_batch = None  # optional callback(n_windows) for metrics
+        self._thread.start()
+
+    # -- snapshot
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def load_model(self, checkpoint: str | Path) -> tuple[str, int]:
+        """Load a checkpoint, re-embed every stored glossary, swap. Blocking (call off the loop)."""
+        torch.set_num_threads(self.cfg.threads)
+        model = DualEncoder.from_pretrained(checkpoint)
+        frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
+        served = {g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()}
+        mid = checkpoint_id(checkpoint)
+        with self._swap_lock:
+            # Glossaries changed while we embedded are re-embedded under the lock.
+            for g in self.store.list():
+                if g.glossary_id not in served or served[g.glossary_id].glossary.version != g.version:
+                    served[g.glossary_id] = embed_glossary(model, g, self.cfg.exact_max)
+            self._snap = Snapshot(model, frontend, mid, served)
+        logger.info("model %s serving %d glossaries", mid, len(served))
+        return mid, len(served)
+
+    def commit_glossary(self, g: Glossary) -> None:
+        """Embed (if a model is loaded) and persist a new version, then swap it in."""
+        snap = self._snap
+        served = embed_glossary(snap.model, g, self.cfg.exact_max) if snap.model is not None else None
+        with self._swap_lock:
+            self.store.commit(g)
+            if self._snap.model is not snap.model and self._snap.model is not None:
+                served = embed_glossary(self._snap.model, g, self.cfg.exact_max)  # model changed meanwhile
+            gl = dict(self._snap.glossaries)
+            if served is not None:
+                gl[g.glossary_id] = served
+            self._snap = replace(self._snap, glossaries=gl)
+
+    def delete_glossary(self, gid: str) -> bool:
+        with self._swap_lock:
+            ok = self.store.delete(gid)
+            gl = dict(self._snap.glossaries)
+            gl.pop(gid, None)
+            self._snap = replace(self._snap, glossaries=gl)
+        return ok
+
+    # -- requests
+    def submit(
+        self, clip: np.ndarray, glossary_id: str, top_k: int, threshold: float | None, deadline_s: float, clip_start_s: float = 0.0
+    ) -> asyncio.Future:
+        """Queue one clip; the future resolves to a Result. Call from the event loop."""
+        snap = self._snap
+        if not snap.ready:
+            raise EngineNotReady("no model is loaded; load one with the admin ReloadModel call or start with --checkpoint")
+        served = snap.glossaries.get(glossary_id)
+        if served is None:
+            raise UnknownGlossary(glossary_id)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        thr = snap.model.config.threshold if threshold is None else threshold
+        self._queue.put(_Job(clip, snap, served, top_k, thr, time.monotonic() + deadline_s, clip_start_s, fut, loop))
+        return fut
+
+    def close(self) -> None:
+        self._running = False
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    # -- worker
+    def _worker(self) -> None:
+        torch.set_num_threads(self.cfg.threads)
+        while self._running:
+            job = self._queue.get()
+            if job is None:
+                break
+            batch = [job]
+            windows = _n_windows(job)
+            until = time.monotonic() + self.cfg.max_wait_s
+            while windows < self.cfg.max_batch_windows:
+                remaining = until - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._running = False
+                    break
+                batch.append(nxt)
+                windows += _n_windows(nxt)
+            try:
+                self._process(batch)
+            except Exception as e:  # never let one bad batch kill the worker
+                logger.exception("batch of %d failed", len(batch))
+                for j in batch:
+                    _resolve(j, exc=e)
+
+    def _process(self, batch: list[_Job]) -> None:
+        t0 = time.monotonic()
+        live = []
+        for j in batch:
+            if j.future.cancelled():
+                continue
+            if t0 > j.deadline:
+                self.stats["dropped"] += 1
+                _resolve(j, Result([], j.served.glossary.version, queue_ms=(t0 - j.submitted) * 1e3, dropped=True))
+            else:
+                live.append(j)
+        if not live:
+            return
+        self.stats["batches"] += 1
+        # Encode: one front-end call for all clips of one model, then one head forward.
+        by_model: dict[int, list[_Job]] = {}
+        for j in live:
+            by_model.setdefault(id(j.snapshot.model), []).append(j)
+        vectors: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        for jobs in by_model.values():
+            model, frontend = jobs[0].snapshot.model, jobs[0].snapshot.frontend
+            frames = frontend.frames([j.clip for j in jobs])
+            pooled, bounds = [], [0]
+            span_list = []
+            for fr in frames:
+                spans = model.windows(len(fr))
+                span_list.append(spans)
+                pooled.append(pool_windows(torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_thirds))
+                bounds.append(bounds[-1] + len(spans))
+            with torch.no_grad():
+                vec = model.speech(torch.cat(pooled)).numpy()
+            for k, j in enumerate(jobs):
+                vectors[id(j)] = (vec[bounds[k] : bounds[k + 1]], span_list[k], frontend.frame_rate)
+        t1 = time.monotonic()
+        n_windows = sum(len(v[0]) for v in vectors.values())
+        if self.observe_batch:
+            self.observe_batch(n_windows)
+        # Search: one call per glossary index over all its jobs' windows.
+        by_index: dict[int, list[_Job]] = {}
+        for j in live:
+            by_index.setdefault(id(j.served), []).append(j)
+        results: dict[int, list[HitOut]] = {}
+        for jobs in by_index.values():
+            served = jobs[0].served
+            xq = np.concatenate([vectors[id(j)][0] for j in jobs])
+            k = min(self.cfg.search_k, max(1, served.index.ntotal))
+            D, I = served.index.search(xq, k)
+            off = 0
+            for j in jobs:
+                v, spans, rate = vectors[id(j)]
+                n = len(v)
+                hits = served.index.best_entries(D[off : off + n], I[off : off + n], j.threshold, j.top_k)
+                off += n
+                results[id(j)] = [
+                    HitOut(
+                        served.glossary.entries[h.entry],
+                        served.row_form[h.row],
+                        h.score,
+                        j.clip_start_s + spans[h.window][0] / rate,
+                        j.clip_start_s + spans[h.window][1] / rate,
+                    )
+                    for h in hits
+                ]
+        t2 = time.monotonic()
+        share = 1.0 / len(live)
+        for j in live:
+            self.stats["requests"] += 1
+            _resolve(
+                j,
+                Result(
+                    results[id(j)],
+                    j.served.glossary.version,
+                    queue_ms=(t0 - j.submitted) * 1e3,
+                    encode_ms=(t1 - t0) * 1e3 * share,
+                    search_ms=(t2 - t1) * 1e3 * share,
+                    batch_windows=n_windows,
+                ),
+            )
+
+
+def _n_windows(j: _Job) -> int:
+    # Rough count before encoding, for batch sizing only.
+    frames = max(1, len(j.clip) // 320)
+    return max(1, sum(max(1, (frames - w) // j.snapshot.model.config.window_stride + 1) for w in j.snapshot.model.config.window_frames))
+
+
+def _resolve(j: _Job, result: Result | None = None, exc: BaseException | None = None) -> None:
+    def _set():
+        if j.future.done():
+            return
+        if exc is not None:
+            j.future.set_exception(exc)
+        else:
+            j.future.set_result(result)
+
+    try:
+        j.loop.call_soon_threadsafe(_set)
+    except RuntimeError:  # loop closed: the caller is gone
+        pass

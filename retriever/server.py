@@ -1,0 +1,668 @@
+"""gRPC servicers (TermRetrieval, GlossaryAdmin), health, reflection, metrics and ``rasst serve``.
+
+``create_server(config) -> (server, port, state)`` and ``serve(...)`` are separate so
+tests bind ``127.0.0.1:0`` and talk through a real channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from client.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+
+from . import audio as A
+from .engine import Engine, EngineConfig, EngineNotReady, Result, UnknownGlossary
+from .glossary import GlossaryError, GlossaryStore, VersionConflict, load_file, make_entry, parse, validate_glossary_id
+from .model import default_checkpoint_dir
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    retrieval_pb2.DESCRIPTOR.services_by_name["TermRetrieval"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["GlossaryAdmin"].full_name,
+)
+ENCODINGS = {retrieval_pb2.AUDIO_ENCODING_S16LE: "s16le", retrieval_pb2.AUDIO_ENCODING_F32LE: "f32le"}
+FORMATS = {
+    admin_pb2.GLOSSARY_FORMAT_JSONL: "jsonl",
+    admin_pb2.GLOSSARY_FORMAT_CSV: "csv",
+    admin_pb2.GLOSSARY_FORMAT_TSV: "tsv",
+    admin_pb2.GLOSSARY_FORMAT_ACL_JSON: "acl_json",
+    admin_pb2.GLOSSARY_FORMAT_TBX: "tbx",
+}
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 100
+MIN_CLIP_S = 0.1
+DEMO_DIR = Path(__file__).parent / "demo"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # host:port to listen on; port 0 picks a free one.
+    address: str = "127.0.0.1:50051"
+    # Checkpoint directory; "default" = the one shipped in the package, "none" = start without a model.
+    checkpoint: str = "default"
+    # Where glossaries are persisted.
+    data_dir: str = "var/rasst"
+    # Admin bearer token; empty = generate one and write it to {data_dir}/admin_token (0600).
+    admin_token: str = ""
+    # PEM certificate and key for TLS; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Load the demo glossary ("demo") when the store has none of that id.
+    demo_glossary: bool = True
+    # Prometheus /metrics port; 0 = off.
+    metrics_port: int = 0
+    # Largest request message in bytes (a 60 s f32le clip is ~3.8 MB).
+    max_message_bytes: int = 8 * 1024 * 1024
+    # Encoder batching.
+    max_batch_windows: int = 2048
+    max_wait_ms: float = 4.0
+    # Rows above which a glossary uses HNSW.
+    exact_max: int = 100_000
+    # torch / CTranslate2 threads for the encoder worker.
+    threads: int = 1
+    # Seconds given to in-flight calls on SIGTERM.
+    drain_s: float = 5.0
+    log_level: str = "INFO"
+    # JSON log lines.
+    json_logs: bool = False
+
+
+def validate_server_config(c: ServerConfig) -> ServerConfig:
+    if ":" not in c.address:
+        raise ValueError(f"address must be host:port, got {c.address!r}")
+    if bool(c.tls_cert) != bool(c.tls_key):
+        raise ValueError("tls_cert and tls_key must be given together")
+    if not 1024 <= c.max_message_bytes <= 256 * 1024 * 1024:
+        raise ValueError(f"max_message_bytes must be in [1024, 268435456], got {c.max_message_bytes}")
+    if not 1 <= c.max_batch_windows <= 1_000_000:
+        raise ValueError(f"max_batch_windows must be in [1, 1000000], got {c.max_batch_windows}")
+    if not 0 <= c.max_wait_ms <= 1000:
+        raise ValueError(f"max_wait_ms must be in [0, 1000], got {c.max_wait_ms}")
+    if not 1 <= c.threads <= 256:
+        raise ValueError(f"threads must be in [1, 256], got {c.threads}")
+    return c
+
+
+def load_config(argv_values: dict, toml_path: str | None = None, env: dict | None = None) -> ServerConfig:
+    """Defaults < TOML file < environment (RASST_<FIELD>) < flags."""
+    env = os.environ if env is None else env
+    values: dict = {}
+    if toml_path:
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(toml_path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot read config file {toml_path}: {e}") from e
+        values.update(data.get("server", data))
+    types = {f.name: f.type for f in fields(ServerConfig)}
+    for name in types:
+        key = f"RASST_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in argv_values.items() if v is not None})
+    unknown = set(values) - set(types)
+    if unknown:
+        raise ValueError(f"unknown server settings {sorted(unknown)}")
+    defaults = ServerConfig()
+    coerced = {}
+    for k, v in values.items():
+        want = type(getattr(defaults, k))
+        if want is bool and isinstance(v, str):
+            v = v.lower() in ("1", "true", "yes", "on")
+        try:
+            coerced[k] = want(v)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"setting {k} must be {want.__name__}, got {v!r}") from e
+    return validate_server_config(replace(defaults, **coerced))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def abort_invalid(context, field_name: str, description: str):
+    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)]))
+    st = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[detail])
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, st.message, trailing_metadata=rpc_status.to_status(st).trailing_metadata)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        lat_buckets = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+        self.requests = Counter("rasst_requests", "Chunks and clips answered", ["rpc", "code"], registry=self.registry)
+        self.latency = Histogram("rasst_chunk_latency_seconds", "Server time per chunk or clip", ["rpc"], buckets=lat_buckets, registry=self.registry)
+        self.queue_latency = Histogram("rasst_queue_latency_seconds", "Wait for the encoder worker", buckets=lat_buckets, registry=self.registry)
+        self.batch = Histogram("rasst_batch_windows", "Windows per encoder batch", buckets=(1, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=self.registry)
+        self.queue_depth = Gauge("rasst_queue_depth", "Requests waiting for the encoder", registry=self.registry)
+        self.sessions = Gauge("rasst_active_sessions", "Open StreamRetrieve sessions", registry=self.registry)
+        self.dropped = Counter("rasst_dropped_chunks", "Chunks dropped past their deadline", registry=self.registry)
+        self.glossary_entries = Gauge("rasst_glossary_entries", "Entries per glossary", ["glossary"], registry=self.registry)
+        self.glossary_version = Gauge("rasst_glossary_version", "Live version per glossary", ["glossary"], registry=self.registry)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    engine: Engine
+    store: GlossaryStore
+    health: HealthServicer
+    metrics: Metrics
+    admin_token: str
+    started: float = field(default_factory=time.time)
+    active_sessions: int = 0
+    admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    draining: bool = False
+
+    async def set_serving(self) -> None:
+        ok = self.engine.snapshot.ready and not self.draining
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    def refresh_glossary_metrics(self) -> None:
+        for g in self.store.list():
+            self.metrics.glossary_entries.labels(g.glossary_id).set(len(g.entries))
+            self.metrics.glossary_version.labels(g.glossary_id).set(g.version)
+
+
+def _hits_pb(result: Result, lang: str) -> list[retrieval_pb2.Hit]:
+    return [
+        retrieval_pb2.Hit(
+            entry_id=h.entry.id,
+            term=h.entry.term,
+            translation=h.entry.translations.get(lang, ""),
+            score=h.score,
+            start_s=h.start_s,
+            end_s=h.end_s,
+            matched_form=h.form,
+        )
+        for h in result.hits
+    ]
+
+
+def _timings(result: Result, t_arrival: float) -> retrieval_pb2.ServerTimings:
+    return retrieval_pb2.ServerTimings(
+        queue_ms=result.queue_ms,
+        encode_ms=result.encode_ms,
+        search_ms=result.search_ms,
+        total_ms=(time.monotonic() - t_arrival) * 1e3,
+        batch_size=result.batch_windows,
+    )
+
+
+# --------------------------------------------------------------------------- data plane
+
+
+class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
+    def __init__(self, state: ServerState):
+        self.s = state
+
+    async def _check_common(self, context, glossary_id: str, lang: str, top_k: int, has_thr: bool, thr: float, prefix: str = ""):
+        snap = self.s.engine.snapshot
+        if not snap.ready:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no model is loaded; an operator must call GlossaryAdmin.ReloadModel")
+        if not glossary_id:
+            await abort_invalid(context, f"{prefix}glossary_id", "required")
+        served = snap.glossaries.get(glossary_id)
+        if served is None:
+            known = sorted(snap.glossaries)[:20]
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{prefix}glossary_id: unknown glossary {glossary_id!r}; known: {known}")
+        if not lang:
+            await abort_invalid(context, f"{prefix}target_lang", "required (e.g. 'de')")
+        langs = served.glossary.languages
+        if lang not in langs:
+            await abort_invalid(context, f"{prefix}target_lang", f"glossary {glossary_id!r} has no {lang!r} translations; it has {langs}")
+        if not 0 <= top_k <= MAX_TOP_K:
+            await abort_invalid(context, f"{prefix}top_k", f"must be in [1, {MAX_TOP_K}] (0 = {DEFAULT_TOP_K}), got {top_k}")
+        if has_thr and not (-1.0 <= thr <= 1.0):
+            await abort_invalid(context, f"{prefix}score_threshold", f"must be in [-1, 1], got {thr}")
+
+    async def _await(self, fut, context, rpc: str):
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    async def Retrieve(self, request, context):
+        t_arrival = time.monotonic()
+        r = request
+        await self._check_common(context, r.glossary_id, r.target_lang, r.top_k, r.HasField("score_threshold"), r.score_threshold)
+        if not r.HasField("audio"):
+            await abort_invalid(context, "audio", "required")
+        enc = ENCODINGS.get(r.audio.encoding)
+        if enc is None:
+            await abort_invalid(context, "audio.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE")
+        try:
+            clip = A.decode_pcm(r.audio.pcm, enc, r.audio.sample_rate_hz)
+        except A.AudioError as e:
+            await abort_invalid(context, e.field, str(e))
+        dur = len(clip) / A.SAMPLE_RATE
+        if not MIN_CLIP_S <= dur <= A.MAX_CLIP_SECONDS:
+            await abort_invalid(context, "audio.pcm", f"clip must last {MIN_CLIP_S}..{A.MAX_CLIP_SECONDS:.0f} s, got {dur:.3f} s")
+        remaining = context.time_remaining()
+        deadline = remaining if remaining is not None else 30.0
+        try:
+            fut = self.s.engine.submit(clip, r.glossary_id, r.top_k or DEFAULT_TOP_K, r.score_threshold if r.HasField("score_threshold") else None, deadline)
+        except EngineNotReady as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except UnknownGlossary:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: unknown glossary {r.glossary_id!r}")
+        result = await self._await(fut, context, "Retrieve")
+        if result.dropped:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the encoder reached this clip")
+        self._observe("Retrieve", result, t_arrival)
+        return retrieval_pb2.RetrieveResponse(
+            hits=_hits_pb(result, r.target_lang), glossary_version=result.glossary_version, timings=_timings(result, t_arrival), audio_duration_s=dur
+        )
+
+    def _observe(self, rpc: str, result: Result, t_arrival: float) -> None:
+        m = self.s.metrics
+        m.requests.labels(rpc, "OK").inc()
+        m.latency.labels(rpc).observe(time.monotonic() - t_arrival)
+        m.queue_latency.observe(result.queue_ms / 1e3)
+        m.queue_depth.set(self.s.engine.queue_depth())
+        if result.dropped:
+            m.dropped.inc()
+
+    async def StreamRetrieve(self, request_iterator, context):
+        it = request_iterator.__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("message") != "config":
+            await abort_invalid(context, "config", "the first message of a session must be a SessionConfig")
+        c = first.config
+        await self._check_common(context, c.glossary_id, c.target_lang, c.top_k, c.HasField("score_threshold"), c.score_threshold, "config.")
+        enc = ENCODINGS.get(c.encoding)
+        if enc is None:
+            await abort_invalid(context, "config.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE")
+        if not A.MIN_INPUT_RATE <= c.sample_rate_hz <= A.MAX_INPUT_RATE:
+            await abort_invalid(context, "config.sample_rate_hz", f"must be in [{A.MIN_INPUT_RATE}, {A.MAX_INPUT_RATE}], got {c.sample_rate_hz}")
+        chunk_s = c.chunk_s or 0.96
+        if not 0.1 <= chunk_s <= 5.0:
+            await abort_invalid(context, "config.chunk_s", f"must be in [0.1, 5] seconds (0 = 0.96), got {c.chunk_s}")
+        lookback_s = c.lookback_s if c.HasField("lookback_s") else 1.92
+        if not 0.0 <= lookback_s <= 10.0:
+            await abort_invalid(context, "config.lookback_s", f"must be in [0, 10] seconds, got {lookback_s}")
+        deadline_ms = c.deadline_ms or 1000
+        if not 1 <= deadline_ms <= 60000:
+            await abort_invalid(context, "config.deadline_ms", f"must be in [1, 60000] (0 = 1000), got {c.deadline_ms}")
+        if len(c.session_id) > 128:
+            await abort_invalid(context, "config.session_id", f"at most 128 characters, got {len(c.session_id)}")
+        if not (c.stream_offset_s >= 0 and np.isfinite(c.stream_offset_s)):
+            await abort_invalid(context, "config.stream_offset_s", f"must be a finite number >= 0, got {c.stream_offset_s}")
+        top_k = c.top_k or DEFAULT_TOP_K
+        thr = c.score_threshold if c.HasField("score_threshold") else None
+        max_chunk = int(4 * chunk_s * A.SAMPLE_RATE)
+        keep = int(lookback_s * A.SAMPLE_RATE)
+        ring: deque[np.ndarray] = deque()
+        ring_len = 0
+        t_stream = float(c.stream_offset_s)  # stream time of the next chunk's start
+        expected = c.first_sequence
+        self.s.active_sessions += 1
+        self.s.metrics.sessions.inc()
+        logger.info("session %s opened: glossary=%s lang=%s chunk=%.2fs lookback=%.2fs", c.session_id or "-", c.glossary_id, c.target_lang, chunk_s, lookback_s)
+        try:
+            async for req in it:
+                t_arrival = time.monotonic()
+                if req.WhichOneof("message") != "chunk":
+                    await abort_invalid(context, "config", "SessionConfig is only allowed as the first message")
+                ch = req.chunk
+                if ch.sequence != expected:
+                    await abort_invalid(context, "chunk.sequence", f"expected {expected}, got {ch.sequence} (sequence numbers increase by one)")
+                expected += 1
+                try:
+                    x = A.decode_pcm(ch.pcm, enc, c.sample_rate_hz, field="chunk")
+                except A.AudioError as e:
+                    await abort_invalid(context, e.field, str(e))
+                if len(x) > max_chunk:
+                    await abort_invalid(context, "chunk.pcm", f"chunk lasts {len(x) / A.SAMPLE_RATE:.2f} s; at most 4 * chunk_s = {4 * chunk_s:.2f} s")
+                # Ring buffer: the chunk plus up to lookback_s of audio before it.
+                prev = _tail(ring, keep)
+                clip = np.concatenate([prev, x]) if len(prev) else x
+                clip_start = t_stream - len(prev) / A.SAMPLE_RATE
+                ring.append(x)
+                ring_len += len(x)
+                while ring and ring_len - len(ring[0]) >= keep:
+                    ring_len -= len(ring.popleft())
+                chunk_start, t_stream = t_stream, t_stream + len(x) / A.SAMPLE_RATE
+                resp = retrieval_pb2.StreamRetrieveResponse(sequence=ch.sequence, chunk_start_s=chunk_start, chunk_end_s=t_stream)
+                if len(clip) < int(MIN_CLIP_S * A.SAMPLE_RATE):
+                    # Too little audio to hold a term: answer at once, with no hits.
+                    resp.glossary_version = self.s.engine.snapshot.glossaries[c.glossary_id].glossary.version if c.glossary_id in self.s.engine.snapshot.glossaries else 0
+                    resp.timings.total_ms = (time.monotonic() - t_arrival) * 1e3
+                    yield resp
+                    continue
+                try:
+                    fut = self.s.engine.submit(clip, c.glossary_id, top_k, thr, deadline_ms / 1e3, clip_start)
+                except EngineNotReady as e:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                except UnknownGlossary:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary {c.glossary_id!r} was deleted during the session")
+                result = await self._await(fut, context, "StreamRetrieve")
+                self._observe("StreamRetrieve", result, t_arrival)
+                resp.hits.extend(_hits_pb(result, c.target_lang))
+                resp.glossary_version = result.glossary_version
+                resp.timings.CopyFrom(_timings(result, t_arrival))
+                resp.dropped = result.dropped
+                yield resp
+        finally:
+            self.s.active_sessions -= 1
+            self.s.metrics.sessions.dec()
+            logger.info("session %s closed after %d chunks", c.session_id or "-", expected - c.first_sequence)
+
+
+def _tail(ring: deque, n: int) -> np.ndarray:
+    if n <= 0 or not ring:
+        return np.zeros(0, np.float32)
+    joined = np.concatenate(list(ring))
+    return joined[-n:]
+
+
+# --------------------------------------------------------------------------- admin
+
+
+def _glossary_pb(g, include_entries: bool = False) -> admin_pb2.Glossary:
+    pb = admin_pb2.Glossary(
+        name=f"glossaries/{g.glossary_id}", glossary_id=g.glossary_id, version=g.version, entry_count=len(g.entries), languages=g.languages, update_time=g.update_time
+    )
+    if include_entries:
+        pb.entries.extend(admin_pb2.GlossaryEntry(id=e.id, term=e.term, translations=e.translations, aliases=list(e.aliases)) for e in g.entries)
+    return pb
+
+
+def _entries_from_pb(entries, where: str):
+    return [
+        make_entry({"id": e.id or None, "term": e.term, "translations": dict(e.translations), "aliases": list(e.aliases)}, f"{where}[{i}]")
+        for i, e in enumerate(entries)
+    ]
+
+
+class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
+    def __init__(self, state: ServerState):
+        self.s = state
+
+    async def _auth(self, context) -> None:
+        md = dict(context.invocation_metadata() or ())
+        value = md.get("authorization", "")
+        if not value:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin calls need metadata 'authorization: Bearer <token>'")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.s.admin_token.encode()):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
+
+    async def _gid(self, context, gid: str) -> str:
+        try:
+            return validate_glossary_id(gid)
+        except GlossaryError as e:
+            await abort_invalid(context, e.field, e.message)
+
+    async def _commit(self, context, g):
+        try:
+            await asyncio.to_thread(self.s.engine.commit_glossary, g)
+        except OSError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, f"could not persist glossary {g.glossary_id!r}: {e}")
+        self.s.refresh_glossary_metrics()
+        logger.info("glossary %s committed at version %d (%d entries)", g.glossary_id, g.version, len(g.entries))
+        return _glossary_pb(g)
+
+    async def PutGlossary(self, request, context):
+        await self._auth(context)
+        gid = await self._gid(context, request.glossary_id)
+        try:
+            if request.content:
+                fmt = FORMATS.get(request.format)
+                if fmt is None:
+                    await abort_invalid(context, "format", "required with content: JSONL, CSV, TSV, ACL_JSON or TBX")
+                entries = await asyncio.to_thread(parse, request.content, fmt)
+            else:
+                entries = _entries_from_pb(request.entries, "entries")
+            if not entries:
+                await abort_invalid(context, "entries", "a glossary needs at least one entry")
+            async with self.s.admin_lock:
+                g = self.s.store.prepare_put(gid, entries)
+                return await self._commit(context, g)
+        except GlossaryError as e:
+            await abort_invalid(context, e.field, e.message)
+
+    async def PatchGlossary(self, request, context):
+        await self._auth(context)
+        gid = await self._gid(context, request.glossary_id)
+        try:
+            upserts = _entries_from_pb(request.upserts, "upserts")
+            async with self.s.admin_lock:
+                try:
+                    g = self.s.store.prepare_patch(gid, upserts, list(request.delete_ids), request.expected_version)
+                except KeyError:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
+                except LookupError as e:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+                except VersionConflict as e:
+                    await context.abort(grpc.StatusCode.ABORTED, str(e))
+                return await self._commit(context, g)
+        except GlossaryError as e:
+            await abort_invalid(context, e.field, e.message)
+
+    async def GetGlossary(self, request, context):
+        await self._auth(context)
+        gid = await self._gid(context, request.glossary_id)
+        g = self.s.store.get(gid)
+        if g is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
+        return _glossary_pb(g, request.include_entries)
+
+    async def ListGlossaries(self, request, context):
+        await self._auth(context)
+        return admin_pb2.ListGlossariesResponse(glossaries=[_glossary_pb(g) for g in self.s.store.list()])
+
+    async def DeleteGlossary(self, request, context):
+        await self._auth(context)
+        gid = await self._gid(context, request.glossary_id)
+        async with self.s.admin_lock:
+            ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
+        if not ok:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
+        self.s.metrics.glossary_entries.remove(gid) if gid in _label_values(self.s.metrics.glossary_entries) else None
+        return admin_pb2.DeleteGlossaryResponse()
+
+    async def ReloadModel(self, request, context):
+        await self._auth(context)
+        path = request.checkpoint_path
+        if not path:
+            await abort_invalid(context, "checkpoint_path", "required: a checkpoint directory on the server")
+        t0 = time.monotonic()
+        async with self.s.admin_lock:
+            try:
+                mid, n = await asyncio.to_thread(self.s.engine.load_model, resolve_checkpoint(path))
+            except (FileNotFoundError, ValueError) as e:
+                await abort_invalid(context, "checkpoint_path", str(e))
+            except RuntimeError as e:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"checkpoint_path: {e}")
+        await self.s.set_serving()
+        return admin_pb2.ReloadModelResponse(model_id=mid, glossaries_reembedded=n, took_ms=(time.monotonic() - t0) * 1e3)
+
+    async def GetStats(self, request, context):
+        await self._auth(context)
+        from .index import gpu_available
+
+        e = self.s.engine
+        return admin_pb2.Stats(
+            model_id=e.snapshot.model_id,
+            active_sessions=self.s.active_sessions,
+            requests_total=e.stats["requests"],
+            dropped_total=e.stats["dropped"],
+            glossaries=[_glossary_pb(g) for g in self.s.store.list()],
+            queue_depth=e.queue_depth(),
+            uptime_s=time.time() - self.s.started,
+            index_device="gpu" if gpu_available() else "cpu",
+        )
+
+
+def _label_values(metric) -> set:
+    return {labels[0] for labels in getattr(metric, "_metrics", {})}
+
+
+def resolve_checkpoint(path: str) -> Path:
+    if path == "default":
+        return default_checkpoint_dir()
+    return Path(path).expanduser()
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _admin_token(cfg: ServerConfig) -> str:
+    if cfg.admin_token:
+        return cfg.admin_token
+    p = Path(cfg.data_dir) / "admin_token"
+    if p.exists():
+        return p.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    logger.warning("no admin token configured: generated one in %s", p)
+    return token
+
+
+async def create_server(cfg: ServerConfig, load: bool = True) -> tuple[grpc.aio.Server, int, ServerState]:
+    """Build and start a server (bound, serving); returns (server, port, state)."""
+    validate_server_config(cfg)
+    store = GlossaryStore(cfg.data_dir)
+    engine = Engine(store, EngineConfig(cfg.max_batch_windows, cfg.max_wait_ms / 1e3, cfg.exact_max, cfg.threads))
+    if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
+        store.commit(store.prepare_put("demo", load_file(DEMO_DIR / "glossary.jsonl")))
+    options = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    health = HealthServicer()
+    state = ServerState(cfg, engine, store, health, Metrics(), _admin_token(cfg))
+    retrieval_pb2_grpc.add_TermRetrievalServicer_to_server(TermRetrievalServicer(state), server)
+    admin_pb2_grpc.add_GlossaryAdminServicer_to_server(GlossaryAdminServicer(state), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    if cfg.tls_cert:
+        creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+        port = server.add_secure_port(cfg.address, creds)
+    else:
+        port = server.add_insecure_port(cfg.address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {cfg.address}")
+    await state.set_serving()
+    await server.start()
+    if load and cfg.checkpoint != "none":
+        ckpt = resolve_checkpoint(cfg.checkpoint)
+        await asyncio.to_thread(engine.load_model, ckpt)
+        await state.set_serving()
+    state.refresh_glossary_metrics()
+    if cfg.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(cfg.metrics_port, registry=state.metrics.registry)
+    logger.info("rasst serving on port %d (model=%s, glossaries=%s)", port, engine.snapshot.model_id or "none", [g.glossary_id for g in store.list()])
+    return server, port, state
+
+
+async def drain(server: grpc.aio.Server, state: ServerState, grace_s: float) -> None:
+    """Stop taking work: NOT_SERVING, finish in-flight calls for up to grace_s, stop the worker."""
+    state.draining = True
+    await state.set_serving()
+    await server.stop(grace_s)
+    await asyncio.to_thread(state.engine.close)
+
+
+async def serve(cfg: ServerConfig) -> None:
+    server, port, state = await create_server(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"rasst listening on {cfg.address.rsplit(':', 1)[0]}:{port}", flush=True)
+    await stop.wait()
+    logger.info("draining (grace %.1fs)", cfg.drain_s)
+    await drain(server, state, cfg.drain_s)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record):
+        return json.dumps({"t": round(record.created, 3), "level": record.levelname, "logger": record.name, "msg": record.getMessage()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rasst serve", description="Run the rasst retrieval server (gRPC).")
+    p.add_argument("--config", help="TOML file with [server] settings")
+    p.add_argument("--address", help="host:port (default 127.0.0.1:50051)")
+    p.add_argument("--checkpoint", help="checkpoint directory, 'default' or 'none'")
+    p.add_argument("--data-dir", dest="data_dir", help="where glossaries are persisted (default var/rasst)")
+    p.add_argument("--admin-token", dest="admin_token", help="bearer token for admin calls (or RASST_ADMIN_TOKEN)")
+    p.add_argument("--tls-cert", dest="tls_cert")
+    p.add_argument("--tls-key", dest="tls_key")
+    p.add_argument("--no-demo-glossary", dest="demo_glossary", action="store_const", const=False)
+    p.add_argument("--metrics-port", dest="metrics_port", type=int)
+    p.add_argument("--max-batch-windows", dest="max_batch_windows", type=int)
+    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float)
+    p.add_argument("--exact-max", dest="exact_max", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--json-logs", dest="json_logs", action="store_const", const=True)
+    args = vars(p.parse_args(argv))
+    toml_path = args.pop("config")
+    try:
+        cfg = load_config(args, toml_path)
+    except ValueError as e:
+        print(f"rasst serve: {e}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    if cfg.json_logs:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    try:
+        asyncio.run(serve(cfg))
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"rasst serve: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,130 @@
+"""Shared fixtures: one thread everywhere, TTS audio, a tiny checkpoint, a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RASST_FAISS_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "requires_cuda" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def espeak(text: str, voice: str = "en-us", rate: int = 160) -> np.ndarray:
+    """Speech for tests: espeak-ng rendered to 16 kHz float32."""
+    from retriever.audio import load_audio
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make setup` (apt-get install espeak-ng)")
+    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", f.name, text], check=True, capture_output=True)
+        return load_audio(f.name)
+
+
+@pytest.fixture(scope="session")
+def tts():
+    return espeak
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    from retriever.model import default_checkpoint_dir
+
+    d = default_checkpoint_dir()
+    assert (d / "config.json").exists(), "the shipped checkpoint is missing from retriever/default_checkpoint"
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised model (real front-end, small head) saved as a checkpoint."""
+    from retriever.g2p import phonemize
+    from retriever.model import DualEncoder, ModelConfig
+
+    vocab = tuple(sorted(set("".join(phonemize(["attention mechanism", "semantic parsing", "the quick brown fox jumps"])))))
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(text_vocab=vocab, embed_dim=32, head_hidden=64, text_embed=16, text_hidden=32))
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "ckpt", metrics={"note": "random init"})
+
+
+class LiveServer:
+    """A real server on 127.0.0.1:0 running its own event loop in a thread."""
+
+    def __init__(self, **cfg):
+        from retriever.server import ServerConfig
+
+        self.tmp = tempfile.TemporaryDirectory()
+        cfg.setdefault("data_dir", self.tmp.name)
+        cfg.setdefault("admin_token", "secret")
+        cfg.setdefault("address", "127.0.0.1:0")
+        self.config = ServerConfig(**cfg)
+        self.loop = asyncio.new_event_loop()
+        self.stopped = False
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def start(self):
+        from retriever.server import create_server
+
+        fut = asyncio.run_coroutine_threadsafe(create_server(self.config), self.loop)
+        self.server, self.port, self.state = fut.result(timeout=300)
+        self.address = f"127.0.0.1:{self.port}"
+        return self
+
+    def call(self, coro, timeout=120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        from retriever.server import drain
+
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.call(drain(self.server, self.state, 0.5), 30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.tmp.cleanup()
+
+
+@pytest.fixture
+def live_server():
+    servers = []
+
+    def make(**cfg):
+        s = LiveServer(**cfg).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_server(default_checkpoint):
+    """The shipped checkpoint with the demo glossary, shared by a module's tests."""
+    s = LiveServer(checkpoint=str(default_checkpoint)).start()
+    yield s
+    s.stop()

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.api import Session, SessionOptions, make_channel, read_wav
+from client.merger import HintMerger, MergerOptions
+from client.v1 import retrieval_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resp(seq, hits, end):
+    return retrieval_pb2.StreamRetrieveResponse(
+        sequence=seq,
+        chunk_start_s=end - 0.96,
+        chunk_end_s=end,
+        hits=[retrieval_pb2.Hit(entry_id=e, term=e, translation=e.upper(), score=s, start_s=t - 0.5, end_s=t) for e, s, t in hits],
+    )
+
+
+def test_merger_dedups_by_entry_keeping_best_score_and_latest_time():
+    m = HintMerger(MergerOptions(ttl_s=3.0, max_hints=10))
+    m.add(_resp(0, [("a", 0.7, 0.9), ("b", 0.6, 0.5)], 0.96))
+    m.add(_resp(1, [("a", 0.65, 1.8)], 1.92))
+    r = m.step()
+    a = next(h for h in r.hints if h.entry_id == "a")
+    assert (round(a.score, 2), a.end_s, a.first_seq, a.last_seq) == (0.7, 1.8, 0, 1)
+    assert [h.entry_id for h in r.hints] == ["a", "b"]
+    assert {h.entry_id for h in r.fresh} == {"a", "b"}
+    assert m.step().fresh == []  # nothing new since
+
+
+def test_merger_expires_caps_and_filters():
+    m = HintMerger(MergerOptions(ttl_s=1.0, max_hints=2, min_score=0.3))
+    m.add(_resp(0, [("old", 0.9, 0.5), ("low", 0.2, 0.9)], 0.96))
+    m.add(_resp(3, [("x", 0.5, 3.7), ("y", 0.6, 3.7), ("z", 0.4, 3.7)], 3.84))
+    r = m.step()
+    assert [h.entry_id for h in r.hints] == ["y", "x"]
+
+
+def test_late_results_fold_into_the_next_step():
+    async def go():
+        m = HintMerger()
+        t = asyncio.get_running_loop().time()
+        r0 = await m.wait_step(0, budget_ms=30)
+        waited = asyncio.get_running_loop().time() - t
+        assert not r0.on_time and r0.hints == [] and waited < 0.5
+        m.add(_resp(0, [("late", 0.8, 0.9)], 0.96))  # arrives after its step's budget
+        m.add(_resp(1, [], 1.92))
+        r1 = await m.wait_step(1, budget_ms=30)
+        assert r1.on_time and [h.entry_id for h in r1.fresh] == ["late"]
+
+    asyncio.run(go())
+
+
+def test_wait_step_returns_as_soon_as_the_answer_arrives():
+    async def go():
+        m = HintMerger()
+
+        async def later():
+            await asyncio.sleep(0.05)
+            m.add(_resp(0, [("a", 0.9, 0.5)], 0.96))
+
+        asyncio.create_task(later())
+        r = await m.wait_step(0, budget_ms=2000)
+        assert r.on_time and r.waited_ms < 1000 and r.hints[0].entry_id == "a"
+
+    asyncio.run(go())
+
+
+def test_client_commands_do_not_import_torch_or_faiss():
+    code = "import sys, client.cli, client.translate, client.admin, client.api, client.merger; print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_cli_exit_codes():
+    def rasst(*args):
+        return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+    assert rasst("--help").returncode == 0
+    assert rasst().returncode == 2
+    r = rasst("frobnicate")
+    assert r.returncode == 2 and "unknown command" in r.stderr
+    assert rasst("translate", "--help").returncode == 0
+    r = rasst("translate", "/nonexistent.wav", "--glossary", "g", "--lang", "de")
+    assert r.returncode == 1 and r.stderr.startswith("rasst translate:")
+    assert rasst("translate", "x.wav", "--glossary", "g", "--lang", "de", "--chunk", "99").returncode == 2
+
+
+def test_translate_cli_prints_hints_step_by_step(demo_server):
+    wav = ROOT / "retriever" / "demo" / "talk.wav"
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "translate", str(wav), "--server", demo_server.address, "--glossary", "demo", "--lang", "de", "--json", "--budget-ms", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(line) for line in r.stdout.splitlines()]
+    x, rate = read_wav(str(wav))
+    assert len(steps) == int(np.ceil(len(x) / rate / 0.96))
+    said = {h["term"] for s in steps for h in s["hints"]}
+    assert {"semantic parsing", "attention mechanism", "machine translation"} & said
+    assert all("Glossary" in s["prompt"] or s["prompt"] == "(no glossary hints)" for s in steps)
+
+
+def test_translate_cli_reports_server_errors(demo_server):
+    wav = ROOT / "retriever" / "demo" / "talk.wav"
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "translate", str(wav), "--server", demo_server.address, "--glossary", "nope", "--lang", "de"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr
+
+
+def test_session_reconnects_and_resumes(live_server, default_checkpoint, tts):
+    """The server goes away mid-session; a new one on the same port takes over; nothing is lost."""
+    first = live_server(checkpoint=str(default_checkpoint))
+    port = first.port
+    x = np.concatenate([tts("we report the bleu score for machine translation")] * 2)
+    hop = 8000
+    chunks = [x[i : i + hop] for i in range(0, len(x), hop)]
+
+    async def go():
+        got = []
+        channel = make_channel(first.address)
+        s = await Session(channel, SessionOptions("demo", "de", chunk_s=0.5, max_retries=10, backoff_s=0.2, max_in_flight=2), lambda r, t: got.append(r)).start()
+        for i, c in enumerate(chunks):
+            await s.send(c)
+            if i == 2:
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(first.stop)
+                second = await asyncio.to_thread(lambda: live_server(checkpoint=str(default_checkpoint), address=f"127.0.0.1:{port}"))
+                assert second.port == port
+        await s.close(timeout=120)
+        await channel.close()
+        return got, s.reconnects
+
+    got, reconnects = asyncio.run(go())
+    assert reconnects >= 1
+    assert sorted(r.sequence for r in got) == list(range(len(chunks)))
+    ends = {r.sequence: r.chunk_end_s for r in got}
+    assert ends[len(chunks) - 1] == pytest.approx(len(x) / 16000, abs=1e-3)

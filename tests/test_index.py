@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+
+from retriever.index import TermIndex, build_index, exact_search, recall_at
+
+
+def _unit(n, d, seed):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_flat_index_is_exact():
+    xb, xq = _unit(2000, 64, 0), _unit(50, 64, 1)
+    D, I = build_index(xb, use_gpu=False).search(xq, 10)
+    De, Ie = exact_search(xq, xb, 10)
+    assert (I == Ie).all()
+    assert np.allclose(D, De, atol=1e-5)
+
+
+def test_hnsw_above_exact_max_has_high_recall():
+    xb, xq = _unit(5000, 32, 2), _unit(200, 32, 3)
+    idx = build_index(xb, exact_max=1000, use_gpu=False)
+    assert "HNSW" in type(idx).__name__
+    _, I = idx.search(xq, 10)
+    _, Ie = exact_search(xq, xb, 10)
+    assert recall_at(I, Ie, 10) > 0.9
+
+
+def test_best_entries_max_pools_over_windows_and_aliases():
+    # Entry 0 has two rows (term + alias); entry 1 one row.
+    xb = np.eye(3, dtype=np.float32)
+    ti = TermIndex(xb, np.array([0, 0, 1]), use_gpu=False)
+    xq = np.array([[0.9, 0.1, 0.0], [0.0, 0.95, 0.0], [0.0, 0.0, 0.5]], dtype=np.float32)
+    D, I = ti.search(xq, 3)
+    hits = ti.best_entries(D, I, threshold=0.4, top_k=5)
+    assert [(h.entry, h.row, h.window) for h in hits] == [(0, 1, 1), (1, 2, 2)]
+    assert abs(hits[0].score - 0.95) < 1e-6
+    assert ti.best_entries(D, I, threshold=0.99, top_k=5) == []
+    assert len(ti.best_entries(D, I, threshold=0.0, top_k=1)) == 1
+
+
+def test_empty_index():
+    ti = TermIndex(np.zeros((0, 8), np.float32), np.zeros(0))
+    D, I = ti.search(_unit(3, 8, 0), 5)
+    assert D.shape == (3, 0) and ti.best_entries(D, I, 0.0, 5) == []

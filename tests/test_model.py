@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retriever.model import DualEncoder, FrontendConfig, HFAudioFrontend, ModelConfig, build_frontend, pool_windows, window_layout
+
+
+def test_window_layout_covers_the_clip_end():
+    spans = window_layout(144, (15, 50, 200), 5)
+    assert (spans[:, 1] > spans[:, 0]).all()
+    assert spans[:, 1].max() == 144 and spans[:, 0].min() == 0
+    assert {tuple(s) for s in spans if s[1] - s[0] == 50} >= {(0, 50), (94, 144)}
+    assert [0, 144] in spans.tolist()  # the 200-frame window collapses to the whole clip
+
+
+def test_pool_windows_matches_direct_means():
+    fr = torch.randn(60, 8)
+    spans = torch.tensor([[0, 60], [10, 22], [5, 8]])
+    out = pool_windows(fr, spans)
+    for i, (s, e) in enumerate(spans.tolist()):
+        assert torch.allclose(out[i, :8], fr[s:e].mean(0), atol=1e-5)
+        third = (e - s) // 3
+        assert torch.allclose(out[i, 8:16], fr[s : s + third].mean(0), atol=1e-5)
+
+
+def test_encoders_return_unit_vectors(tiny_checkpoint, tts):
+    m = DualEncoder.from_pretrained(tiny_checkpoint)
+    fe = build_frontend(m.config.frontend)
+    frames = fe.frames([tts("attention mechanism")])[0]
+    assert frames.shape[1] == 384 and frames.shape[0] > 20
+    v, spans = m.encode_audio(frames)
+    assert v.shape == (len(spans), 32)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    t = m.encode_terms(["attention mechanism", "BiLSTM-CRF", "x"])
+    assert np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
+
+
+def test_checkpoint_roundtrip_is_exact(tiny_checkpoint, tmp_path):
+    m = DualEncoder.from_pretrained(tiny_checkpoint)
+    again = DualEncoder.from_pretrained(m.save_pretrained(tmp_path / "copy"))
+    terms = ["semantic parsing", "fox"]
+    assert np.allclose(m.encode_terms(terms), again.encode_terms(terms))
+    cfg = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert cfg["frontend"]["kind"] == "ctranslate2"
+
+
+def test_bad_checkpoints_fail_clearly(tiny_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a rasst checkpoint"):
+        DualEncoder.from_pretrained(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text().replace('"embed_dim": 32', '"embed_dim": 48'))
+    (bad / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="does not match"):
+        DualEncoder.from_pretrained(bad)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="text_unit"):
+        ModelConfig(text_unit="morse")
+
+
+def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
+    """The real from_pretrained path, on a tiny Whisper saved with save_pretrained."""
+    from transformers import WhisperConfig, WhisperModel
+
+    cfg = WhisperConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, max_source_positions=1500, max_target_positions=16)
+    WhisperModel(cfg).save_pretrained(tmp_path / "whisper")
+    fe = build_frontend(FrontendConfig(kind="transformers", path=str(tmp_path / "whisper"), dim=64))
+    assert isinstance(fe, HFAudioFrontend)
+    x = tts("hello world")
+    fr = fe.frames([x])[0]
+    assert fr.shape == ((len(x) // 160 - (len(x) // 160) % 2) // 2, 64)
+    # The same front-end built from a config dict (offline, from scratch).
+    fe2 = build_frontend(FrontendConfig(kind="transformers", hf_config={"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "conv_dim": (32,) * 7}, dim=32))
+    assert fe2.frames([x])[0].shape[1] == 32
+    with pytest.raises(RuntimeError, match="cannot load"):
+        build_frontend(FrontendConfig(kind="transformers", path=str(tmp_path / "missing")))

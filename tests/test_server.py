@@ -1,0 +1,297 @@
+"""The retrieval server through a real channel on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from client.api import Client, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Session, SessionOptions, Unauthenticated, make_channel
+from client.v1 import admin_pb2, retrieval_pb2, retrieval_pb2_grpc
+
+TOKEN = "secret"
+
+
+def _pcm(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def _stream(address: str, chunks: list[bytes], **cfg) -> list:
+    """Run one StreamRetrieve session synchronously; return the responses."""
+    config = dict(glossary_id="demo", target_lang="de", encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=16000)
+    config.update(cfg)
+
+    def reqs():
+        yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**config))
+        for i, c in enumerate(chunks):
+            yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=config.get("first_sequence", 0) + i, pcm=c))
+
+    with grpc.insecure_channel(address) as ch:
+        return list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=60))
+
+
+def _chunks(x: np.ndarray, chunk_s: float = 0.96) -> list[bytes]:
+    hop = int(chunk_s * 16000)
+    return [_pcm(x[i : i + hop]) for i in range(0, len(x), hop)]
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def test_without_model_answers_failed_precondition_and_not_serving(live_server, tts):
+    s = live_server(checkpoint="none")
+    c = Client(s.address, TOKEN)
+    with pytest.raises(FailedPrecondition, match="no model is loaded"):
+        c.retrieve(tts("hello"), "demo", "de")
+    with grpc.insecure_channel(s.address) as ch:
+        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+    assert st.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    c.close()
+
+
+def test_reflection_lists_services_and_health(demo_server):
+    with grpc.insecure_channel(demo_server.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in resp.list_services_response.service}
+        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="rasst.v1.TermRetrieval"))
+    assert {"rasst.v1.TermRetrieval", "rasst.v1.GlossaryAdmin", "grpc.health.v1.Health"} <= names
+    assert st.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def test_unary_retrieve_finds_the_spoken_term(demo_server, tts):
+    c = Client(demo_server.address)
+    x = tts("today we talk about the attention mechanism in more detail")
+    r = c.retrieve(x, "demo", "de", top_k=10)
+    terms = [h.term for h in r.hits]
+    assert "attention mechanism" in terms
+    hit = r.hits[terms.index("attention mechanism")]
+    assert hit.translation == "Aufmerksamkeitsmechanismus"
+    assert 0 <= hit.start_s < hit.end_s <= r.audio_duration_s + 1e-6
+    assert r.glossary_version >= 1 and r.timings.total_ms > 0
+    c.close()
+
+
+def test_streaming_session_returns_the_spoken_term(demo_server, tts):
+    x = np.concatenate([tts("in this talk we study"), tts("semantic parsing"), tts("for everyone here today")])
+    responses = _stream(demo_server.address, _chunks(x))
+    assert [r.sequence for r in responses] == list(range(len(_chunks(x))))
+    found = [h for r in responses for h in r.hits if h.term == "semantic parsing"]
+    assert found, [[h.term for h in r.hits] for r in responses]
+    assert all(r.chunk_end_s > r.chunk_start_s for r in responses)
+    assert all(r.timings.total_ms >= r.timings.encode_ms for r in responses)
+
+
+def test_stream_resumes_with_sequence_and_clock(demo_server, tts):
+    x = tts("the bleu score for machine translation")
+    responses = _stream(demo_server.address, _chunks(x), first_sequence=7, stream_offset_s=100.0)
+    assert responses[0].sequence == 7 and abs(responses[0].chunk_start_s - 100.0) < 1e-6
+    assert all(h.start_s >= 100.0 - 1.92 - 1e-6 for r in responses for h in r.hits)
+
+
+def test_reload_during_active_stream_loses_no_response(demo_server, default_checkpoint, tts):
+    """Model reloads and glossary patches while a session streams: every chunk answered, in order."""
+    admin = Client(demo_server.address, TOKEN)
+    x = np.concatenate([tts("we use data augmentation for named entity recognition")] * 3)
+    chunks = _chunks(x, 0.5)
+
+    async def run():
+        channel = make_channel(demo_server.address)
+        got = []
+        session = await Session(channel, SessionOptions("demo", "de", chunk_s=0.5, max_in_flight=2), lambda r, t: got.append(r)).start()
+        versions = set()
+        for i, c in enumerate(chunks):
+            await session.send(np.frombuffer(c, "<i2").astype(np.float32) / 32768)
+            if i == 2:
+                await asyncio.to_thread(admin.reload_model, str(default_checkpoint))
+            if i in (3, 5):
+                g = await asyncio.to_thread(admin.patch_glossary, "demo", [{"id": f"extra{i}", "term": f"extra term {i}", "translations": {"de": "x"}}])
+                versions.add(g.version)
+        await session.close()
+        await channel.close()
+        return got, versions
+
+    got, versions = asyncio.run(run())
+    assert [r.sequence for r in got] == list(range(len(chunks)))
+    assert not any(r.dropped for r in got)
+    assert got[-1].glossary_version == max(versions)
+    admin.patch_glossary("demo", delete_ids=["extra3", "extra5"])
+    admin.close()
+
+
+# --------------------------------------------------------------------------- admin
+
+
+def test_admin_requires_the_token(demo_server):
+    for token, err in ((None, Unauthenticated), ("wrong", PermissionDenied)):
+        c = Client(demo_server.address, token)
+        with pytest.raises(err):
+            c.list_glossaries()
+        with pytest.raises(err):
+            c.reload_model("/tmp")
+        c.close()
+    assert [g.glossary_id for g in Client(demo_server.address, TOKEN).list_glossaries()] == ["demo"]
+
+
+def test_glossary_crud_and_versions(demo_server, tts):
+    c = Client(demo_server.address, TOKEN)
+    g = c.put_glossary("t1", [{"id": "a", "term": "semantic parsing", "translations": {"de": "semantisches Parsen", "ja": "意味解析"}}])
+    assert (g.version, g.entry_count, list(g.languages)) == (1, 1, ["de", "ja"])
+    g = c.put_glossary("t1", content=b"term,de\nbleu score,BLEU-Wert\n", fmt="csv")
+    assert g.version == 2 and g.entry_count == 1
+    g = c.patch_glossary("t1", [{"id": "x", "term": "attention mechanism", "translations": {"de": "Aufmerksamkeit"}}], expected_version=2)
+    assert g.version == 3 and g.entry_count == 2
+    full = c.get_glossary("t1", include_entries=True)
+    assert {e.term for e in full.entries} == {"bleu score", "attention mechanism"}
+    r = c.retrieve(tts("and now the attention mechanism"), "t1", "de", threshold=-1.0)
+    assert r.glossary_version == 3 and r.hits[0].term in {"attention mechanism", "bleu score"}
+    c.delete_glossary("t1")
+    with pytest.raises(NotFound):
+        c.get_glossary("t1")
+    with pytest.raises(NotFound):
+        c.retrieve(tts("hello"), "t1", "de")
+    c.close()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _retrieve_raw(address, **kw):
+    req = retrieval_pb2.RetrieveRequest(**kw)
+    with grpc.insecure_channel(address) as ch:
+        return retrieval_pb2_grpc.TermRetrievalStub(ch).Retrieve(req, timeout=30)
+
+
+GOOD = _pcm(np.sin(np.arange(16000) / 10).astype(np.float32) * 0.1)
+S16 = retrieval_pb2.AUDIO_ENCODING_S16LE
+F32 = retrieval_pb2.AUDIO_ENCODING_F32LE
+BAD_UNARY = [
+    ("empty audio", dict(pcm=b"", encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
+    ("odd byte count", dict(pcm=b"\x00\x01\x02", encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
+    ("NaN", dict(pcm=np.full(8000, np.nan, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    ("Inf", dict(pcm=np.full(8000, np.inf, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "Inf"),
+    ("no encoding", dict(pcm=GOOD, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.encoding"),
+    ("absurd rate", dict(pcm=GOOD, encoding=S16, sample_rate_hz=1_000_000), {}, grpc.StatusCode.INVALID_ARGUMENT, "sample_rate_hz"),
+    ("too short", dict(pcm=GOOD[:100], encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
+    ("too long", dict(pcm=np.zeros(16000 * 31, "<i2").tobytes(), encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
+    ("unknown glossary", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"glossary_id": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
+    ("unknown language", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"target_lang": "fr"}, grpc.StatusCode.INVALID_ARGUMENT, "target_lang"),
+    ("top_k", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"top_k": 1000}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+    ("threshold", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"score_threshold": 3.0}, grpc.StatusCode.INVALID_ARGUMENT, "score_threshold"),
+    ("oversize message", dict(pcm=b"\x00" * (9 * 1024 * 1024), encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+]
+
+
+@pytest.mark.parametrize("name,audio,extra,code,mention", BAD_UNARY, ids=[b[0] for b in BAD_UNARY])
+def test_bad_unary_requests(demo_server, name, audio, extra, code, mention):
+    kw = dict(glossary_id="demo", target_lang="de", audio=retrieval_pb2.Audio(**audio))
+    kw.update(extra)
+    with pytest.raises(grpc.RpcError) as e:
+        _retrieve_raw(demo_server.address, **kw)
+    assert e.value.code() == code
+    assert mention in e.value.details()
+    # ... and the server keeps serving others.
+    ok = _retrieve_raw(demo_server.address, glossary_id="demo", target_lang="de", audio=retrieval_pb2.Audio(pcm=GOOD, encoding=S16, sample_rate_hz=16000))
+    assert ok.audio_duration_s == pytest.approx(1.0)
+
+
+def test_bad_request_carries_field_violations(demo_server):
+    c = Client(demo_server.address)
+    with pytest.raises(InvalidArgument) as e:
+        c.retrieve(np.zeros(16000, np.float32), "demo", "de", top_k=500)
+    assert e.value.field_violations[0][0] == "top_k"
+    assert "[1, 100]" in e.value.field_violations[0][1]
+    c.close()
+
+
+BAD_STREAM = [
+    ("chunk first", None, grpc.StatusCode.INVALID_ARGUMENT, "config"),
+    ("chunk_s", {"chunk_s": 9.0}, grpc.StatusCode.INVALID_ARGUMENT, "config.chunk_s"),
+    ("lookback", {"lookback_s": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "config.lookback_s"),
+    ("rate", {"sample_rate_hz": 100}, grpc.StatusCode.INVALID_ARGUMENT, "config.sample_rate_hz"),
+    ("deadline", {"deadline_ms": 100000}, grpc.StatusCode.INVALID_ARGUMENT, "config.deadline_ms"),
+    ("glossary", {"glossary_id": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
+]
+
+
+@pytest.mark.parametrize("name,cfg,code,mention", BAD_STREAM, ids=[b[0] for b in BAD_STREAM])
+def test_bad_session_configs(demo_server, name, cfg, code, mention):
+    config = dict(glossary_id="demo", target_lang="de", encoding=S16, sample_rate_hz=16000)
+    if cfg:
+        config.update(cfg)
+
+    def reqs():
+        if cfg is not None:
+            yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**config))
+        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD))
+
+    with grpc.insecure_channel(demo_server.address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=30))
+    assert e.value.code() == code and mention in e.value.details()
+
+
+def test_bad_chunks_in_a_stream(demo_server):
+    with pytest.raises(grpc.RpcError) as e:
+        _stream_bad_seq(demo_server.address)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "chunk.sequence" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        _stream(demo_server.address, [np.zeros(16000 * 5, "<i2").tobytes()])
+    assert "4 * chunk_s" in e.value.details()
+
+
+def _stream_bad_seq(address):
+    def reqs():
+        yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(glossary_id="demo", target_lang="de", encoding=S16, sample_rate_hz=16000))
+        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD))
+        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=5, pcm=GOOD))
+
+    with grpc.insecure_channel(address) as ch:
+        return list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=30))
+
+
+def test_resampled_input_rates(demo_server, tts):
+    import soxr
+
+    x = tts("the attention mechanism")
+    c = Client(demo_server.address)
+    for rate in (8000, 22050, 44100):
+        y = soxr.resample(x, 16000, rate)
+        r = c.retrieve(y, "demo", "de", sample_rate=rate)
+        assert r.audio_duration_s == pytest.approx(len(x) / 16000, abs=0.01)
+    c.close()
+
+
+def test_bad_admin_requests(demo_server):
+    c = Client(demo_server.address, TOKEN)
+    with pytest.raises(InvalidArgument) as e:
+        c.put_glossary("../escape", [{"term": "x"}])
+    assert e.value.field_violations[0][0] == "glossary_id"
+    with pytest.raises(InvalidArgument) as e:
+        c.put_glossary("ok", content=b'{"term": "a"}\n{broken\n', fmt="jsonl")
+    assert "content line 2" in e.value.message
+    with pytest.raises(InvalidArgument):
+        c.put_glossary("ok", [])
+    with pytest.raises(NotFound):
+        c.patch_glossary("never-created", delete_ids=["a"])
+    with pytest.raises(InvalidArgument):
+        c.reload_model("/nonexistent/checkpoint")
+    assert [g.glossary_id for g in c.list_glossaries()] == ["demo"]
+    c.close()
+
+
+def test_admin_put_rejects_unknown_format(demo_server):
+    with grpc.insecure_channel(demo_server.address) as ch:
+        from client.v1 import admin_pb2_grpc
+
+        stub = admin_pb2_grpc.GlossaryAdminStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.PutGlossary(admin_pb2.PutGlossaryRequest(glossary_id="x", content=b"term\na\n"), metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in e.value.details()

@@ -1,0 +1,234 @@
+"""``rasst data``, ``rasst train`` and ``rasst eval`` (offline and streaming)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = Path("data/corpus")
+
+
+def _setup(threads: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rasst data", description="Build and import speech-term corpora.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("terms", help="term lists from offline sources, split train/dev/test by term")
+    t.add_argument("--out", type=Path, default=DEFAULT_CORPUS / "terms")
+    t.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("synth", help="multi-voice synthesis with exact term spans (train/dev/test_heldout/test_seen)")
+    s.add_argument("--out", type=Path, default=DEFAULT_CORPUS)
+    s.add_argument("--train-terms", type=int, default=10000)
+    s.add_argument("--per-term", type=int, default=2, help="training voices per training term")
+    s.add_argument("--dev-terms", type=int, default=600)
+    s.add_argument("--test-terms", type=int, default=1000)
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--seed", type=int, default=0)
+    i = sub.add_parser("import", help="validate a corpus manifest (audio + transcript + term spans) and convert it")
+    i.add_argument("manifest", type=Path)
+    i.add_argument("--out", type=Path, required=True, help="output manifest path")
+    m = sub.add_parser("smoke", help="real human clips from Debian pocketsphinx-testdata, aligned")
+    m.add_argument("--out", type=Path, default=DEFAULT_CORPUS / "smoke")
+    args = p.parse_args(argv)
+    _setup()
+    from .data import ManifestError, build_corpus, import_corpus, smoke_set, write_terms
+
+    try:
+        if args.cmd == "terms":
+            print(json.dumps(write_terms(args.out, args.seed)))
+        elif args.cmd == "synth":
+            t0 = time.time()
+            out = build_corpus(
+                args.out, train_terms=args.train_terms, test_terms=args.test_terms, dev_terms=args.dev_terms, per_term=args.per_term, workers=args.workers, seed=args.seed
+            )
+            n = sum(o["utterances"] for o in out)
+            print(json.dumps({"splits": out, "utterances": n, "seconds": round(time.time() - t0, 1)}, indent=2))
+        elif args.cmd == "import":
+            n = import_corpus(args.manifest, args.out)
+            print(f"imported {n} utterances to {args.out}")
+        elif args.cmd == "smoke":
+            print(smoke_set(args.out))
+    except ManifestError as e:
+        print(f"rasst data import: {args.manifest}: {e}", file=sys.stderr)
+        return 1
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"rasst data: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="rasst train", description="Train the dual encoder on a corpus made by `rasst data synth`.")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--out", type=Path, default=Path("runs/model"))
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--hard-negatives", type=int, default=d.hard_negatives)
+    p.add_argument("--text-negatives", type=int, default=d.text_negatives)
+    p.add_argument("--memory-size", type=int, default=d.memory_size)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--text-unit", choices=["phonemes", "letters"], default="phonemes")
+    p.add_argument("--no-thirds", action="store_true", help="pool the window mean only (ablation)")
+    p.add_argument("--window-frames", default=None, help="comma-separated window lengths in frames")
+    p.add_argument("--workers", type=int, default=2, help="processes for precomputing front-end frames")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    _setup(args.threads)
+    import torch.distributed as dist
+
+    from retriever.model import FrontendConfig, ModelConfig
+
+    from .data import read_lines
+    from .features import cached
+    from .train import TrainConfig, run
+
+    ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if ddp:
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        fe = FrontendConfig()
+        cache_dir = args.corpus / "cache"
+        for split in ("train", "dev"):
+            if not (args.corpus / split / "manifest.jsonl").exists():
+                print(f"rasst train: {args.corpus / split / 'manifest.jsonl'} missing; run `rasst data synth --out {args.corpus}`", file=sys.stderr)
+                return 1
+        # Rank 0 builds the caches; the others wait and then read them.
+        if not ddp or dist.get_rank() == 0:
+            train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, args.workers)
+            dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, args.workers)
+        if ddp:
+            dist.barrier()
+            if dist.get_rank() != 0:
+                train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, 1)
+                dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, 1)
+        distractors = read_lines(args.corpus / "terms" / "train.txt")
+        mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_thirds": not args.no_thirds}
+        if args.window_frames:
+            mkw["window_frames"] = tuple(int(x) for x in args.window_frames.split(","))
+        cfg = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            hard_negatives=args.hard_negatives,
+            text_negatives=args.text_negatives,
+            memory_size=args.memory_size,
+            eval_every=args.eval_every,
+            seed=args.seed,
+        )
+        t0 = time.time()
+        out = run(train_c, dev_c, distractors, args.out, ModelConfig(**mkw), cfg)
+        if not ddp or dist.get_rank() == 0:
+            m = json.loads((out / "metrics.json").read_text())
+            print(json.dumps({"checkpoint": str(out), "minutes": round((time.time() - t0) / 60, 1), "final": m["final"], "calibration": m.get("calibration")}, indent=2))
+    except ValueError as e:
+        print(f"rasst train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if ddp and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rasst eval", description="Offline retrieval (Recall@k by glossary size) or --streaming hint quality.")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--glossary", type=Path, default=None, help="glossary file whose terms are the test entries (default: the manifest's terms)")
+    p.add_argument("--distractors", type=Path, default=None, help="distractor terms, one per line (default: offline word lists)")
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--out", type=Path, default=None, help="report JSON path (a PNG plot is written beside it)")
+    p.add_argument("--streaming", action="store_true", help="play the manifest through the real client and score hints")
+    p.add_argument("--server", default=None, help="host:port of a running server for --streaming (default: start one in-process)")
+    p.add_argument("--glossary-id", default=None, help="with --server: glossary already loaded there")
+    p.add_argument("--lang", default="de")
+    p.add_argument("--budget-ms", type=float, default=100.0)
+    p.add_argument("--chunk", type=float, default=0.96)
+    p.add_argument("--lookback", type=float, default=1.92)
+    p.add_argument("--size", type=int, default=1000, help="--streaming glossary size (test terms + distractors)")
+    p.add_argument("--realtime", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    _setup(args.threads)
+    if args.streaming:
+        from .streaming_eval import run_streaming_eval
+
+        try:
+            report = run_streaming_eval(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            print(f"rasst eval: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(report, indent=2))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))
+        return 0
+    from retriever.glossary import load_file
+    from retriever.model import DualEncoder, default_checkpoint_dir
+
+    from .data import ManifestError, read_lines
+    from .evaluate import evaluate, plot_recall, print_table, save_report
+    from .features import cached
+
+    try:
+        sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
+    except ValueError as e:
+        print(f"rasst eval: {e}", file=sys.stderr)
+        return 2
+    try:
+        ckpt = args.checkpoint or default_checkpoint_dir()
+        model = DualEncoder.from_pretrained(ckpt)
+        cache = cached(args.manifest, model.config.frontend, args.manifest.parent / "cache", args.workers)
+        glossary_terms = [e.term for e in load_file(args.glossary)] if args.glossary else None
+        distractors = read_lines(args.distractors) if args.distractors else default_distractors()
+        report = evaluate(model, cache, distractors, sizes, glossary_terms, progress=True)
+    except (ManifestError, FileNotFoundError, ValueError) as e:
+        print(f"rasst eval: {e}", file=sys.stderr)
+        return 1
+    report["checkpoint"] = str(ckpt)
+    report["manifest"] = str(args.manifest)
+    print(print_table(report))
+    if args.out:
+        save_report(report, args.out)
+        plot_recall(report, args.out.with_suffix(".png"), f"{args.manifest.parent.name}")
+    else:
+        print(json.dumps(report))
+    return 0
+
+
+def default_distractors() -> list[str]:
+    """Offline word lists (WordNet, FOLDOC, wamerican) as distractor terms."""
+    from .data import collect_terms
+
+    return collect_terms()

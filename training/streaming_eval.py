@@ -1,0 +1,161 @@
+"""Streaming hint quality (DESIGN.md protocol 2): play a manifest through the real client.
+
+Utterances are joined into talks of ``TALK_UTTERANCES`` each and streamed chunk by
+chunk under a latency budget. Definitions:
+
+- an occurrence is *recalled* when its entry is delivered (returned with fresh evidence)
+  at a step from the one where it starts to the one after the chunk where it ends;
+- a delivered hint is *correct* when its entry was spoken inside that step's look-back
+  span (the chunk plus ``lookback_s`` before it, and the previous chunk for a late hint).
+
+Without ``--server`` an in-process server is started on 127.0.0.1:0 with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from client.api import Client, SessionOptions, make_channel
+from client.merger import MergerOptions
+from client.translate import run_translator
+
+logger = logging.getLogger(__name__)
+
+TALK_UTTERANCES = 10
+SAMPLE_RATE = 16000
+
+
+def make_talks(rows: list[dict], per_talk: int = TALK_UTTERANCES) -> list[tuple[np.ndarray, list[dict]]]:
+    """Join utterances into talks; returns (samples, occurrences with talk-relative times)."""
+    from retriever.audio import load_audio
+
+    talks = []
+    for i in range(0, len(rows), per_talk):
+        xs, occs, t = [], [], 0.0
+        for r in rows[i : i + per_talk]:
+            x = load_audio(r["audio_path"])
+            for term in r["terms"]:
+                occs.append({"term": term["term"], "start": t + term["start"], "end": t + term["end"]})
+            xs.append(x)
+            t += len(x) / SAMPLE_RATE
+        talks.append((np.concatenate(xs), occs))
+    return talks
+
+
+def score(records_by_talk: list[list], occs_by_talk: list[list[dict]], chunk_s: float, lookback_s: float, id_of: dict[str, str]) -> dict:
+    tp_hints = n_hints = 0
+    recalled = n_occ = 0
+    for records, occs in zip(records_by_talk, occs_by_talk, strict=True):
+        spoken = [(id_of[o["term"].lower()], o["start"], o["end"]) for o in occs]
+        delivered: dict[str, list[int]] = {}
+        for r in records:
+            step_end = r.chunk_end_s
+            span_start = step_end - chunk_s - lookback_s - chunk_s  # one extra chunk: late hints fold in
+            for eid in r.fresh:
+                n_hints += 1
+                delivered.setdefault(eid, []).append(r.step)
+                if any(e == eid and s < step_end and en > span_start for e, s, en in spoken):
+                    tp_hints += 1
+        for eid, s, e in spoken:
+            n_occ += 1
+            first, last = int(s // chunk_s), int(e // chunk_s) + 1
+            if any(first <= st <= last for st in delivered.get(eid, [])):
+                recalled += 1
+    p = tp_hints / n_hints if n_hints else 0.0
+    r = recalled / n_occ if n_occ else 0.0
+    return {"hint_precision": p, "hint_recall": r, "hint_f1": 2 * p * r / (p + r) if p + r else 0.0, "n_hints": n_hints, "n_occurrences": n_occ}
+
+
+async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 4):
+    opts = SessionOptions(glossary_id=glossary_id, target_lang=args.lang, chunk_s=args.chunk, lookback_s=args.lookback, deadline_ms=5000)
+    sem = asyncio.Semaphore(concurrency)
+    channel = make_channel(address)
+    results: list = [None] * len(talks)
+
+    async def one(i, samples):
+        async with sem:
+            recs, _ = await run_translator(channel, samples, SAMPLE_RATE, opts, args.budget_ms, args.realtime, merger_options=MergerOptions(ttl_s=args.chunk + args.lookback))
+            results[i] = recs
+
+    from tqdm import tqdm
+
+    tasks = [asyncio.create_task(one(i, s)) for i, (s, _) in enumerate(talks)]
+    for t in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="streaming", unit="talk"):
+        await t
+    await channel.close()
+    return results
+
+
+def run_streaming_eval(args) -> dict:
+    from retriever.model import default_checkpoint_dir
+    from retriever.server import ServerConfig, create_server, drain
+
+    from .cli import default_distractors
+    from .data import read_lines, read_manifest
+    from .evaluate import build_glossary
+
+    rows = read_manifest(args.manifest)
+    talks = make_talks(rows)
+    terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
+    distractors = read_lines(args.distractors) if args.distractors else default_distractors()
+    gl_terms = build_glossary(terms, distractors, args.size)
+    # Word-list distractors have no translations: the term stands in for it.
+    entries = [{"id": f"e{i}", "term": t, "translations": {args.lang: t}} for i, t in enumerate(gl_terms)]
+    id_of = {t.lower(): f"e{i}" for i, t in enumerate(gl_terms)}
+    content = "".join(json.dumps(e) + "\n" for e in entries).encode()
+
+    async def go():
+        server = state = None
+        tmp = None
+        address = args.server
+        token = None
+        if address is None:
+            tmp = tempfile.TemporaryDirectory()
+            ckpt = str(args.checkpoint or default_checkpoint_dir())
+            cfg = ServerConfig(address="127.0.0.1:0", checkpoint=ckpt, data_dir=tmp.name, admin_token="eval", demo_glossary=False, threads=args.threads)
+            server, port, state = await create_server(cfg)
+            address, token = f"127.0.0.1:{port}", "eval"
+        import os
+
+        token = token or os.environ.get("RASST_ADMIN_TOKEN")
+        gid = args.glossary_id or "streaming-eval"
+        if not args.glossary_id:
+            c = Client(address, token, timeout=600)
+            await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
+            c.close()
+        t0 = time.time()
+        records = await _play(address, talks, gid, args)
+        wall = time.time() - t0
+        if server is not None:
+            await drain(server, state, 1.0)
+            tmp.cleanup()
+        return records, wall
+
+    records, wall = asyncio.run(go())
+    report = score(records, [o for _, o in talks], args.chunk, args.lookback, id_of)
+    lat = np.array([r.latency_ms for recs in records for r in recs if r.latency_ms is not None])
+    on_time = np.mean([r.on_time for recs in records for r in recs])
+    audio_s = sum(len(s) for s, _ in talks) / SAMPLE_RATE
+    report.update(
+        {
+            "on_time": float(on_time),
+            "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "latency_ms_p99": float(np.percentile(lat, 99)),
+            "budget_ms": args.budget_ms,
+            "glossary_size": len(gl_terms),
+            "chunk_s": args.chunk,
+            "lookback_s": args.lookback,
+            "audio_s": round(audio_s, 1),
+            "wall_s": round(wall, 1),
+            "manifest": str(args.manifest),
+        }
+    )
+    return report

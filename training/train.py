@@ -1,0 +1,345 @@
+"""Contrastive training of the dual encoder, in one process or under torchrun (DDP).
+
+The front-end is frozen, so its frames are precomputed (training/features.py) and a
+step costs only the speech head and the term encoder. Each step draws utterances,
+cuts a random window around each term span (multi-scale, jittered edges), and
+contrasts them with their terms, mined phonetic neighbours, text-only distractor
+terms and a memory of earlier term vectors (training/loss.py).
+
+Under ``torchrun --nproc-per-node N`` every rank draws its own batches and gradients
+are averaged by DDP (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from retriever.g2p import normalize_term, units
+from retriever.model import DualEncoder, FrontendConfig, ModelConfig
+
+from .features import FeatureCache
+from .loss import DualContrastiveLoss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Optimisation steps.
+    steps: int = 3000
+    # Utterances (audio anchors) per step and rank.
+    batch_size: int = 256
+    # Text-only distractor terms added per step as extra negatives.
+    text_negatives: int = 128
+    # Mined phonetic neighbours per seed term (hard negatives); 0 turns mining off.
+    hard_negatives: int = 2
+    # Re-mine neighbours every this many steps with the current term encoder.
+    mine_every: int = 500
+    # Cross-batch memory of term vectors (0 = off).
+    memory_size: int = 16384
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    temperature: float = 0.05
+    # Max window-edge jitter as a fraction of the span length (plus 2 frames).
+    jitter: float = 0.2
+    # Evaluate on dev every this many steps (0 = only at the end).
+    eval_every: int = 500
+    # Glossary size for dev recall.
+    eval_size: int = 1000
+    # Save a resumable training state every this many steps.
+    save_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.temperature <= 1:
+            raise ValueError(f"temperature must be in (0, 1], got {self.temperature}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+
+
+@dataclass
+class TrainData:
+    train: FeatureCache
+    dev: FeatureCache | None
+    distractors: list[str]  # text-only terms (never spoken in dev/test)
+    labels: dict[str, int] = field(default_factory=dict)  # pronunciation -> label
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def build_vocab(unit_strings: list[str]) -> tuple[str, ...]:
+    return tuple(sorted({ch for s in unit_strings for ch in s}))
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: TrainData, out_dir: Path):
+        self.cfg = cfg
+        self.data = data
+        self.out = Path(out_dir)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        random.seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        torch.manual_seed(cfg.seed)  # same init on every rank
+
+        # Terms: the spoken ones (with audio) and text-only distractors, with pronunciations.
+        self.spoken = sorted(set(data.train.occ_term))
+        spoken_set = set(self.spoken)
+        self.text_only = [t for t in data.distractors if t not in spoken_set]
+        all_terms = self.spoken + self.text_only
+        unit_strs = units(all_terms, model_cfg.text_unit, model_cfg.g2p_language)
+        self.units = dict(zip(all_terms, unit_strs, strict=True))
+        if not model_cfg.text_vocab:
+            model_cfg = replace(model_cfg, text_vocab=build_vocab(unit_strs))
+        # Label = pronunciation: homophones are one class (false-negative masking).
+        label_of: dict[str, int] = {}
+        self.label = {t: label_of.setdefault(self.units[t], len(label_of)) for t in all_terms}
+        self.occ_by_term: dict[str, list[int]] = {}
+        for i, t in enumerate(data.train.occ_term):
+            self.occ_by_term.setdefault(t, []).append(i)
+
+        self.model = DualEncoder(model_cfg)
+        self.module = self.model
+        if dist.is_initialized():
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.loss = DualContrastiveLoss(cfg.temperature, cfg.memory_size, model_cfg.embed_dim)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+        self.neighbours: dict[str, list[str]] = {}
+
+    # -- batches
+    def _window(self, occ: int) -> tuple[int, int, int]:
+        c = self.data.train
+        u = int(c.occ_utt[occ])
+        n = int(c.offsets[u + 1] - c.offsets[u])
+        a, b = (int(x) for x in c.occ_span[occ])
+        j = self.cfg.jitter * (b - a) + 2
+        s = int(round(a + random.uniform(-j, j)))
+        e = int(round(b + random.uniform(-j, j)))
+        if random.random() < 0.3:  # snap to one of the serving window lengths, centred
+            w = min(self.module.config.window_frames, key=lambda L: abs(L - (b - a)) + random.random() * 5)
+            mid = (a + b) // 2
+            s, e = mid - w // 2, mid - w // 2 + w
+        s = min(max(0, s), n - 3)
+        e = max(min(n, e), s + 3)
+        return u, s, e
+
+    def _batch(self):
+        c = self.data.train
+        B = self.cfg.batch_size
+        h = self.cfg.hard_negatives
+        seeds = random.sample(self.spoken, min(len(self.spoken), B // 2 if h else B))
+        terms = list(seeds)
+        extra_text: list[str] = []
+        for t in seeds:
+            for nb in self.neighbours.get(t, [])[:h]:
+                if nb in self.occ_by_term and len(terms) < B:
+                    terms.append(nb)  # hard negative with audio of its own
+                else:
+                    extra_text.append(nb)
+        while len(terms) < B and len(terms) < len(self.spoken):
+            terms.append(random.choice(self.spoken))
+        occs = [random.choice(self.occ_by_term[t]) for t in terms]
+        pooled = np.empty((len(occs), self.module.speech.norm.normalized_shape[0]), np.float32)
+        for i, occ in enumerate(occs):
+            u, st, en = self._window(occ)
+            pooled[i] = pool_one(c.utt_frames(u), st, en, self.module.config.pool_thirds)
+        if self.text_only and self.cfg.text_negatives:
+            extra_text += random.sample(self.text_only, min(self.cfg.text_negatives, len(self.text_only)))
+        text_terms = list(dict.fromkeys(terms + extra_text))
+        a_labels = torch.tensor([self.label[t] for t in terms])
+        t_labels = torch.tensor([self.label[t] for t in text_terms])
+        return torch.from_numpy(pooled), a_labels, [self.units[t] for t in text_terms], t_labels
+
+    # -- mining
+    @torch.no_grad()
+    def mine(self) -> None:
+        """Nearest pronunciations (by the current term encoder) of each spoken term."""
+        if not self.cfg.hard_negatives:
+            return
+        from retriever.index import TermIndex
+
+        pool = self.spoken + random.sample(self.text_only, min(len(self.text_only), 50_000))
+        vec = self._embed_units([self.units[t] for t in pool])
+        index = TermIndex(vec, np.arange(len(pool)))
+        D, I = index.search(vec[: len(self.spoken)], 8)
+        self.neighbours = {
+            t: [pool[j] for j in I[i] if j >= 0 and self.label[pool[j]] != self.label[t]][: self.cfg.hard_negatives]
+            for i, t in enumerate(self.spoken)
+        }
+
+    @torch.no_grad()
+    def _embed_units(self, unit_strs: list[str], bs: int = 1024) -> np.ndarray:
+        m = self.module
+        m.eval()
+        out = []
+        for i in range(0, len(unit_strs), bs):
+            ids, lengths = m.tokenize(unit_strs[i : i + bs])
+            out.append(m.text(ids, lengths).numpy())
+        m.train()
+        return np.concatenate(out)
+
+    # -- loop
+    def lr_at(self, step: int) -> float:
+        if step < self.cfg.warmup:
+            return self.cfg.lr * (step + 1) / self.cfg.warmup
+        p = (step - self.cfg.warmup) / max(1, self.cfg.steps - self.cfg.warmup)
+        return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    def train_step(self) -> dict:
+        self.model.train()
+        pooled, a_labels, text_units, t_labels = self._batch()
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        m = self.module
+        ids, lengths = m.tokenize(text_units)
+        audio, text = self.model(pooled, ids, lengths)
+        out = self.loss(audio, a_labels, text, t_labels)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def evaluate_dev(self) -> dict:
+        from .evaluate import evaluate
+
+        if self.data.dev is None:
+            return {}
+        r = evaluate(self.module, self.data.dev, self.text_only or self.spoken, [self.cfg.eval_size])
+        return r["sizes"][str(self.cfg.eval_size)]
+
+    def save_state(self) -> None:
+        if not _is_main():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / "train_state.pt.tmp"
+        torch.save({"model": self.module.state_dict(), "opt": self.opt.state_dict(), "step": self.step, "history": self.history, "config": self.module.config.to_dict()}, tmp)
+        os.replace(tmp, self.out / "train_state.pt")
+
+    def maybe_resume(self) -> None:
+        p = self.out / "train_state.pt"
+        if p.exists():
+            st = torch.load(p, weights_only=False)
+            self.module.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["opt"])
+            self.step = st["step"]
+            self.history = st["history"]
+            if _is_main():
+                logger.info("resumed from %s at step %d", p, self.step)
+
+    def fit(self, progress: bool = True) -> list[dict]:
+        from tqdm import tqdm
+
+        self.maybe_resume()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step", disable=not (progress and _is_main()))
+        t0 = time.time()
+        while self.step < self.cfg.steps:
+            if self.cfg.hard_negatives and self.step % self.cfg.mine_every == 0:
+                self.mine()
+            rec = self.train_step()
+            rec["step"] = self.step
+            if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps) and _is_main():
+                rec.update({f"dev_{k}": v for k, v in self.evaluate_dev().items()})
+                rec["elapsed_s"] = round(time.time() - t0, 1)
+            self.history.append(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"dev_r10": f"{rec['dev_recall@10']:.3f}"} if "dev_recall@10" in rec else {}))
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save_state()
+        bar.close()
+        return self.history
+
+
+def pool_one(frames: np.ndarray, s: int, e: int, thirds: bool) -> np.ndarray:
+    """One window's pooled features, as ``retriever.model.pool_windows`` computes them."""
+    fr = frames[s:e].astype(np.float32)
+    parts = [fr.mean(0)]
+    if thirds:
+        L = e - s
+        cuts = [0, L // 3, (2 * L) // 3, L]
+        parts += [fr[cuts[i] : max(cuts[i + 1], cuts[i] + 1)].mean(0) for i in range(3)]
+    return np.concatenate(parts)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(steps, [h["loss"] for h in history], lw=0.6, label="loss")
+    ax[0].plot(steps, [h["a2t"] for h in history], lw=0.6, label="audio->term")
+    ax[0].set_xlabel("step")
+    ax[0].legend()
+    ax[0].set_title("training loss")
+    ev = [h for h in history if "dev_recall@10" in h]
+    for k in (1, 5, 10):
+        ax[1].plot([h["step"] for h in ev], [h[f"dev_recall@{k}"] for h in ev], marker="o", label=f"R@{k}")
+    ax[1].set_ylim(0, 1.01)
+    ax[1].set_xlabel("step")
+    ax[1].set_title("dev recall (1K glossary)")
+    ax[1].legend()
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(
+    train_cache: FeatureCache,
+    dev_cache: FeatureCache | None,
+    distractors: list[str],
+    out_dir: Path,
+    model_cfg: ModelConfig | None = None,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    calibrate: bool = True,
+) -> Path:
+    """Train and write a checkpoint directory (rank 0); returns its path."""
+    cfg = cfg or TrainConfig()
+    model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
+    out_dir = Path(out_dir)
+    trainer = Trainer(model_cfg, cfg, TrainData(train_cache, dev_cache, distractors), out_dir)
+    history = trainer.fit(progress)
+    if not _is_main():
+        return out_dir
+    model = trainer.module.eval()
+    metrics = {"train_config": asdict(cfg), "final": history[-1] if history else {}, "n_train_occurrences": len(train_cache.occ_term), "n_train_terms": len(trainer.spoken)}
+    if calibrate and dev_cache is not None:
+        from .evaluate import calibrate_threshold
+
+        cal = calibrate_threshold(model, dev_cache, trainer.text_only or trainer.spoken)
+        metrics["calibration"] = cal
+        model.config = replace(model.config, threshold=cal["threshold"])
+    model.save_pretrained(out_dir, metrics=metrics)
+    (out_dir / "history.json").write_text(json.dumps(history))
+    plot_history(history, out_dir / "training_curves.png")
+    (out_dir / "train_state.pt").unlink(missing_ok=True)
+    return out_dir
+
+
+def spoken_terms_blocklist(*caches: FeatureCache) -> set[str]:
+    return {normalize_term(t).lower() for c in caches if c is not None for t in c.occ_term}
