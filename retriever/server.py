@@ -188,6 +188,7 @@ class ServerState:
     active_sessions: int = 0
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     draining: bool = False
+    loading: bool = False  # the start-up model load is in progress
 
     async def set_serving(self) -> None:
         ok = self.engine.snapshot.ready and not self.draining
@@ -236,6 +237,8 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
     async def _check_common(self, context, glossary_id: str, lang: str, top_k: int, has_thr: bool, thr: float, prefix: str = ""):
         snap = self.s.engine.snapshot
         if not snap.ready:
+            if self.s.loading:  # transient: clients retry UNAVAILABLE with backoff
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting: the model is still loading")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no model is loaded; an operator must call GlossaryAdmin.ReloadModel")
         if not glossary_id:
             await abort_invalid(context, f"{prefix}glossary_id", "required")
@@ -594,7 +597,15 @@ async def create_server(cfg: ServerConfig, load: bool = True) -> tuple[grpc.aio.
     await server.start()
     if load and cfg.checkpoint != "none":
         ckpt = resolve_checkpoint(cfg.checkpoint)
-        await asyncio.to_thread(engine.load_model, ckpt)
+        state.loading = True
+        try:
+            await asyncio.to_thread(engine.load_model, ckpt)
+        except BaseException:
+            await server.stop(0)
+            engine.close()
+            raise
+        finally:
+            state.loading = False
         await state.set_serving()
     state.refresh_glossary_metrics()
     if cfg.metrics_port:

@@ -90,6 +90,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-negatives", type=int, default=d.text_negatives)
     p.add_argument("--memory-size", type=int, default=d.memory_size)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-size", type=int, default=d.eval_size, help="glossary size for dev recall and threshold calibration")
     p.add_argument("--text-unit", choices=["phonemes", "letters"], default="phonemes")
     p.add_argument("--no-thirds", action="store_true", help="pool the window mean only (ablation)")
     p.add_argument("--window-frames", default=None, help="comma-separated window lengths in frames")
@@ -139,6 +140,7 @@ def train_main(argv: list[str] | None = None) -> int:
             text_negatives=args.text_negatives,
             memory_size=args.memory_size,
             eval_every=args.eval_every,
+            eval_size=args.eval_size,
             seed=args.seed,
         )
         t0 = time.time()

@@ -331,7 +331,7 @@ def run(
     if calibrate and dev_cache is not None:
         from .evaluate import calibrate_threshold
 
-        cal = calibrate_threshold(model, dev_cache, trainer.text_only or trainer.spoken)
+        cal = calibrate_threshold(model, dev_cache, trainer.text_only or trainer.spoken, size=cfg.eval_size)
         metrics["calibration"] = cal
         model.config = replace(model.config, threshold=cal["threshold"])
     model.save_pretrained(out_dir, metrics=metrics)

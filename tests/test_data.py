@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever import audio as A
+from training import data as D
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    voices = D.training_voices(0, n=3) + [D.Voice("flite", "slt")]
+    specs = D.plan(["attention mechanism", "semantic parsing", "pembrolizumab", "NLP"], voices, 2, seed=1, augment_prob=0.0, prefix="t")
+    manifest = D.synthesize(specs, out, workers=1, desc="test")
+    return out, manifest, specs
+
+
+def _energy(x: np.ndarray) -> float:
+    return float(np.sqrt((x**2).mean() + 1e-12))
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def test_spans_hold_the_term(tiny_corpus):
+    out, manifest, specs = tiny_corpus
+    rows = D.read_manifest(manifest, check_audio=True)
+    assert len(rows) == len(specs) == 8
+    by_uid = {s.uid: s for s in specs}
+    for row in rows:
+        x = A.load_audio(row["audio_path"])
+        t = row["terms"][0]
+        s, e = int(t["start"] * A.SAMPLE_RATE), int(t["end"] * A.SAMPLE_RATE)
+        assert 0 < s < e <= len(x)
+        inside = x[s:e]
+        # Speech energy inside the span, and the span is the term: it matches a separate
+        # rendering of the term by the same voice, sample for sample.
+        assert _energy(inside) > 0.01
+        spec = by_uid[Path(row["audio"]).stem]
+        alone = D.render(spec.voice, spec.term)
+        # Times are rounded to 0.1 ms (1.6 samples): allow a shift of a few samples.
+        assert abs(len(alone) - (e - s)) <= 3
+        best = max(_corr(x[s + d : s + d + len(alone)], alone) for d in range(-3, 4))
+        assert best > 0.99
+        # Outside the span there is other speech (the carrier), not the term.
+        assert _energy(x[:s]) > 0.005 and _energy(x[e:]) > 0.005
+
+
+def test_resume_skips_finished_files_and_is_deterministic(tiny_corpus):
+    out, manifest, specs = tiny_corpus
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "wav").glob("*.wav")}
+    again = D.synthesize(specs, out, workers=1, desc="again")
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "wav").glob("*.wav")}
+    assert before == after
+    assert again.read_text() == manifest.read_text()
+    assert D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x") == D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x")
+
+
+def test_heldout_voices_are_other_engines():
+    train = {v.engine for v in D.training_voices(0)}
+    held = {v.engine for v in D.heldout_voices()}
+    assert train == {"espeak-ng"}
+    assert held and not (held & train)
+
+
+def test_augmentation_scales_spans():
+    rng = np.random.default_rng(0)
+    x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
+    for _ in range(20):
+        y, scale, applied = D.augment(x, rng)
+        assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+        assert abs(len(y) - len(x) * scale) <= 2
+
+
+def test_term_splits_are_disjoint():
+    terms = [f"term {i}" for i in range(3000)] + ["Term 1"]
+    s = D.split_terms(terms, seed=0, dev_frac=0.05, test_frac=0.1)
+    lower = {k: {t.lower() for t in v} for k, v in s.items()}
+    assert not (lower["train"] & lower["test"]) and not (lower["train"] & lower["dev"]) and not (lower["dev"] & lower["test"])
+    assert 200 < len(s["test"]) < 400
+    assert D.split_terms(terms, 0, 0.05, 0.1) == s
+
+
+def test_collected_terms_exclude_test_only_glossaries():
+    acl = D.acl_terms()
+    assert "semantic parsing" in acl
+    terms = D.collect_terms()
+    assert len(terms) > 50_000
+    assert not ({t.lower() for t in random.Random(0).sample(terms, 20000)} & acl)
+    kinds = {D.term_kind(t) for t in terms[:5000]} | {D.term_kind(t) for t in terms[-5000:]}
+    assert {"word", "phrase"} <= kinds
+
+
+def _write(p: Path, rows):
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    "row,msg",
+    [
+        ("{not json", "not valid JSON"),
+        ({"audio": "missing.wav", "terms": []}, "not found"),
+        ({"audio": "ok.wav", "terms": [{"term": "x", "start": 0.1, "end": 9.0}]}, "after the audio's end"),
+        ({"audio": "ok.wav", "terms": [{"term": "x", "start": 0.5, "end": 0.2}]}, "start < end"),
+        ({"audio": "ok.wav", "terms": [{"term": "", "start": 0.1, "end": 0.2}]}, "terms[0].term"),
+        ({"audio": "ok.wav", "terms": [{"term": "x"}]}, "numeric 'start' and 'end'"),
+        ({"audio": "garbage.wav", "terms": []}, "unreadable"),
+        ({"audio": "slow.wav", "terms": []}, "sample rate 4000"),
+        ({"terms": []}, "field 'audio'"),
+    ],
+)
+def test_import_rejects_malformed_lines(tmp_path, tts, row, msg):
+    A.write_wav(tmp_path / "ok.wav", tts("hello"))
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF....not audio")
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "slow.wav"), np.zeros(4000, np.float32), 4000)
+    good = {"audio": "ok.wav", "terms": [{"term": "hello", "start": 0.0, "end": 0.3}]}
+    _write(tmp_path / "m.jsonl", [good, row])
+    with pytest.raises(D.ManifestError) as e:
+        D.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
+    assert "line 2" in str(e.value) and msg in str(e.value)
+    assert not (tmp_path / "out" / "m.jsonl").exists()
+
+
+def test_import_converts_a_valid_corpus(tmp_path, tts):
+    import soundfile as sf
+
+    x = tts("the attention mechanism")
+    sf.write(str(tmp_path / "a.wav"), np.stack([x, x], 1), 16000)  # stereo input
+    _write(tmp_path / "m.jsonl", [{"audio": "a.wav", "text": "the attention mechanism", "terms": [{"term": "attention mechanism", "start": 0.2, "end": 1.0}], "speaker": "me"}])
+    n = D.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
+    rows = D.read_manifest(tmp_path / "out" / "m.jsonl", check_audio=True)
+    assert n == 1 and rows[0]["speaker"] == "me" and rows[0]["duration"] == pytest.approx(len(x) / 16000, abs=1e-3)
+
+
+def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):
+    m = D.smoke_set(tmp_path)
+    rows = D.read_manifest(m, check_audio=True)
+    assert len(rows) >= 5 and all(r["speaker"].startswith("human:") for r in rows)
+    assert sum(len(r["terms"]) for r in rows) >= 10
