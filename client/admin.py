@@ -16,7 +16,14 @@ from google.protobuf.json_format import MessageToDict
 
 from .api import Client, RasstError
 
-FORMATS = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "tbx": "tbx", "xml": "tbx", "json": "acl_json"}
+FORMATS = {
+    "jsonl": "jsonl",
+    "csv": "csv",
+    "tsv": "tsv",
+    "tbx": "tbx",
+    "xml": "tbx",
+    "json": "acl_json",
+}
 CHUNK_ENTRIES = 5000  # patch batch size for large uploads (progress shown per batch)
 
 
@@ -39,22 +46,33 @@ def _out(msg, as_json: bool) -> None:
             if k != "entries":
                 print(f"{k}: {v}")
         for e in d.get("entries", []):
-            print(f"  {e.get('id')}: {e.get('term')}  {e.get('translations', {})}  {e.get('aliases', [])}")
+            print(
+                f"  {e.get('id')}: {e.get('term')}  {e.get('translations', {})}  {e.get('aliases', [])}"
+            )
 
 
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = int(width * done / max(1, total))
-    print(f"\r  uploading [{'#' * filled}{'.' * (width - filled)}] {done}/{total} entries", end="", file=sys.stderr, flush=True)
+    print(
+        f"\r  uploading [{'#' * filled}{'.' * (width - filled)}] {done}/{total} entries",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
     if done >= total:
         print(file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rasst glossary", description="Manage glossaries on a rasst server.")
+    p = argparse.ArgumentParser(
+        prog="rasst glossary", description="Manage glossaries on a rasst server."
+    )
     p.add_argument("--server", default=os.environ.get("RASST_SERVER", "127.0.0.1:50051"))
     p.add_argument("--token", default=None, help="admin bearer token (default: $RASST_ADMIN_TOKEN)")
-    p.add_argument("--token-file", default=None, help="file holding the token (e.g. var/rasst/admin_token)")
+    p.add_argument(
+        "--token-file", default=None, help="file holding the token (e.g. var/rasst/admin_token)"
+    )
     p.add_argument("--tls-ca", default=None)
     p.add_argument("--json", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -73,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list")
     delete = sub.add_parser("delete")
     delete.add_argument("glossary_id")
-    reload = sub.add_parser("reload", help="load a model checkpoint on the server and re-embed every glossary")
+    reload = sub.add_parser(
+        "reload", help="load a model checkpoint on the server and re-embed every glossary"
+    )
     reload.add_argument("checkpoint_path")
     sub.add_parser("stats")
     args = p.parse_args(argv)
@@ -86,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "put":
             fmt = args.format or FORMATS.get(args.file.suffix.lower().lstrip("."))
             if fmt is None:
-                print(f"rasst glossary: cannot tell the format of {args.file.name}; pass --format", file=sys.stderr)
+                print(
+                    f"rasst glossary: cannot tell the format of {args.file.name}; pass --format",
+                    file=sys.stderr,
+                )
                 return 2
             content = args.file.read_bytes()
             _progress(0, 1)
@@ -101,13 +124,20 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             upserts.append(json.loads(line))
                         except json.JSONDecodeError as e:
-                            print(f"rasst glossary: {args.upsert}:{i}: not valid JSON: {e.msg}", file=sys.stderr)
+                            print(
+                                f"rasst glossary: {args.upsert}:{i}: not valid JSON: {e.msg}",
+                                file=sys.stderr,
+                            )
                             return 1
             res = None
             expected = args.expected_version
-            batches = [upserts[i : i + CHUNK_ENTRIES] for i in range(0, len(upserts), CHUNK_ENTRIES)] or [[]]
+            batches = [
+                upserts[i : i + CHUNK_ENTRIES] for i in range(0, len(upserts), CHUNK_ENTRIES)
+            ] or [[]]
             for bi, batch in enumerate(batches):
-                res = client.patch_glossary(args.glossary_id, batch, args.delete if bi == 0 else [], expected)
+                res = client.patch_glossary(
+                    args.glossary_id, batch, args.delete if bi == 0 else [], expected
+                )
                 expected = res.version if expected else 0
                 if len(batches) > 1:
                     _progress(min(len(upserts), (bi + 1) * CHUNK_ENTRIES), len(upserts))
@@ -117,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "list":
             gl = client.list_glossaries()
             if args.json:
-                print(json.dumps([MessageToDict(g, preserving_proto_field_name=True) for g in gl], indent=2))
+                print(
+                    json.dumps(
+                        [MessageToDict(g, preserving_proto_field_name=True) for g in gl], indent=2
+                    )
+                )
             else:
                 for g in gl:
-                    print(f"{g.glossary_id:24} v{g.version:<5} {g.entry_count:>8} entries  {','.join(g.languages)}")
+                    print(
+                        f"{g.glossary_id:24} v{g.version:<5} {g.entry_count:>8} entries  {','.join(g.languages)}"
+                    )
         elif args.cmd == "delete":
             client.delete_glossary(args.glossary_id)
             print(f"deleted {args.glossary_id}")

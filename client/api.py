@@ -30,7 +30,12 @@ SAMPLE_RATE = 16000
 class RasstError(Exception):
     """A failed call; ``code`` is the gRPC status code, ``field_violations`` the BadRequest details."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, field_violations: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        field_violations: list[tuple[str, str]] | None = None,
+    ):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -74,7 +79,12 @@ _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
 
 
 def from_rpc_error(e: grpc.RpcError) -> RasstError:
@@ -101,7 +111,9 @@ def from_rpc_error(e: grpc.RpcError) -> RasstError:
 def audio_pb(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> retrieval_pb2.Audio:
     """Float samples in [-1, 1] to an s16le Audio message (bytes, never repeated float)."""
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    return retrieval_pb2.Audio(pcm=pcm, encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=sample_rate)
+    return retrieval_pb2.Audio(
+        pcm=pcm, encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=sample_rate
+    )
 
 
 def read_wav(path: str) -> tuple[np.ndarray, int]:
@@ -127,7 +139,10 @@ def channel_target(address: str) -> str:
 
 
 def make_channel(address: str, tls_ca: str | None = None, aio: bool = True):
-    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    options = [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ]
     mod = grpc.aio if aio else grpc
     if tls_ca is not None:
         with open(tls_ca, "rb") as f:
@@ -146,7 +161,13 @@ def _auth(token: str | None):
 class Client:
     """Blocking client for scripts and tools."""
 
-    def __init__(self, address: str, token: str | None = None, tls_ca: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        timeout: float = 30.0,
+    ):
         self.channel = make_channel(address, tls_ca, aio=False)
         self.retrieval = retrieval_pb2_grpc.TermRetrievalStub(self.channel)
         self.admin = admin_pb2_grpc.GlossaryAdminStub(self.channel)
@@ -159,13 +180,32 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def retrieve(self, samples: np.ndarray, glossary_id: str, lang: str, top_k: int = 10, threshold: float | None = None, sample_rate: int = SAMPLE_RATE):
-        req = retrieval_pb2.RetrieveRequest(glossary_id=glossary_id, target_lang=lang, audio=audio_pb(samples, sample_rate), top_k=top_k)
+    def retrieve(
+        self,
+        samples: np.ndarray,
+        glossary_id: str,
+        lang: str,
+        top_k: int = 10,
+        threshold: float | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ):
+        req = retrieval_pb2.RetrieveRequest(
+            glossary_id=glossary_id,
+            target_lang=lang,
+            audio=audio_pb(samples, sample_rate),
+            top_k=top_k,
+        )
         if threshold is not None:
             req.score_threshold = threshold
         return self._call(self.retrieval.Retrieve, req)
 
-    def put_glossary(self, glossary_id: str, entries: list[dict] | None = None, content: bytes | None = None, fmt: str | None = None):
+    def put_glossary(
+        self,
+        glossary_id: str,
+        entries: list[dict] | None = None,
+        content: bytes | None = None,
+        fmt: str | None = None,
+    ):
         req = admin_pb2.PutGlossaryRequest(glossary_id=glossary_id)
         if content is not None:
             req.content = content
@@ -174,22 +214,46 @@ class Client:
             req.entries.append(entry_pb(e))
         return self._call(self.admin.PutGlossary, req, admin=True)
 
-    def patch_glossary(self, glossary_id: str, upserts: list[dict] = (), delete_ids: list[str] = (), expected_version: int = 0):
-        req = admin_pb2.PatchGlossaryRequest(glossary_id=glossary_id, delete_ids=list(delete_ids), expected_version=expected_version)
+    def patch_glossary(
+        self,
+        glossary_id: str,
+        upserts: list[dict] = (),
+        delete_ids: list[str] = (),
+        expected_version: int = 0,
+    ):
+        req = admin_pb2.PatchGlossaryRequest(
+            glossary_id=glossary_id, delete_ids=list(delete_ids), expected_version=expected_version
+        )
         req.upserts.extend(entry_pb(e) for e in upserts)
         return self._call(self.admin.PatchGlossary, req, admin=True)
 
     def get_glossary(self, glossary_id: str, include_entries: bool = False):
-        return self._call(self.admin.GetGlossary, admin_pb2.GetGlossaryRequest(glossary_id=glossary_id, include_entries=include_entries), admin=True)
+        return self._call(
+            self.admin.GetGlossary,
+            admin_pb2.GetGlossaryRequest(glossary_id=glossary_id, include_entries=include_entries),
+            admin=True,
+        )
 
     def list_glossaries(self):
-        return list(self._call(self.admin.ListGlossaries, admin_pb2.ListGlossariesRequest(), admin=True).glossaries)
+        return list(
+            self._call(
+                self.admin.ListGlossaries, admin_pb2.ListGlossariesRequest(), admin=True
+            ).glossaries
+        )
 
     def delete_glossary(self, glossary_id: str):
-        return self._call(self.admin.DeleteGlossary, admin_pb2.DeleteGlossaryRequest(glossary_id=glossary_id), admin=True)
+        return self._call(
+            self.admin.DeleteGlossary,
+            admin_pb2.DeleteGlossaryRequest(glossary_id=glossary_id),
+            admin=True,
+        )
 
     def reload_model(self, checkpoint_path: str):
-        return self._call(self.admin.ReloadModel, admin_pb2.ReloadModelRequest(checkpoint_path=checkpoint_path), admin=True)
+        return self._call(
+            self.admin.ReloadModel,
+            admin_pb2.ReloadModelRequest(checkpoint_path=checkpoint_path),
+            admin=True,
+        )
 
     def stats(self):
         return self._call(self.admin.GetStats, admin_pb2.GetStatsRequest(), admin=True)
@@ -199,7 +263,12 @@ class Client:
 
 
 def entry_pb(e: dict) -> admin_pb2.GlossaryEntry:
-    return admin_pb2.GlossaryEntry(id=e.get("id", ""), term=e["term"], translations=e.get("translations", {}), aliases=e.get("aliases", []))
+    return admin_pb2.GlossaryEntry(
+        id=e.get("id", ""),
+        term=e["term"],
+        translations=e.get("translations", {}),
+        aliases=e.get("aliases", []),
+    )
 
 
 # --------------------------------------------------------------------------- async session
@@ -233,12 +302,19 @@ class Session:
     answered, and their sequence numbers and stream times are kept.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, options: SessionOptions, on_response: Callable | None = None):
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        options: SessionOptions,
+        on_response: Callable | None = None,
+    ):
         self.stub = retrieval_pb2_grpc.TermRetrievalStub(channel)
         self.o = options
         self.on_response = on_response
         self.responses: asyncio.Queue = asyncio.Queue()
-        self._pending: dict[int, tuple[bytes, float, float]] = {}  # seq -> (pcm, stream_start_s, sent_at)
+        self._pending: dict[
+            int, tuple[bytes, float, float]
+        ] = {}  # seq -> (pcm, stream_start_s, sent_at)
         self._next_seq = 0
         self._t_stream = 0.0
         self._outbox: asyncio.Queue | None = None
@@ -256,7 +332,17 @@ class Session:
     async def send(self, samples: np.ndarray) -> int:
         if self.error is not None:
             raise self.error
-        await self._window.acquire()
+        if self._done.is_set():
+            raise RasstError(grpc.StatusCode.CANCELLED, "the session has ended")
+        # Flow control: wait for a free slot, but never past the session's end (an error
+        # arriving while we wait must surface here, not leave the caller blocked).
+        acquire = asyncio.ensure_future(self._window.acquire())
+        ended = asyncio.ensure_future(self._done.wait())
+        await asyncio.wait({acquire, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        if not acquire.done() or acquire.cancelled():
+            acquire.cancel()
+            raise self.error or RasstError(grpc.StatusCode.CANCELLED, "the session has ended")
         seq = self._next_seq
         self._next_seq += 1
         pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
@@ -317,7 +403,11 @@ class Session:
                         if seq is None:
                             return
                         if seq in self._pending:
-                            yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=seq, pcm=self._pending[seq][0]))
+                            yield retrieval_pb2.StreamRetrieveRequest(
+                                chunk=retrieval_pb2.AudioChunk(
+                                    sequence=seq, pcm=self._pending[seq][0]
+                                )
+                            )
 
                 call = self.stub.StreamRetrieve(requests())
                 try:
@@ -331,15 +421,28 @@ class Session:
                         self.responses.put_nowait((resp, sent_at))
                     if self._closed and not self._pending:
                         return
-                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "stream ended with chunks unanswered")
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        None,
+                        None,
+                        "stream ended with chunks unanswered",
+                    )
                 except grpc.aio.AioRpcError as e:
                     if e.code() not in RETRYABLE or attempt >= self.o.max_retries:
                         self.error = from_rpc_error(e)
                         return
-                    delay = min(self.o.backoff_max_s, self.o.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                    delay = min(self.o.backoff_max_s, self.o.backoff_s * 2**attempt) * (
+                        0.5 + random.random() / 2
+                    )
                     attempt += 1
                     self.reconnects += 1
-                    logger.warning("stream broke (%s); reconnect %d in %.2fs from sequence %s", e.code().name, attempt, delay, min(self._pending) if self._pending else self._next_seq)
+                    logger.warning(
+                        "stream broke (%s); reconnect %d in %.2fs from sequence %s",
+                        e.code().name,
+                        attempt,
+                        delay,
+                        min(self._pending) if self._pending else self._next_seq,
+                    )
                     await asyncio.sleep(delay)
         finally:
             self._done.set()

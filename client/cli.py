@@ -12,17 +12,36 @@ import sys
 # verb -> (module, function, help, needs)
 COMMANDS = {
     "serve": ("retriever.server", "main", "run the retrieval server", "server"),
-    "translate": ("client.translate", "main", "reference translator: stream a WAV, print hints and prompts", None),
+    "translate": (
+        "client.translate",
+        "main",
+        "reference translator: stream a WAV, print hints and prompts",
+        None,
+    ),
     "glossary": ("client.admin", "main", "put / patch / get / list / delete glossaries", None),
     "data": ("training.cli", "data_main", "build or import speech-term corpora", "server,train"),
     "train": ("training.cli", "train_main", "train the dual encoder", "server,train"),
-    "eval": ("training.cli", "eval_main", "offline Recall@k by glossary size, or --streaming hint quality", "server,train"),
-    "bench": ("training.bench", "main", "latency, load, index scaling and ASR baselines", "server,train,bench"),
+    "eval": (
+        "training.cli",
+        "eval_main",
+        "offline Recall@k by glossary size, or --streaming hint quality",
+        "server,train",
+    ),
+    "bench": (
+        "training.bench",
+        "main",
+        "latency, load, index scaling and ASR baselines",
+        "server,train,bench",
+    ),
 }
 
 
 def usage() -> str:
-    lines = ["usage: rasst <command> [options]   (rasst <command> --help for more)", "", "commands:"]
+    lines = [
+        "usage: rasst <command> [options]   (rasst <command> --help for more)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<10} {spec[2]}" for name, spec in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -70,7 +70,9 @@ class HintMerger:
                 continue
             cur = self._live.get(h.entry_id)
             if cur is None:
-                self._live[h.entry_id] = Hint(h.entry_id, h.term, h.translation, h.score, h.start_s, h.end_s, seq, seq)
+                self._live[h.entry_id] = Hint(
+                    h.entry_id, h.term, h.translation, h.score, h.start_s, h.end_s, seq, seq
+                )
             else:
                 cur.score = max(cur.score, h.score)
                 if h.end_s >= cur.end_s:
@@ -92,7 +94,9 @@ class HintMerger:
     def answered(self, seq: int) -> bool:
         return seq in self._answered
 
-    def step(self, stream_now_s: float | None = None, waited_ms: float = 0.0, on_time: bool = True) -> StepResult:
+    def step(
+        self, stream_now_s: float | None = None, waited_ms: float = 0.0, on_time: bool = True
+    ) -> StepResult:
         """The hints to inject now. ``stream_now_s``: end of the newest audio the translator has."""
         now = self._stream_now if stream_now_s is None else max(stream_now_s, self._stream_now)
         for eid in [e for e, h in self._live.items() if now - h.end_s > self.o.ttl_s]:
@@ -104,7 +108,9 @@ class HintMerger:
         self._fresh.clear()
         return StepResult(live, [h for h in live if h.fresh], waited_ms, on_time, self._max_seq)
 
-    async def wait_step(self, seq: int, budget_ms: float, stream_now_s: float | None = None) -> StepResult:
+    async def wait_step(
+        self, seq: int, budget_ms: float, stream_now_s: float | None = None
+    ) -> StepResult:
         """Wait at most ``budget_ms`` for chunk ``seq``'s response, then :meth:`step`."""
         t0 = time.monotonic()
         if self._cond is None:
@@ -112,7 +118,9 @@ class HintMerger:
         if seq not in self._answered and budget_ms > 0:
             try:
                 async with self._cond:
-                    await asyncio.wait_for(self._cond.wait_for(lambda: seq in self._answered), budget_ms / 1e3)
+                    await asyncio.wait_for(
+                        self._cond.wait_for(lambda: seq in self._answered), budget_ms / 1e3
+                    )
             except TimeoutError:
                 pass
         waited = (time.monotonic() - t0) * 1e3
@@ -127,7 +135,9 @@ class PromptBuilder:
     items: list[str] = field(default_factory=list)
 
     def build(self, hints: list[Hint], source_text: str = "") -> str:
-        lines = [self.header] + [f"- {h.term} => {h.translation or '(no translation)'}" for h in hints]
+        lines = [self.header] + [
+            f"- {h.term} => {h.translation or '(no translation)'}" for h in hints
+        ]
         if source_text:
             lines += ["", f"Source: {source_text}"]
         return "\n".join(lines) if hints else "(no glossary hints)"

@@ -88,7 +88,17 @@ async def run_translator(
         rec = StepRecord(
             step=i,
             chunk_end_s=round(end_s, 3),
-            hints=[{"entry_id": h.entry_id, "term": h.term, "translation": h.translation, "score": round(h.score, 4), "start_s": round(h.start_s, 2), "end_s": round(h.end_s, 2)} for h in res.hints],
+            hints=[
+                {
+                    "entry_id": h.entry_id,
+                    "term": h.term,
+                    "translation": h.translation,
+                    "score": round(h.score, 4),
+                    "start_s": round(h.start_s, 2),
+                    "end_s": round(h.end_s, 2),
+                }
+                for h in res.hints
+            ],
             fresh=[h.entry_id for h in res.fresh],
             waited_ms=round(res.waited_ms, 2),
             on_time=res.on_time,
@@ -112,11 +122,15 @@ def _print_step(rec: StepRecord, as_json: bool) -> None:
         print(json.dumps(asdict(rec), ensure_ascii=False), flush=True)
         return
     flag = "" if rec.on_time else "  (late: hints fold into the next step)"
-    print(f"[step {rec.step:3d} | audio to {rec.chunk_end_s:6.2f}s | waited {rec.waited_ms:5.1f} ms]{flag}")
+    print(
+        f"[step {rec.step:3d} | audio to {rec.chunk_end_s:6.2f}s | waited {rec.waited_ms:5.1f} ms]{flag}"
+    )
     if rec.hints:
         for h in rec.hints:
             new = "*" if h["entry_id"] in rec.fresh else " "
-            print(f"   {new} {h['term']!r:32} -> {h['translation']!r:28} score {h['score']:.3f}  @{h['start_s']:.2f}-{h['end_s']:.2f}s")
+            print(
+                f"   {new} {h['term']!r:32} -> {h['translation']!r:28} score {h['score']:.3f}  @{h['start_s']:.2f}-{h['end_s']:.2f}s"
+            )
     else:
         print("     (no hints)")
     if rec.output:
@@ -125,19 +139,30 @@ def _print_step(rec: StepRecord, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rasst translate", description="Stream a WAV through rasst and show the hints a translator would inject at each step.")
+    p = argparse.ArgumentParser(
+        prog="rasst translate",
+        description="Stream a WAV through rasst and show the hints a translator would inject at each step.",
+    )
     p.add_argument("wav", help="PCM WAV file (any rate 8-48 kHz, mono or stereo)")
-    p.add_argument("--server", default=os.environ.get("RASST_SERVER", "127.0.0.1:50051"), help="host:port")
+    p.add_argument(
+        "--server", default=os.environ.get("RASST_SERVER", "127.0.0.1:50051"), help="host:port"
+    )
     p.add_argument("--glossary", required=True, help="glossary id")
     p.add_argument("--lang", required=True, help="target language, e.g. de")
     p.add_argument("--chunk", type=float, default=0.96, help="chunk length in seconds")
     p.add_argument("--lookback", type=float, default=1.92)
-    p.add_argument("--budget-ms", type=float, default=80.0, help="how long each step may wait for its hints")
+    p.add_argument(
+        "--budget-ms", type=float, default=80.0, help="how long each step may wait for its hints"
+    )
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--realtime", action="store_true", help="pace chunks at the speed of speech")
     p.add_argument("--show-prompt", action="store_true", help="print the prompt built at each step")
-    p.add_argument("--hook", default=None, help="module:function called as hook(prompt, hints, step) -> translation")
+    p.add_argument(
+        "--hook",
+        default=None,
+        help="module:function called as hook(prompt, hints, step) -> translation",
+    )
     p.add_argument("--tls-ca", default=None, help="CA certificate (PEM) for a TLS server")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
     args = p.parse_args(argv)
@@ -152,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rasst translate: {e}", file=sys.stderr)
         return 1
     opts = SessionOptions(
-        glossary_id=args.glossary, target_lang=args.lang, top_k=args.top_k, score_threshold=args.threshold, chunk_s=args.chunk, lookback_s=args.lookback, sample_rate=rate, session_id="translate"
+        glossary_id=args.glossary,
+        target_lang=args.lang,
+        top_k=args.top_k,
+        score_threshold=args.threshold,
+        chunk_s=args.chunk,
+        lookback_s=args.lookback,
+        sample_rate=rate,
+        session_id="translate",
     )
 
     def on_step(rec: StepRecord) -> None:
@@ -163,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     async def go():
         channel = make_channel(args.server, args.tls_ca)
         try:
-            records, _ = await run_translator(channel, samples, rate, opts, args.budget_ms, args.realtime, hook, on_step=on_step)
+            records, _ = await run_translator(
+                channel, samples, rate, opts, args.budget_ms, args.realtime, hook, on_step=on_step
+            )
         finally:
             await channel.close()
         return records
@@ -179,5 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         on_time = sum(r.on_time for r in records) / max(1, len(records))
         lat = sorted(r.latency_ms for r in records if r.latency_ms is not None)
         p50 = lat[len(lat) // 2] if lat else float("nan")
-        print(f"{len(records)} steps, {on_time:.0%} of hints inside the {args.budget_ms:.0f} ms budget, latency p50 {p50:.1f} ms")
+        print(
+            f"{len(records)} steps, {on_time:.0%} of hints inside the {args.budget_ms:.0f} ms budget, latency p50 {p50:.1f} ms"
+        )
     return 0

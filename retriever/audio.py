@@ -41,7 +41,9 @@ def decode_pcm(pcm: bytes, encoding: str, sample_rate: int, *, field: str = "aud
     Returns a 1-D float32 array in [-1, 1]. Raises AudioError naming the bad field.
     """
     if encoding not in ENCODINGS:
-        raise AudioError(f"{field}.encoding", f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+        raise AudioError(
+            f"{field}.encoding", f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}"
+        )
     if not MIN_INPUT_RATE <= sample_rate <= MAX_INPUT_RATE:
         raise AudioError(
             f"{field}.sample_rate_hz",
@@ -84,7 +86,9 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError("audio", f"cannot read audio file {path}: {e}") from e
     x = x.mean(axis=1)
     if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
-        raise AudioError("audio", f"{path}: sample rate {sr} outside [{MIN_INPUT_RATE}, {MAX_INPUT_RATE}]")
+        raise AudioError(
+            "audio", f"{path}: sample rate {sr} outside [{MIN_INPUT_RATE}, {MAX_INPUT_RATE}]"
+        )
     return resample(x, sr)
 
 

@@ -108,14 +108,20 @@ class _Job:
     submitted: float = field(default_factory=time.monotonic)
 
 
-def embed_glossary(model: DualEncoder, g: Glossary, exact_max: int = EXACT_MAX_DEFAULT, progress: bool = False) -> ServedGlossary:
+def embed_glossary(
+    model: DualEncoder, g: Glossary, exact_max: int = EXACT_MAX_DEFAULT, progress: bool = False
+) -> ServedGlossary:
     """Embed every spoken form of every entry and index them."""
     forms, row_entry = [], []
     for i, e in enumerate(g.entries):
         for f in e.forms():
             forms.append(f)
             row_entry.append(i)
-    xb = model.encode_terms(forms, progress=progress) if forms else np.zeros((0, model.config.embed_dim), np.float32)
+    xb = (
+        model.encode_terms(forms, progress=progress)
+        if forms
+        else np.zeros((0, model.config.embed_dim), np.float32)
+    )
     return ServedGlossary(g, TermIndex(xb, np.asarray(row_entry), exact_max), tuple(forms))
 
 
@@ -145,12 +151,17 @@ class Engine:
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
-        served = {g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()}
+        served = {
+            g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()
+        }
         mid = checkpoint_id(checkpoint)
         with self._swap_lock:
             # Glossaries changed while we embedded are re-embedded under the lock.
             for g in self.store.list():
-                if g.glossary_id not in served or served[g.glossary_id].glossary.version != g.version:
+                if (
+                    g.glossary_id not in served
+                    or served[g.glossary_id].glossary.version != g.version
+                ):
                     served[g.glossary_id] = embed_glossary(model, g, self.cfg.exact_max)
             self._snap = Snapshot(model, frontend, mid, served)
         logger.info("model %s serving %d glossaries", mid, len(served))
@@ -159,11 +170,15 @@ class Engine:
     def commit_glossary(self, g: Glossary) -> None:
         """Embed (if a model is loaded) and persist a new version, then swap it in."""
         snap = self._snap
-        served = embed_glossary(snap.model, g, self.cfg.exact_max) if snap.model is not None else None
+        served = (
+            embed_glossary(snap.model, g, self.cfg.exact_max) if snap.model is not None else None
+        )
         with self._swap_lock:
             self.store.commit(g)
             if self._snap.model is not snap.model and self._snap.model is not None:
-                served = embed_glossary(self._snap.model, g, self.cfg.exact_max)  # model changed meanwhile
+                served = embed_glossary(
+                    self._snap.model, g, self.cfg.exact_max
+                )  # model changed meanwhile
             gl = dict(self._snap.glossaries)
             if served is not None:
                 gl[g.glossary_id] = served
@@ -179,19 +194,39 @@ class Engine:
 
     # -- requests
     def submit(
-        self, clip: np.ndarray, glossary_id: str, top_k: int, threshold: float | None, deadline_s: float, clip_start_s: float = 0.0
+        self,
+        clip: np.ndarray,
+        glossary_id: str,
+        top_k: int,
+        threshold: float | None,
+        deadline_s: float,
+        clip_start_s: float = 0.0,
     ) -> asyncio.Future:
         """Queue one clip; the future resolves to a Result. Call from the event loop."""
         snap = self._snap
         if not snap.ready:
-            raise EngineNotReady("no model is loaded; load one with the admin ReloadModel call or start with --checkpoint")
+            raise EngineNotReady(
+                "no model is loaded; load one with the admin ReloadModel call or start with --checkpoint"
+            )
         served = snap.glossaries.get(glossary_id)
         if served is None:
             raise UnknownGlossary(glossary_id)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         thr = snap.model.config.threshold if threshold is None else threshold
-        self._queue.put(_Job(clip, snap, served, top_k, thr, time.monotonic() + deadline_s, clip_start_s, fut, loop))
+        self._queue.put(
+            _Job(
+                clip,
+                snap,
+                served,
+                top_k,
+                thr,
+                time.monotonic() + deadline_s,
+                clip_start_s,
+                fut,
+                loop,
+            )
+        )
         return fut
 
     def close(self) -> None:
@@ -212,7 +247,11 @@ class Engine:
             while windows < self.cfg.max_batch_windows:
                 remaining = until - time.monotonic()
                 try:
-                    nxt = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
+                    nxt = (
+                        self._queue.get(timeout=max(0.0, remaining))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -235,7 +274,15 @@ class Engine:
                 continue
             if t0 > j.deadline:
                 self.stats["dropped"] += 1
-                _resolve(j, Result([], j.served.glossary.version, queue_ms=(t0 - j.submitted) * 1e3, dropped=True))
+                _resolve(
+                    j,
+                    Result(
+                        [],
+                        j.served.glossary.version,
+                        queue_ms=(t0 - j.submitted) * 1e3,
+                        dropped=True,
+                    ),
+                )
             else:
                 live.append(j)
         if not live:
@@ -254,7 +301,11 @@ class Engine:
             for fr in frames:
                 spans = model.windows(len(fr))
                 span_list.append(spans)
-                pooled.append(pool_windows(torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_thirds))
+                pooled.append(
+                    pool_windows(
+                        torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_thirds
+                    )
+                )
                 bounds.append(bounds[-1] + len(spans))
             with torch.no_grad():
                 vec = model.speech(torch.cat(pooled)).numpy()
@@ -278,7 +329,9 @@ class Engine:
             for j in jobs:
                 v, spans, rate = vectors[id(j)]
                 n = len(v)
-                hits = served.index.best_entries(D[off : off + n], I[off : off + n], j.threshold, j.top_k)
+                hits = served.index.best_entries(
+                    D[off : off + n], I[off : off + n], j.threshold, j.top_k
+                )
                 off += n
                 results[id(j)] = [
                     HitOut(
@@ -310,7 +363,13 @@ class Engine:
 def _n_windows(j: _Job) -> int:
     # Rough count before encoding, for batch sizing only.
     frames = max(1, len(j.clip) // 320)
-    return max(1, sum(max(1, (frames - w) // j.snapshot.model.config.window_stride + 1) for w in j.snapshot.model.config.window_frames))
+    return max(
+        1,
+        sum(
+            max(1, (frames - w) // j.snapshot.model.config.window_stride + 1)
+            for w in j.snapshot.model.config.window_frames
+        ),
+    )
 
 
 def _resolve(j: _Job, result: Result | None = None, exc: BaseException | None = None) -> None:

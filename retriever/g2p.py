@@ -34,11 +34,22 @@ def _backend(language: str):
         from phonemizer.backend import EspeakBackend
         from phonemizer.backend.espeak.wrapper import EspeakWrapper
     except ImportError as e:
-        raise RuntimeError("phoneme text side needs `pip install rasst[server]` (phonemizer, espeakng-loader)") from e
+        raise RuntimeError(
+            "phoneme text side needs `pip install rasst[server]` (phonemizer, espeakng-loader)"
+        ) from e
     EspeakWrapper.set_library(espeakng_loader.get_library_path())
     EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
-    logging.getLogger("phonemizer").setLevel(logging.ERROR)
-    return EspeakBackend(language, preserve_punctuation=False, with_stress=False, language_switch="remove-flags")
+    # phonemizer warns on every batch where espeak splits words differently from the
+    # input ("words count mismatch"); harmless for G2P of terms, so keep it quiet.
+    quiet = logging.getLogger("rasst.g2p.phonemizer")
+    quiet.setLevel(logging.ERROR)
+    return EspeakBackend(
+        language,
+        preserve_punctuation=False,
+        with_stress=False,
+        language_switch="remove-flags",
+        logger=quiet,
+    )
 
 
 def phonemize(terms: list[str], language: str = "en-us") -> list[str]:

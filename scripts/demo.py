@@ -20,7 +20,16 @@ BIN = Path(sys.executable).parent
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rasst-demo-") as data_dir:
         server = subprocess.Popen(
-            [str(BIN / "rasst"), "serve", "--address", "127.0.0.1:0", "--data-dir", data_dir, "--admin-token", "demo"],
+            [
+                str(BIN / "rasst"),
+                "serve",
+                "--address",
+                "127.0.0.1:0",
+                "--data-dir",
+                data_dir,
+                "--admin-token",
+                "demo",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -42,10 +51,24 @@ def main() -> int:
         # Keep draining the server's output so its pipe never fills and blocks it.
         tail: list[str] = []
         threading.Thread(target=lambda: tail.extend(server.stdout), daemon=True).start()
-        print(f"\nserver ready at {address} after {time.time() - t0:.1f} s; talk: {(ROOT / 'retriever/demo/talk.txt').read_text().strip()}\n")
+        print(
+            f"\nserver ready at {address} after {time.time() - t0:.1f} s; talk: {(ROOT / 'retriever/demo/talk.txt').read_text().strip()}\n"
+        )
         try:
             rc = subprocess.call(
-                [str(BIN / "rasst"), "translate", str(ROOT / "retriever/demo/talk.wav"), "--server", address, "--glossary", "demo", "--lang", "de", "--budget-ms", "100"],
+                [
+                    str(BIN / "rasst"),
+                    "translate",
+                    str(ROOT / "retriever/demo/talk.wav"),
+                    "--server",
+                    address,
+                    "--glossary",
+                    "demo",
+                    "--lang",
+                    "de",
+                    "--budget-ms",
+                    "100",
+                ],
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:

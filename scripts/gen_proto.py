@@ -43,7 +43,9 @@ def generate(out_dir: Path) -> list[Path]:
         dst = out_dir / src.name
         dst.write_text(text)
         written.append(dst)
-    (out_dir / "__init__.py").write_text('"""Generated from proto/rasst/v1 by `make proto`; do not edit."""\n')
+    (out_dir / "__init__.py").write_text(
+        '"""Generated from proto/rasst/v1 by `make proto`; do not edit."""\n'
+    )
     written.append(out_dir / "__init__.py")
     for p in sorted(tmp.rglob("*"), reverse=True):
         p.unlink() if p.is_file() else p.rmdir()

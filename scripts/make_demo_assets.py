@@ -34,14 +34,18 @@ def main() -> int:
     for f in sorted(SRC.glob("*.json")):
         for e in parse_acl_json(f.read_text()):
             merged.setdefault(e.id, e.to_dict())
-    (OUT / "glossary.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in merged.values()))
+    (OUT / "glossary.jsonl").write_text(
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in merged.values())
+    )
     shutil.copy(SRC / "LICENSE", OUT / "LICENSE.acl6060_glossaries")
+    from retriever.audio import write_wav
     from training.data import Voice, render
 
-    from retriever.audio import write_wav
-
     x = render(Voice("piper", "en_US-joe-medium"), TALK)
-    write_wav(OUT / "talk.wav", np.concatenate([np.zeros(8000, np.float32), x, np.zeros(8000, np.float32)]))
+    write_wav(
+        OUT / "talk.wav",
+        np.concatenate([np.zeros(8000, np.float32), x, np.zeros(8000, np.float32)]),
+    )
     (OUT / "talk.txt").write_text(TALK + "\n")
     print(f"{len(merged)} entries, talk {len(x) / 16000:.1f} s")
     return 0

@@ -37,7 +37,11 @@ def espeak(text: str, voice: str = "en-us", rate: int = 160) -> np.ndarray:
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing: run `make setup` (apt-get install espeak-ng)")
     with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", f.name, text], check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(rate), "-w", f.name, text],
+            check=True,
+            capture_output=True,
+        )
         return load_audio(f.name)
 
 
@@ -51,7 +55,9 @@ def default_checkpoint() -> Path:
     from retriever.model import default_checkpoint_dir
 
     d = default_checkpoint_dir()
-    assert (d / "config.json").exists(), "the shipped checkpoint is missing from retriever/default_checkpoint"
+    assert (d / "config.json").exists(), (
+        "the shipped checkpoint is missing from retriever/default_checkpoint"
+    )
     return d
 
 
@@ -61,10 +67,24 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from retriever.g2p import phonemize
     from retriever.model import DualEncoder, ModelConfig
 
-    vocab = tuple(sorted(set("".join(phonemize(["attention mechanism", "semantic parsing", "the quick brown fox jumps"])))))
+    vocab = tuple(
+        sorted(
+            set(
+                "".join(
+                    phonemize(
+                        ["attention mechanism", "semantic parsing", "the quick brown fox jumps"]
+                    )
+                )
+            )
+        )
+    )
     torch.manual_seed(0)
-    model = DualEncoder(ModelConfig(text_vocab=vocab, embed_dim=32, head_hidden=64, text_embed=16, text_hidden=32))
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "ckpt", metrics={"note": "random init"})
+    model = DualEncoder(
+        ModelConfig(text_vocab=vocab, embed_dim=32, head_hidden=64, text_embed=16, text_hidden=32)
+    )
+    return model.save_pretrained(
+        tmp_path_factory.mktemp("tiny") / "ckpt", metrics={"note": "random init"}
+    )
 
 
 class LiveServer:

@@ -21,7 +21,12 @@ def _resp(seq, hits, end):
         sequence=seq,
         chunk_start_s=end - 0.96,
         chunk_end_s=end,
-        hits=[retrieval_pb2.Hit(entry_id=e, term=e, translation=e.upper(), score=s, start_s=t - 0.5, end_s=t) for e, s, t in hits],
+        hits=[
+            retrieval_pb2.Hit(
+                entry_id=e, term=e, translation=e.upper(), score=s, start_s=t - 0.5, end_s=t
+            )
+            for e, s, t in hits
+        ],
     )
 
 
@@ -77,13 +82,17 @@ def test_wait_step_returns_as_soon_as_the_answer_arrives():
 
 def test_client_commands_do_not_import_torch_or_faiss():
     code = "import sys, client.cli, client.translate, client.admin, client.api, client.merger; print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
 def test_cli_exit_codes():
     def rasst(*args):
-        return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, cwd=ROOT
+        )
 
     assert rasst("--help").returncode == 0
     assert rasst().returncode == 2
@@ -92,13 +101,31 @@ def test_cli_exit_codes():
     assert rasst("translate", "--help").returncode == 0
     r = rasst("translate", "/nonexistent.wav", "--glossary", "g", "--lang", "de")
     assert r.returncode == 1 and r.stderr.startswith("rasst translate:")
-    assert rasst("translate", "x.wav", "--glossary", "g", "--lang", "de", "--chunk", "99").returncode == 2
+    assert (
+        rasst("translate", "x.wav", "--glossary", "g", "--lang", "de", "--chunk", "99").returncode
+        == 2
+    )
 
 
 def test_translate_cli_prints_hints_step_by_step(demo_server):
     wav = ROOT / "retriever" / "demo" / "talk.wav"
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "translate", str(wav), "--server", demo_server.address, "--glossary", "demo", "--lang", "de", "--json", "--budget-ms", "500"],
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "translate",
+            str(wav),
+            "--server",
+            demo_server.address,
+            "--glossary",
+            "demo",
+            "--lang",
+            "de",
+            "--json",
+            "--budget-ms",
+            "500",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -115,7 +142,19 @@ def test_translate_cli_prints_hints_step_by_step(demo_server):
 def test_translate_cli_reports_server_errors(demo_server):
     wav = ROOT / "retriever" / "demo" / "talk.wav"
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "translate", str(wav), "--server", demo_server.address, "--glossary", "nope", "--lang", "de"],
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "translate",
+            str(wav),
+            "--server",
+            demo_server.address,
+            "--glossary",
+            "nope",
+            "--lang",
+            "de",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -134,13 +173,23 @@ def test_session_reconnects_and_resumes(live_server, default_checkpoint, tts):
     async def go():
         got = []
         channel = make_channel(first.address)
-        s = await Session(channel, SessionOptions("demo", "de", chunk_s=0.5, max_retries=10, backoff_s=0.2, max_in_flight=2), lambda r, t: got.append(r)).start()
+        s = await Session(
+            channel,
+            SessionOptions(
+                "demo", "de", chunk_s=0.5, max_retries=10, backoff_s=0.2, max_in_flight=2
+            ),
+            lambda r, t: got.append(r),
+        ).start()
         for i, c in enumerate(chunks):
             await s.send(c)
             if i == 2:
                 await asyncio.sleep(0.3)
                 await asyncio.to_thread(first.stop)
-                second = await asyncio.to_thread(lambda: live_server(checkpoint=str(default_checkpoint), address=f"127.0.0.1:{port}"))
+                second = await asyncio.to_thread(
+                    lambda: live_server(
+                        checkpoint=str(default_checkpoint), address=f"127.0.0.1:{port}"
+                    )
+                )
                 assert second.port == port
         await s.close(timeout=120)
         await channel.close()
@@ -151,3 +200,19 @@ def test_session_reconnects_and_resumes(live_server, default_checkpoint, tts):
     assert sorted(r.sequence for r in got) == list(range(len(chunks)))
     ends = {r.sequence: r.chunk_end_s for r in got}
     assert ends[len(chunks) - 1] == pytest.approx(len(x) / 16000, abs=1e-3)
+
+
+def test_send_never_blocks_after_the_session_failed(demo_server):
+    """More chunks than the flow-control window, to a glossary that does not exist: the
+    error surfaces from send() instead of leaving the caller waiting for a free slot."""
+    from client.api import NotFound
+
+    async def go():
+        channel = make_channel(demo_server.address)
+        s = await Session(channel, SessionOptions("nope", "de", max_in_flight=2)).start()
+        with pytest.raises(NotFound):
+            for _ in range(50):
+                await asyncio.wait_for(s.send(np.zeros(1600, np.float32)), 10)
+        await channel.close()
+
+    asyncio.run(go())

@@ -14,8 +14,18 @@ from training import data as D
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    voices = D.training_voices(0, n=3) + [D.Voice("flite", "slt")]
-    specs = D.plan(["attention mechanism", "semantic parsing", "pembrolizumab", "NLP"], voices, 2, seed=1, augment_prob=0.0, prefix="t")
+    voices = D.training_voices(0, n=2) + [
+        D.Voice("festival", "ked_diphone", 100),
+        D.Voice("flite", "slt"),
+    ]
+    specs = D.plan(
+        ["attention mechanism", "semantic parsing", "pembrolizumab", "NLP"],
+        voices,
+        2,
+        seed=1,
+        augment_prob=0.0,
+        prefix="t",
+    )
     manifest = D.synthesize(specs, out, workers=1, desc="test")
     return out, manifest, specs
 
@@ -61,13 +71,15 @@ def test_resume_skips_finished_files_and_is_deterministic(tiny_corpus):
     after = {p.name: p.stat().st_mtime_ns for p in (out / "wav").glob("*.wav")}
     assert before == after
     assert again.read_text() == manifest.read_text()
-    assert D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x") == D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x")
+    assert D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x") == D.plan(
+        ["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x"
+    )
 
 
 def test_heldout_voices_are_other_engines():
     train = {v.engine for v in D.training_voices(0)}
     held = {v.engine for v in D.heldout_voices()}
-    assert train == {"espeak-ng"}
+    assert train == {"espeak-ng", "festival"}
     assert held and not (held & train)
 
 
@@ -84,7 +96,11 @@ def test_term_splits_are_disjoint():
     terms = [f"term {i}" for i in range(3000)] + ["Term 1"]
     s = D.split_terms(terms, seed=0, dev_frac=0.05, test_frac=0.1)
     lower = {k: {t.lower() for t in v} for k, v in s.items()}
-    assert not (lower["train"] & lower["test"]) and not (lower["train"] & lower["dev"]) and not (lower["dev"] & lower["test"])
+    assert (
+        not (lower["train"] & lower["test"])
+        and not (lower["train"] & lower["dev"])
+        and not (lower["dev"] & lower["test"])
+    )
     assert 200 < len(s["test"]) < 400
     assert D.split_terms(terms, 0, 0.05, 0.1) == s
 
@@ -108,7 +124,10 @@ def _write(p: Path, rows):
     [
         ("{not json", "not valid JSON"),
         ({"audio": "missing.wav", "terms": []}, "not found"),
-        ({"audio": "ok.wav", "terms": [{"term": "x", "start": 0.1, "end": 9.0}]}, "after the audio's end"),
+        (
+            {"audio": "ok.wav", "terms": [{"term": "x", "start": 0.1, "end": 9.0}]},
+            "after the audio's end",
+        ),
         ({"audio": "ok.wav", "terms": [{"term": "x", "start": 0.5, "end": 0.2}]}, "start < end"),
         ({"audio": "ok.wav", "terms": [{"term": "", "start": 0.1, "end": 0.2}]}, "terms[0].term"),
         ({"audio": "ok.wav", "terms": [{"term": "x"}]}, "numeric 'start' and 'end'"),
@@ -136,10 +155,24 @@ def test_import_converts_a_valid_corpus(tmp_path, tts):
 
     x = tts("the attention mechanism")
     sf.write(str(tmp_path / "a.wav"), np.stack([x, x], 1), 16000)  # stereo input
-    _write(tmp_path / "m.jsonl", [{"audio": "a.wav", "text": "the attention mechanism", "terms": [{"term": "attention mechanism", "start": 0.2, "end": 1.0}], "speaker": "me"}])
+    _write(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "audio": "a.wav",
+                "text": "the attention mechanism",
+                "terms": [{"term": "attention mechanism", "start": 0.2, "end": 1.0}],
+                "speaker": "me",
+            }
+        ],
+    )
     n = D.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
     rows = D.read_manifest(tmp_path / "out" / "m.jsonl", check_audio=True)
-    assert n == 1 and rows[0]["speaker"] == "me" and rows[0]["duration"] == pytest.approx(len(x) / 16000, abs=1e-3)
+    assert (
+        n == 1
+        and rows[0]["speaker"] == "me"
+        and rows[0]["duration"] == pytest.approx(len(x) / 16000, abs=1e-3)
+    )
 
 
 def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):

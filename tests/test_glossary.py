@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from retriever.glossary import GlossaryError, GlossaryStore, VersionConflict, guess_format, load_file, make_entry, parse
+from retriever.glossary import (
+    GlossaryError,
+    GlossaryStore,
+    VersionConflict,
+    guess_format,
+    load_file,
+    make_entry,
+    parse,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
 
@@ -56,7 +64,11 @@ def test_acl_json_reads_every_shared_glossary():
     [
         ('{"term": "a"}\n{not json}\n', "jsonl", "content line 2"),
         ('{"id": "x"}\n', "jsonl", "content line 1.term"),
-        ('{"term": "x", "translations": {"not a lang!": "y"}}\n', "jsonl", "content line 1.translations"),
+        (
+            '{"term": "x", "translations": {"not a lang!": "y"}}\n',
+            "jsonl",
+            "content line 1.translations",
+        ),
         ('{"term": "x", "id": "same"}\n{"term": "y", "id": "same"}\n', "jsonl", "content[1].id"),
         ("id,term,de\n1,a\n", "csv", "content line 2"),
         ("id,word\n1,a\n", "csv", "content line 1"),
@@ -88,7 +100,12 @@ def test_guess_format():
 
 
 def _entries(n, prefix="t"):
-    return [make_entry({"id": f"{prefix}{i}", "term": f"term {i}", "translations": {"de": f"Begriff {i}"}}, "e") for i in range(n)]
+    return [
+        make_entry(
+            {"id": f"{prefix}{i}", "term": f"term {i}", "translations": {"de": f"Begriff {i}"}}, "e"
+        )
+        for i in range(n)
+    ]
 
 
 def test_store_versions_persist_and_reload(tmp_path):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.model import DualEncoder, FrontendConfig, HFAudioFrontend, ModelConfig, build_frontend, pool_windows, window_layout
+from retriever.model import (
+    DualEncoder,
+    FrontendConfig,
+    HFAudioFrontend,
+    ModelConfig,
+    build_frontend,
+    pool_windows,
+    window_layout,
+)
 
 
 def test_window_layout_covers_the_clip_end():
@@ -53,7 +61,9 @@ def test_bad_checkpoints_fail_clearly(tiny_checkpoint, tmp_path):
         DualEncoder.from_pretrained(tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text().replace('"embed_dim": 32', '"embed_dim": 48'))
+    (bad / "config.json").write_text(
+        (tiny_checkpoint / "config.json").read_text().replace('"embed_dim": 32', '"embed_dim": 48')
+    )
     (bad / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="does not match"):
         DualEncoder.from_pretrained(bad)
@@ -67,7 +77,23 @@ def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
     """The real from_pretrained path, on a tiny Whisper saved with save_pretrained."""
     from transformers import WhisperConfig, WhisperModel
 
-    cfg = WhisperConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, max_source_positions=1500, max_target_positions=16)
+    cfg = WhisperConfig(
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        max_source_positions=1500,
+        max_target_positions=16,
+    )
     WhisperModel(cfg).save_pretrained(tmp_path / "whisper")
     fe = build_frontend(FrontendConfig(kind="transformers", path=str(tmp_path / "whisper"), dim=64))
     assert isinstance(fe, HFAudioFrontend)
@@ -75,7 +101,20 @@ def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
     fr = fe.frames([x])[0]
     assert fr.shape == ((len(x) // 160 - (len(x) // 160) % 2) // 2, 64)
     # The same front-end built from a config dict (offline, from scratch).
-    fe2 = build_frontend(FrontendConfig(kind="transformers", hf_config={"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "conv_dim": (32,) * 7}, dim=32))
+    fe2 = build_frontend(
+        FrontendConfig(
+            kind="transformers",
+            hf_config={
+                "model_type": "wav2vec2",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 32,
+                "conv_dim": (32,) * 7,
+            },
+            dim=32,
+        )
+    )
     assert fe2.frames([x])[0].shape[1] == 32
     with pytest.raises(RuntimeError, match="cannot load"):
         build_frontend(FrontendConfig(kind="transformers", path=str(tmp_path / "missing")))

@@ -25,7 +25,9 @@ def drift(committed: Path, generated: Path) -> list[str]:
 
 def test_committed_stubs_match_proto(tmp_path):
     gen_proto.generate(tmp_path)
-    assert drift(ROOT / "client" / "v1", tmp_path) == [], "stubs drifted from proto/: run `make proto` and commit"
+    assert drift(ROOT / "client" / "v1", tmp_path) == [], (
+        "stubs drifted from proto/: run `make proto` and commit"
+    )
 
 
 def test_drift_check_catches_a_hand_edited_stub(tmp_path):
@@ -46,11 +48,15 @@ def test_every_field_is_documented():
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):
             s = line.strip()
-            is_field = re.match(r"^(optional |repeated )?[\w.<>, ]+ \w+ = \d+;", s) and "oneof" not in s
+            is_field = (
+                re.match(r"^(optional |repeated )?[\w.<>, ]+ \w+ = \d+;", s) and "oneof" not in s
+            )
             if is_field and not s.startswith("//"):
                 prev = lines[i - 1].strip()
                 # Self-explanatory ids in small request messages are allowed to share the
                 # message's comment; every other field needs its own.
-                if s.startswith(("string glossary_id = 1;", "bool include_entries")) or re.match(r"^(SessionConfig|AudioChunk) \w+ = \d;", s):
+                if s.startswith(("string glossary_id = 1;", "bool include_entries")) or re.match(
+                    r"^(SessionConfig|AudioChunk) \w+ = \d;", s
+                ):
                     continue
                 assert prev.startswith("//"), f"{proto.name}:{i + 1} undocumented field: {s}"

@@ -10,7 +10,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.api import Client, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Session, SessionOptions, Unauthenticated, make_channel
+from client.api import (
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Session,
+    SessionOptions,
+    Unauthenticated,
+    make_channel,
+)
 from client.v1 import admin_pb2, retrieval_pb2, retrieval_pb2_grpc
 
 TOKEN = "secret"
@@ -22,13 +32,20 @@ def _pcm(x: np.ndarray) -> bytes:
 
 def _stream(address: str, chunks: list[bytes], **cfg) -> list:
     """Run one StreamRetrieve session synchronously; return the responses."""
-    config = dict(glossary_id="demo", target_lang="de", encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=16000)
+    config = dict(
+        glossary_id="demo",
+        target_lang="de",
+        encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+        sample_rate_hz=16000,
+    )
     config.update(cfg)
 
     def reqs():
         yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**config))
         for i, c in enumerate(chunks):
-            yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=config.get("first_sequence", 0) + i, pcm=c))
+            yield retrieval_pb2.StreamRetrieveRequest(
+                chunk=retrieval_pb2.AudioChunk(sequence=config.get("first_sequence", 0) + i, pcm=c)
+            )
 
     with grpc.insecure_channel(address) as ch:
         return list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=60))
@@ -56,9 +73,15 @@ def test_without_model_answers_failed_precondition_and_not_serving(live_server, 
 def test_reflection_lists_services_and_health(demo_server):
     with grpc.insecure_channel(demo_server.address) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        resp = next(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
         names = {s.name for s in resp.list_services_response.service}
-        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="rasst.v1.TermRetrieval"))
+        st = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="rasst.v1.TermRetrieval")
+        )
     assert {"rasst.v1.TermRetrieval", "rasst.v1.GlossaryAdmin", "grpc.health.v1.Health"} <= names
     assert st.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -80,7 +103,9 @@ def test_unary_retrieve_finds_the_spoken_term(demo_server, tts):
 
 
 def test_streaming_session_returns_the_spoken_term(demo_server, tts):
-    x = np.concatenate([tts("in this talk we study"), tts("semantic parsing"), tts("for everyone here today")])
+    x = np.concatenate(
+        [tts("in this talk we study"), tts("semantic parsing"), tts("for everyone here today")]
+    )
     responses = _stream(demo_server.address, _chunks(x))
     assert [r.sequence for r in responses] == list(range(len(_chunks(x))))
     found = [h for r in responses for h in r.hits if h.term == "semantic parsing"]
@@ -105,14 +130,22 @@ def test_reload_during_active_stream_loses_no_response(demo_server, default_chec
     async def run():
         channel = make_channel(demo_server.address)
         got = []
-        session = await Session(channel, SessionOptions("demo", "de", chunk_s=0.5, max_in_flight=2), lambda r, t: got.append(r)).start()
+        session = await Session(
+            channel,
+            SessionOptions("demo", "de", chunk_s=0.5, max_in_flight=2),
+            lambda r, t: got.append(r),
+        ).start()
         versions = set()
         for i, c in enumerate(chunks):
             await session.send(np.frombuffer(c, "<i2").astype(np.float32) / 32768)
             if i == 2:
                 await asyncio.to_thread(admin.reload_model, str(default_checkpoint))
             if i in (3, 5):
-                g = await asyncio.to_thread(admin.patch_glossary, "demo", [{"id": f"extra{i}", "term": f"extra term {i}", "translations": {"de": "x"}}])
+                g = await asyncio.to_thread(
+                    admin.patch_glossary,
+                    "demo",
+                    [{"id": f"extra{i}", "term": f"extra term {i}", "translations": {"de": "x"}}],
+                )
                 versions.add(g.version)
         await session.close()
         await channel.close()
@@ -142,11 +175,24 @@ def test_admin_requires_the_token(demo_server):
 
 def test_glossary_crud_and_versions(demo_server, tts):
     c = Client(demo_server.address, TOKEN)
-    g = c.put_glossary("t1", [{"id": "a", "term": "semantic parsing", "translations": {"de": "semantisches Parsen", "ja": "意味解析"}}])
+    g = c.put_glossary(
+        "t1",
+        [
+            {
+                "id": "a",
+                "term": "semantic parsing",
+                "translations": {"de": "semantisches Parsen", "ja": "意味解析"},
+            }
+        ],
+    )
     assert (g.version, g.entry_count, list(g.languages)) == (1, 1, ["de", "ja"])
     g = c.put_glossary("t1", content=b"term,de\nbleu score,BLEU-Wert\n", fmt="csv")
     assert g.version == 2 and g.entry_count == 1
-    g = c.patch_glossary("t1", [{"id": "x", "term": "attention mechanism", "translations": {"de": "Aufmerksamkeit"}}], expected_version=2)
+    g = c.patch_glossary(
+        "t1",
+        [{"id": "x", "term": "attention mechanism", "translations": {"de": "Aufmerksamkeit"}}],
+        expected_version=2,
+    )
     assert g.version == 3 and g.entry_count == 2
     full = c.get_glossary("t1", include_entries=True)
     assert {e.term for e in full.entries} == {"bleu score", "attention mechanism"}
@@ -173,19 +219,97 @@ GOOD = _pcm(np.sin(np.arange(16000) / 10).astype(np.float32) * 0.1)
 S16 = retrieval_pb2.AUDIO_ENCODING_S16LE
 F32 = retrieval_pb2.AUDIO_ENCODING_F32LE
 BAD_UNARY = [
-    ("empty audio", dict(pcm=b"", encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
-    ("odd byte count", dict(pcm=b"\x00\x01\x02", encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
-    ("NaN", dict(pcm=np.full(8000, np.nan, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-    ("Inf", dict(pcm=np.full(8000, np.inf, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "Inf"),
-    ("no encoding", dict(pcm=GOOD, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.encoding"),
-    ("absurd rate", dict(pcm=GOOD, encoding=S16, sample_rate_hz=1_000_000), {}, grpc.StatusCode.INVALID_ARGUMENT, "sample_rate_hz"),
-    ("too short", dict(pcm=GOOD[:100], encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
-    ("too long", dict(pcm=np.zeros(16000 * 31, "<i2").tobytes(), encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
-    ("unknown glossary", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"glossary_id": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
-    ("unknown language", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"target_lang": "fr"}, grpc.StatusCode.INVALID_ARGUMENT, "target_lang"),
-    ("top_k", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"top_k": 1000}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
-    ("threshold", dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000), {"score_threshold": 3.0}, grpc.StatusCode.INVALID_ARGUMENT, "score_threshold"),
-    ("oversize message", dict(pcm=b"\x00" * (9 * 1024 * 1024), encoding=S16, sample_rate_hz=16000), {}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    (
+        "empty audio",
+        dict(pcm=b"", encoding=S16, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio.pcm",
+    ),
+    (
+        "odd byte count",
+        dict(pcm=b"\x00\x01\x02", encoding=S16, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio.pcm",
+    ),
+    (
+        "NaN",
+        dict(pcm=np.full(8000, np.nan, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NaN",
+    ),
+    (
+        "Inf",
+        dict(pcm=np.full(8000, np.inf, "<f4").tobytes(), encoding=F32, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Inf",
+    ),
+    (
+        "no encoding",
+        dict(pcm=GOOD, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio.encoding",
+    ),
+    (
+        "absurd rate",
+        dict(pcm=GOOD, encoding=S16, sample_rate_hz=1_000_000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sample_rate_hz",
+    ),
+    (
+        "too short",
+        dict(pcm=GOOD[:100], encoding=S16, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio.pcm",
+    ),
+    (
+        "too long",
+        dict(pcm=np.zeros(16000 * 31, "<i2").tobytes(), encoding=S16, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "audio.pcm",
+    ),
+    (
+        "unknown glossary",
+        dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000),
+        {"glossary_id": "nope"},
+        grpc.StatusCode.NOT_FOUND,
+        "nope",
+    ),
+    (
+        "unknown language",
+        dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000),
+        {"target_lang": "fr"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "target_lang",
+    ),
+    (
+        "top_k",
+        dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000),
+        {"top_k": 1000},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "top_k",
+    ),
+    (
+        "threshold",
+        dict(pcm=GOOD, encoding=S16, sample_rate_hz=16000),
+        {"score_threshold": 3.0},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "score_threshold",
+    ),
+    (
+        "oversize message",
+        dict(pcm=b"\x00" * (9 * 1024 * 1024), encoding=S16, sample_rate_hz=16000),
+        {},
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "",
+    ),
 ]
 
 
@@ -198,7 +322,12 @@ def test_bad_unary_requests(demo_server, name, audio, extra, code, mention):
     assert e.value.code() == code
     assert mention in e.value.details()
     # ... and the server keeps serving others.
-    ok = _retrieve_raw(demo_server.address, glossary_id="demo", target_lang="de", audio=retrieval_pb2.Audio(pcm=GOOD, encoding=S16, sample_rate_hz=16000))
+    ok = _retrieve_raw(
+        demo_server.address,
+        glossary_id="demo",
+        target_lang="de",
+        audio=retrieval_pb2.Audio(pcm=GOOD, encoding=S16, sample_rate_hz=16000),
+    )
     assert ok.audio_duration_s == pytest.approx(1.0)
 
 
@@ -230,7 +359,9 @@ def test_bad_session_configs(demo_server, name, cfg, code, mention):
     def reqs():
         if cfg is not None:
             yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**config))
-        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD))
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD)
+        )
 
     with grpc.insecure_channel(demo_server.address) as ch:
         with pytest.raises(grpc.RpcError) as e:
@@ -241,7 +372,9 @@ def test_bad_session_configs(demo_server, name, cfg, code, mention):
 def test_bad_chunks_in_a_stream(demo_server):
     with pytest.raises(grpc.RpcError) as e:
         _stream_bad_seq(demo_server.address)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "chunk.sequence" in e.value.details()
+    assert (
+        e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "chunk.sequence" in e.value.details()
+    )
     with pytest.raises(grpc.RpcError) as e:
         _stream(demo_server.address, [np.zeros(16000 * 5, "<i2").tobytes()])
     assert "4 * chunk_s" in e.value.details()
@@ -249,9 +382,17 @@ def test_bad_chunks_in_a_stream(demo_server):
 
 def _stream_bad_seq(address):
     def reqs():
-        yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(glossary_id="demo", target_lang="de", encoding=S16, sample_rate_hz=16000))
-        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD))
-        yield retrieval_pb2.StreamRetrieveRequest(chunk=retrieval_pb2.AudioChunk(sequence=5, pcm=GOOD))
+        yield retrieval_pb2.StreamRetrieveRequest(
+            config=retrieval_pb2.SessionConfig(
+                glossary_id="demo", target_lang="de", encoding=S16, sample_rate_hz=16000
+            )
+        )
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=GOOD)
+        )
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=5, pcm=GOOD)
+        )
 
     with grpc.insecure_channel(address) as ch:
         return list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=30))
@@ -293,5 +434,8 @@ def test_admin_put_rejects_unknown_format(demo_server):
 
         stub = admin_pb2_grpc.GlossaryAdminStub(ch)
         with pytest.raises(grpc.RpcError) as e:
-            stub.PutGlossary(admin_pb2.PutGlossaryRequest(glossary_id="x", content=b"term\na\n"), metadata=(("authorization", f"Bearer {TOKEN}"),))
+            stub.PutGlossary(
+                admin_pb2.PutGlossaryRequest(glossary_id="x", content=b"term\na\n"),
+                metadata=(("authorization", f"Bearer {TOKEN}"),),
+            )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in e.value.details()

@@ -18,7 +18,16 @@ from training.features import FeatureCache
 from training.loss import DualContrastiveLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-TERMS = ["attention mechanism", "semantic parsing", "machine translation", "dataflow graph", "pembrolizumab", "language model", "beam search", "token"]
+TERMS = [
+    "attention mechanism",
+    "semantic parsing",
+    "machine translation",
+    "dataflow graph",
+    "pembrolizumab",
+    "language model",
+    "beam search",
+    "token",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +37,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
     D.synthesize(D.plan(TERMS, voices, 2, 0, 0.0, "tr"), out / "train", workers=1)  # 16 utterances
     D.synthesize(D.plan(TERMS[:4], voices, 1, 1, 0.0, "dv"), out / "dev", workers=1)
     (out / "terms").mkdir()
-    (out / "terms" / "train.txt").write_text("\n".join(TERMS + ["zebra crossing", "quantum dot", "tokenizer", "semantic role"]) + "\n")
+    (out / "terms" / "train.txt").write_text(
+        "\n".join(TERMS + ["zebra crossing", "quantum dot", "tokenizer", "semantic role"]) + "\n"
+    )
     return out
 
 
@@ -41,11 +52,40 @@ def _free_port() -> int:
 
 
 def _train(corpus: Path, out: Path, nproc: int = 1, steps: int = 4) -> subprocess.CompletedProcess:
-    args = ["train", "--corpus", str(corpus), "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--eval-every", "2", "--eval-size", "8", "--workers", "1", "--memory-size", "16"]
+    args = [
+        "train",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "2",
+        "--eval-size",
+        "8",
+        "--workers",
+        "1",
+        "--memory-size",
+        "16",
+    ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "client.cli", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(_free_port()), "--module", "client.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+            "--module",
+            "client.cli",
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
@@ -71,20 +111,33 @@ def test_ddp_two_processes(tiny_corpus, tmp_path):
 
 
 def test_training_resumes_from_its_state(tiny_corpus, tmp_path):
+    from retriever.model import FrontendConfig, ModelConfig
     from training.features import cached
     from training.train import TrainConfig, TrainData, Trainer
 
-    from retriever.model import FrontendConfig, ModelConfig
-
-    cache = cached(tiny_corpus / "train" / "manifest.jsonl", FrontendConfig(), tiny_corpus / "cache", 1)
-    cfg = TrainConfig(steps=3, batch_size=8, eval_every=0, save_every=2, memory_size=0, text_negatives=4)
+    cache = cached(
+        tiny_corpus / "train" / "manifest.jsonl", FrontendConfig(), tiny_corpus / "cache", 1
+    )
+    cfg = TrainConfig(
+        steps=3, batch_size=8, eval_every=0, save_every=2, memory_size=0, text_negatives=4
+    )
     t = Trainer(ModelConfig(), cfg, TrainData(cache, None, TERMS), tmp_path)
     t.fit(progress=False)
     assert (tmp_path / "train_state.pt").exists()
-    t2 = Trainer(ModelConfig(), TrainConfig(**{**cfg.__dict__, "steps": 5}), TrainData(cache, None, TERMS), tmp_path)
+    t2 = Trainer(
+        ModelConfig(),
+        TrainConfig(**{**cfg.__dict__, "steps": 5}),
+        TrainData(cache, None, TERMS),
+        tmp_path,
+    )
     t2.maybe_resume()
     assert t2.step == 2
-    assert all(torch.equal(a, b) for a, b in zip(t2.module.state_dict().values(), _state_at_2(tmp_path).values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            t2.module.state_dict().values(), _state_at_2(tmp_path).values(), strict=True
+        )
+    )
 
 
 def _state_at_2(d: Path):
@@ -105,7 +158,15 @@ def test_loss_prefers_matching_pairs():
 
 
 def test_feature_cache_roundtrip(tmp_path):
-    c = FeatureCache(np.random.rand(10, 4).astype(np.float16), np.array([0, 4, 10]), np.array([0, 1]), np.array([[1, 3], [0, 5]]), ["a", "b"], ["s1", "s2"], 50)
+    c = FeatureCache(
+        np.random.rand(10, 4).astype(np.float16),
+        np.array([0, 4, 10]),
+        np.array([0, 1]),
+        np.array([[1, 3], [0, 5]]),
+        ["a", "b"],
+        ["s1", "s2"],
+        50,
+    )
     c.save(tmp_path / "c.npz")
     d = FeatureCache.load(tmp_path / "c.npz")
     assert np.array_equal(d.utt_frames(1), c.utt_frames(1)) and d.occ_term == ["a", "b"]

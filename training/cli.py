@@ -16,7 +16,9 @@ DEFAULT_CORPUS = Path("data/corpus")
 
 
 def _setup(threads: int | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if threads:
         import torch
 
@@ -27,12 +29,19 @@ def _setup(threads: int | None = None) -> None:
 
 
 def data_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rasst data", description="Build and import speech-term corpora.")
+    p = argparse.ArgumentParser(
+        prog="rasst data", description="Build and import speech-term corpora."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("terms", help="term lists from offline sources, split train/dev/test by term")
+    t = sub.add_parser(
+        "terms", help="term lists from offline sources, split train/dev/test by term"
+    )
     t.add_argument("--out", type=Path, default=DEFAULT_CORPUS / "terms")
     t.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("synth", help="multi-voice synthesis with exact term spans (train/dev/test_heldout/test_seen)")
+    s = sub.add_parser(
+        "synth",
+        help="multi-voice synthesis with exact term spans (train/dev/test_heldout/test_seen)",
+    )
     s.add_argument("--out", type=Path, default=DEFAULT_CORPUS)
     s.add_argument("--train-terms", type=int, default=10000)
     s.add_argument("--per-term", type=int, default=2, help="training voices per training term")
@@ -40,7 +49,9 @@ def data_main(argv: list[str] | None = None) -> int:
     s.add_argument("--test-terms", type=int, default=1000)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     s.add_argument("--seed", type=int, default=0)
-    i = sub.add_parser("import", help="validate a corpus manifest (audio + transcript + term spans) and convert it")
+    i = sub.add_parser(
+        "import", help="validate a corpus manifest (audio + transcript + term spans) and convert it"
+    )
     i.add_argument("manifest", type=Path)
     i.add_argument("--out", type=Path, required=True, help="output manifest path")
     m = sub.add_parser("smoke", help="real human clips from Debian pocketsphinx-testdata, aligned")
@@ -55,10 +66,21 @@ def data_main(argv: list[str] | None = None) -> int:
         elif args.cmd == "synth":
             t0 = time.time()
             out = build_corpus(
-                args.out, train_terms=args.train_terms, test_terms=args.test_terms, dev_terms=args.dev_terms, per_term=args.per_term, workers=args.workers, seed=args.seed
+                args.out,
+                train_terms=args.train_terms,
+                test_terms=args.test_terms,
+                dev_terms=args.dev_terms,
+                per_term=args.per_term,
+                workers=args.workers,
+                seed=args.seed,
             )
             n = sum(o["utterances"] for o in out)
-            print(json.dumps({"splits": out, "utterances": n, "seconds": round(time.time() - t0, 1)}, indent=2))
+            print(
+                json.dumps(
+                    {"splits": out, "utterances": n, "seconds": round(time.time() - t0, 1)},
+                    indent=2,
+                )
+            )
         elif args.cmd == "import":
             n = import_corpus(args.manifest, args.out)
             print(f"imported {n} utterances to {args.out}")
@@ -80,7 +102,10 @@ def train_main(argv: list[str] | None = None) -> int:
     from .train import TrainConfig
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="rasst train", description="Train the dual encoder on a corpus made by `rasst data synth`.")
+    p = argparse.ArgumentParser(
+        prog="rasst train",
+        description="Train the dual encoder on a corpus made by `rasst data synth`.",
+    )
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--out", type=Path, default=Path("runs/model"))
     p.add_argument("--steps", type=int, default=d.steps)
@@ -89,12 +114,22 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-negatives", type=int, default=d.hard_negatives)
     p.add_argument("--text-negatives", type=int, default=d.text_negatives)
     p.add_argument("--memory-size", type=int, default=d.memory_size)
+    p.add_argument(
+        "--background", type=int, default=d.background, help="no-term windows per step (negatives)"
+    )
     p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--eval-size", type=int, default=d.eval_size, help="glossary size for dev recall and threshold calibration")
+    p.add_argument(
+        "--eval-size",
+        type=int,
+        default=d.eval_size,
+        help="glossary size for dev recall and threshold calibration",
+    )
     p.add_argument("--text-unit", choices=["phonemes", "letters"], default="phonemes")
     p.add_argument("--no-thirds", action="store_true", help="pool the window mean only (ablation)")
     p.add_argument("--window-frames", default=None, help="comma-separated window lengths in frames")
-    p.add_argument("--workers", type=int, default=2, help="processes for precomputing front-end frames")
+    p.add_argument(
+        "--workers", type=int, default=2, help="processes for precomputing front-end frames"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -117,7 +152,10 @@ def train_main(argv: list[str] | None = None) -> int:
         cache_dir = args.corpus / "cache"
         for split in ("train", "dev"):
             if not (args.corpus / split / "manifest.jsonl").exists():
-                print(f"rasst train: {args.corpus / split / 'manifest.jsonl'} missing; run `rasst data synth --out {args.corpus}`", file=sys.stderr)
+                print(
+                    f"rasst train: {args.corpus / split / 'manifest.jsonl'} missing; run `rasst data synth --out {args.corpus}`",
+                    file=sys.stderr,
+                )
                 return 1
         # Rank 0 builds the caches; the others wait and then read them.
         if not ddp or dist.get_rank() == 0:
@@ -139,6 +177,7 @@ def train_main(argv: list[str] | None = None) -> int:
             hard_negatives=args.hard_negatives,
             text_negatives=args.text_negatives,
             memory_size=args.memory_size,
+            background=args.background,
             eval_every=args.eval_every,
             eval_size=args.eval_size,
             seed=args.seed,
@@ -147,7 +186,17 @@ def train_main(argv: list[str] | None = None) -> int:
         out = run(train_c, dev_c, distractors, args.out, ModelConfig(**mkw), cfg)
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())
-            print(json.dumps({"checkpoint": str(out), "minutes": round((time.time() - t0) / 60, 1), "final": m["final"], "calibration": m.get("calibration")}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": str(out),
+                        "minutes": round((time.time() - t0) / 60, 1),
+                        "final": m["final"],
+                        "calibration": m.get("calibration"),
+                    },
+                    indent=2,
+                )
+            )
     except ValueError as e:
         print(f"rasst train: {e}", file=sys.stderr)
         return 2
@@ -161,21 +210,56 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rasst eval", description="Offline retrieval (Recall@k by glossary size) or --streaming hint quality.")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    p = argparse.ArgumentParser(
+        prog="rasst eval",
+        description="Offline retrieval (Recall@k by glossary size) or --streaming hint quality.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory (default: the shipped one)",
+    )
     p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--glossary", type=Path, default=None, help="glossary file whose terms are the test entries (default: the manifest's terms)")
-    p.add_argument("--distractors", type=Path, default=None, help="distractor terms, one per line (default: offline word lists)")
+    p.add_argument(
+        "--glossary",
+        type=Path,
+        default=None,
+        help="glossary file whose terms are the test entries (default: the manifest's terms)",
+    )
+    p.add_argument(
+        "--distractors",
+        type=Path,
+        default=None,
+        help="distractor terms, one per line (default: offline word lists)",
+    )
     p.add_argument("--sizes", default="1000,10000,100000")
-    p.add_argument("--out", type=Path, default=None, help="report JSON path (a PNG plot is written beside it)")
-    p.add_argument("--streaming", action="store_true", help="play the manifest through the real client and score hints")
-    p.add_argument("--server", default=None, help="host:port of a running server for --streaming (default: start one in-process)")
-    p.add_argument("--glossary-id", default=None, help="with --server: glossary already loaded there")
+    p.add_argument(
+        "--out", type=Path, default=None, help="report JSON path (a PNG plot is written beside it)"
+    )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="play the manifest through the real client and score hints",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        help="host:port of a running server for --streaming (default: start one in-process)",
+    )
+    p.add_argument(
+        "--glossary-id", default=None, help="with --server: glossary already loaded there"
+    )
     p.add_argument("--lang", default="de")
     p.add_argument("--budget-ms", type=float, default=100.0)
     p.add_argument("--chunk", type=float, default=0.96)
     p.add_argument("--lookback", type=float, default=1.92)
-    p.add_argument("--size", type=int, default=1000, help="--streaming glossary size (test terms + distractors)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=1000,
+        help="--streaming glossary size (test terms + distractors)",
+    )
     p.add_argument("--realtime", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
@@ -211,7 +295,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     try:
         ckpt = args.checkpoint or default_checkpoint_dir()
         model = DualEncoder.from_pretrained(ckpt)
-        cache = cached(args.manifest, model.config.frontend, args.manifest.parent / "cache", args.workers)
+        cache = cached(
+            args.manifest, model.config.frontend, args.manifest.parent / "cache", args.workers
+        )
         glossary_terms = [e.term for e in load_file(args.glossary)] if args.glossary else None
         distractors = read_lines(args.distractors) if args.distractors else default_distractors()
         report = evaluate(model, cache, distractors, sizes, glossary_terms, progress=True)

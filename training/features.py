@@ -44,7 +44,16 @@ class FeatureCache:
             offsets=self.offsets,
             occ_utt=self.occ_utt,
             occ_span=self.occ_span,
-            meta=np.frombuffer(json.dumps({"occ_term": self.occ_term, "utt_speaker": self.utt_speaker, "frame_rate": self.frame_rate}).encode(), dtype=np.uint8),
+            meta=np.frombuffer(
+                json.dumps(
+                    {
+                        "occ_term": self.occ_term,
+                        "utt_speaker": self.utt_speaker,
+                        "frame_rate": self.frame_rate,
+                    }
+                ).encode(),
+                dtype=np.uint8,
+            ),
         )
         os.replace(tmp, path)
 
@@ -52,7 +61,15 @@ class FeatureCache:
     def load(cls, path: Path) -> FeatureCache:
         z = np.load(path)
         meta = json.loads(bytes(z["meta"]).decode())
-        return cls(z["frames"], z["offsets"], z["occ_utt"], z["occ_span"], meta["occ_term"], meta["utt_speaker"], meta["frame_rate"])
+        return cls(
+            z["frames"],
+            z["offsets"],
+            z["occ_utt"],
+            z["occ_span"],
+            meta["occ_term"],
+            meta["utt_speaker"],
+            meta["frame_rate"],
+        )
 
 
 _FRONTEND = None
@@ -70,7 +87,13 @@ def _one(row: dict):
     x = A.load_audio(row["audio_path"])
     fr = _FRONTEND.frames([x])[0]
     rate = _FRONTEND.frame_rate
-    spans = [(int(round(t["start"] * rate)), max(int(round(t["end"] * rate)), int(round(t["start"] * rate)) + 1)) for t in row["terms"]]
+    spans = [
+        (
+            int(round(t["start"] * rate)),
+            max(int(round(t["end"] * rate)), int(round(t["start"] * rate)) + 1),
+        )
+        for t in row["terms"]
+    ]
     lo = max(0, min(s for s, _ in spans) - CONTEXT_FRAMES) if spans else 0
     hi = min(len(fr), max(e for _, e in spans) + CONTEXT_FRAMES) if spans else len(fr)
     crop = fr[lo:hi].astype(np.float16)
@@ -78,7 +101,9 @@ def _one(row: dict):
     return crop, rel, [t["term"] for t in row["terms"]], row.get("speaker", "")
 
 
-def build_cache(rows: list[dict], frontend: FrontendConfig, workers: int = 2, desc: str = "frames") -> FeatureCache:
+def build_cache(
+    rows: list[dict], frontend: FrontendConfig, workers: int = 2, desc: str = "frames"
+) -> FeatureCache:
     """Run the frozen front-end over every utterance (parallel, with a progress bar)."""
     from dataclasses import asdict
     from multiprocessing import get_context
@@ -88,7 +113,9 @@ def build_cache(rows: list[dict], frontend: FrontendConfig, workers: int = 2, de
     cfg = asdict(frontend)
     if workers > 1:
         with get_context("fork").Pool(workers, initializer=_init, initargs=(cfg,)) as pool:
-            results = list(tqdm(pool.imap(_one, rows, chunksize=8), total=len(rows), desc=desc, unit="utt"))
+            results = list(
+                tqdm(pool.imap(_one, rows, chunksize=8), total=len(rows), desc=desc, unit="utt")
+            )
     else:
         _init(cfg)
         results = [_one(r) for r in tqdm(rows, desc=desc, unit="utt")]
@@ -101,21 +128,37 @@ def build_cache(rows: list[dict], frontend: FrontendConfig, workers: int = 2, de
             occ_utt.append(u)
             occ_span.append(span)
             occ_term.append(term)
-    frames = np.concatenate([r[0] for r in results]) if results else np.zeros((0, frontend.dim), np.float16)
+    frames = (
+        np.concatenate([r[0] for r in results])
+        if results
+        else np.zeros((0, frontend.dim), np.float16)
+    )
     return FeatureCache(
-        frames, offsets, np.asarray(occ_utt, np.int64), np.asarray(occ_span, np.int64).reshape(-1, 2), occ_term, speakers, frontend.frame_rate
+        frames,
+        offsets,
+        np.asarray(occ_utt, np.int64),
+        np.asarray(occ_span, np.int64).reshape(-1, 2),
+        occ_term,
+        speakers,
+        frontend.frame_rate,
     )
 
 
-def cached(manifest: Path, frontend: FrontendConfig, cache_dir: Path, workers: int = 2) -> FeatureCache:
+def cached(
+    manifest: Path, frontend: FrontendConfig, cache_dir: Path, workers: int = 2
+) -> FeatureCache:
     """Load the cache for a manifest, building it first when missing or stale."""
     from .data import read_manifest
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}.npz"
+    key = (
+        f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}.npz"
+    )
     path = cache_dir / key
     if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
         return FeatureCache.load(path)
-    cache = build_cache(read_manifest(manifest), frontend, workers, desc=f"frames {manifest.parent.name}")
+    cache = build_cache(
+        read_manifest(manifest), frontend, workers, desc=f"frames {manifest.parent.name}"
+    )
     cache.save(path)
     return cache

@@ -33,9 +33,19 @@ class TermMemory:
 
 
 class DualContrastiveLoss(nn.Module):
-    """forward(audio (B, E), audio_labels (B,), text (M, E), text_labels (M,)) -> dict of losses."""
+    """forward(audio (B, E), audio_labels (B,), text (M, E), text_labels (M,)) -> dict of losses.
 
-    def __init__(self, temperature: float = 0.05, memory_size: int = 8192, dim: int = 256, text_weight: float = 0.5):
+    Audio windows with a negative label are background (no term spoken): they are only
+    ever negatives, for the term anchors of the text->audio direction.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        memory_size: int = 8192,
+        dim: int = 256,
+        text_weight: float = 0.5,
+    ):
         super().__init__()
         # SupCon is matrix-based; pml's NTXentLoss materialises (positive pairs x negative
         # pairs), which is ~600M elements for 256 anchors against 9K candidates.
@@ -43,16 +53,25 @@ class DualContrastiveLoss(nn.Module):
         self.memory = TermMemory(memory_size, dim)
         self.text_weight = text_weight
 
-    def forward(self, audio: torch.Tensor, audio_labels: torch.Tensor, text: torch.Tensor, text_labels: torch.Tensor) -> dict:
+    def forward(
+        self,
+        audio: torch.Tensor,
+        audio_labels: torch.Tensor,
+        text: torch.Tensor,
+        text_labels: torch.Tensor,
+    ) -> dict:
         mem_emb, mem_labels = self.memory.emb.to(text.device), self.memory.labels.to(text.device)
         # Memory vectors whose label is in the batch are stale copies of positives: drop them.
         keep = ~torch.isin(mem_labels, text_labels)
         ref = torch.cat([text, mem_emb[keep]])
         ref_labels = torch.cat([text_labels, mem_labels[keep]])
-        a2t = self.infonce(audio, audio_labels, ref_emb=ref, ref_labels=ref_labels)
+        term = audio_labels >= 0  # labels < 0 mark background windows: negatives only
+        a2t = self.infonce(audio[term], audio_labels[term], ref_emb=ref, ref_labels=ref_labels)
         # Term anchors that have audio in the batch, against all audio windows.
         has_audio = torch.isin(text_labels, audio_labels)
-        t2a = self.infonce(text[has_audio], text_labels[has_audio], ref_emb=audio, ref_labels=audio_labels)
+        t2a = self.infonce(
+            text[has_audio], text_labels[has_audio], ref_emb=audio, ref_labels=audio_labels
+        )
         self.memory.push(text, text_labels)
         loss = a2t + self.text_weight * t2a
         return {"loss": loss, "a2t": a2t.detach(), "t2a": t2a.detach()}

@@ -18,7 +18,6 @@ import json
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +31,9 @@ TALK_UTTERANCES = 10
 SAMPLE_RATE = 16000
 
 
-def make_talks(rows: list[dict], per_talk: int = TALK_UTTERANCES) -> list[tuple[np.ndarray, list[dict]]]:
+def make_talks(
+    rows: list[dict], per_talk: int = TALK_UTTERANCES
+) -> list[tuple[np.ndarray, list[dict]]]:
     """Join utterances into talks; returns (samples, occurrences with talk-relative times)."""
     from retriever.audio import load_audio
 
@@ -42,14 +43,22 @@ def make_talks(rows: list[dict], per_talk: int = TALK_UTTERANCES) -> list[tuple[
         for r in rows[i : i + per_talk]:
             x = load_audio(r["audio_path"])
             for term in r["terms"]:
-                occs.append({"term": term["term"], "start": t + term["start"], "end": t + term["end"]})
+                occs.append(
+                    {"term": term["term"], "start": t + term["start"], "end": t + term["end"]}
+                )
             xs.append(x)
             t += len(x) / SAMPLE_RATE
         talks.append((np.concatenate(xs), occs))
     return talks
 
 
-def score(records_by_talk: list[list], occs_by_talk: list[list[dict]], chunk_s: float, lookback_s: float, id_of: dict[str, str]) -> dict:
+def score(
+    records_by_talk: list[list],
+    occs_by_talk: list[list[dict]],
+    chunk_s: float,
+    lookback_s: float,
+    id_of: dict[str, str],
+) -> dict:
     tp_hints = n_hints = 0
     recalled = n_occ = 0
     for records, occs in zip(records_by_talk, occs_by_talk, strict=True):
@@ -57,7 +66,9 @@ def score(records_by_talk: list[list], occs_by_talk: list[list[dict]], chunk_s: 
         delivered: dict[str, list[int]] = {}
         for r in records:
             step_end = r.chunk_end_s
-            span_start = step_end - chunk_s - lookback_s - chunk_s  # one extra chunk: late hints fold in
+            span_start = (
+                step_end - chunk_s - lookback_s - chunk_s
+            )  # one extra chunk: late hints fold in
             for eid in r.fresh:
                 n_hints += 1
                 delivered.setdefault(eid, []).append(r.step)
@@ -70,18 +81,38 @@ def score(records_by_talk: list[list], occs_by_talk: list[list[dict]], chunk_s: 
                 recalled += 1
     p = tp_hints / n_hints if n_hints else 0.0
     r = recalled / n_occ if n_occ else 0.0
-    return {"hint_precision": p, "hint_recall": r, "hint_f1": 2 * p * r / (p + r) if p + r else 0.0, "n_hints": n_hints, "n_occurrences": n_occ}
+    return {
+        "hint_precision": p,
+        "hint_recall": r,
+        "hint_f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "n_hints": n_hints,
+        "n_occurrences": n_occ,
+    }
 
 
 async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 4):
-    opts = SessionOptions(glossary_id=glossary_id, target_lang=args.lang, chunk_s=args.chunk, lookback_s=args.lookback, deadline_ms=5000)
+    opts = SessionOptions(
+        glossary_id=glossary_id,
+        target_lang=args.lang,
+        chunk_s=args.chunk,
+        lookback_s=args.lookback,
+        deadline_ms=5000,
+    )
     sem = asyncio.Semaphore(concurrency)
     channel = make_channel(address)
     results: list = [None] * len(talks)
 
     async def one(i, samples):
         async with sem:
-            recs, _ = await run_translator(channel, samples, SAMPLE_RATE, opts, args.budget_ms, args.realtime, merger_options=MergerOptions(ttl_s=args.chunk + args.lookback))
+            recs, _ = await run_translator(
+                channel,
+                samples,
+                SAMPLE_RATE,
+                opts,
+                args.budget_ms,
+                args.realtime,
+                merger_options=MergerOptions(ttl_s=args.chunk + args.lookback),
+            )
             results[i] = recs
 
     from tqdm import tqdm
@@ -107,7 +138,9 @@ def run_streaming_eval(args) -> dict:
     distractors = read_lines(args.distractors) if args.distractors else default_distractors()
     gl_terms = build_glossary(terms, distractors, args.size)
     # Word-list distractors have no translations: the term stands in for it.
-    entries = [{"id": f"e{i}", "term": t, "translations": {args.lang: t}} for i, t in enumerate(gl_terms)]
+    entries = [
+        {"id": f"e{i}", "term": t, "translations": {args.lang: t}} for i, t in enumerate(gl_terms)
+    ]
     id_of = {t.lower(): f"e{i}" for i, t in enumerate(gl_terms)}
     content = "".join(json.dumps(e) + "\n" for e in entries).encode()
 
@@ -119,7 +152,14 @@ def run_streaming_eval(args) -> dict:
         if address is None:
             tmp = tempfile.TemporaryDirectory()
             ckpt = str(args.checkpoint or default_checkpoint_dir())
-            cfg = ServerConfig(address="127.0.0.1:0", checkpoint=ckpt, data_dir=tmp.name, admin_token="eval", demo_glossary=False, threads=args.threads)
+            cfg = ServerConfig(
+                address="127.0.0.1:0",
+                checkpoint=ckpt,
+                data_dir=tmp.name,
+                admin_token="eval",
+                demo_glossary=False,
+                threads=args.threads,
+            )
             server, port, state = await create_server(cfg)
             address, token = f"127.0.0.1:{port}", "eval"
         import os

@@ -46,6 +46,8 @@ class TrainConfig:
     hard_negatives: int = 2
     # Re-mine neighbours every this many steps with the current term encoder.
     mine_every: int = 500
+    # Background (no-term) windows per step, negatives for every term (0 = off).
+    background: int = 64
     # Cross-batch memory of term vectors (0 = off).
     memory_size: int = 16384
     lr: float = 2e-3
@@ -120,7 +122,9 @@ class Trainer:
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.loss = DualContrastiveLoss(cfg.temperature, cfg.memory_size, model_cfg.embed_dim)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         self.step = 0
         self.history: list[dict] = []
         self.neighbours: dict[str, list[str]] = {}
@@ -135,12 +139,31 @@ class Trainer:
         s = int(round(a + random.uniform(-j, j)))
         e = int(round(b + random.uniform(-j, j)))
         if random.random() < 0.3:  # snap to one of the serving window lengths, centred
-            w = min(self.module.config.window_frames, key=lambda L: abs(L - (b - a)) + random.random() * 5)
+            w = min(
+                self.module.config.window_frames,
+                key=lambda L: abs(L - (b - a)) + random.random() * 5,
+            )
             mid = (a + b) // 2
             s, e = mid - w // 2, mid - w // 2 + w
         s = min(max(0, s), n - 3)
         e = max(min(n, e), s + 3)
         return u, s, e
+
+    def _background_window(self, occ: int) -> tuple[int, int, int] | None:
+        """A window before or after the term span that overlaps it by at most 10%."""
+        c = self.data.train
+        u = int(c.occ_utt[occ])
+        n = int(c.offsets[u + 1] - c.offsets[u])
+        a, b = (int(x) for x in c.occ_span[occ])
+        w = random.choice(self.module.config.window_frames)
+        slack = max(1, (b - a) // 10)
+        room = [(0, a + slack - w), (b - slack, n - w)]  # start ranges left / right of the span
+        room = [(lo, hi) for lo, hi in room if hi >= lo and lo >= 0]
+        if not room:
+            return None
+        lo, hi = random.choice(room)
+        s = random.randint(lo, hi)
+        return u, s, s + w
 
     def _batch(self):
         c = self.data.train
@@ -162,10 +185,23 @@ class Trainer:
         for i, occ in enumerate(occs):
             u, st, en = self._window(occ)
             pooled[i] = pool_one(c.utt_frames(u), st, en, self.module.config.pool_thirds)
+        # Background windows: carrier speech around the term, with no term in it. They are
+        # negatives for every term (label < 0), teaching the encoder that speech which is
+        # not a glossary term should score low: that is what the threshold relies on.
+        bg = []
+        for occ in random.sample(occs, min(len(occs), self.cfg.background)):
+            w = self._background_window(occ)
+            if w is not None:
+                u, st, en = w
+                bg.append(pool_one(c.utt_frames(u), st, en, self.module.config.pool_thirds))
+        if bg:
+            pooled = np.concatenate([pooled, np.stack(bg)])
         if self.text_only and self.cfg.text_negatives:
-            extra_text += random.sample(self.text_only, min(self.cfg.text_negatives, len(self.text_only)))
+            extra_text += random.sample(
+                self.text_only, min(self.cfg.text_negatives, len(self.text_only))
+            )
         text_terms = list(dict.fromkeys(terms + extra_text))
-        a_labels = torch.tensor([self.label[t] for t in terms])
+        a_labels = torch.tensor([self.label[t] for t in terms] + [-1 - i for i in range(len(bg))])
         t_labels = torch.tensor([self.label[t] for t in text_terms])
         return torch.from_numpy(pooled), a_labels, [self.units[t] for t in text_terms], t_labels
 
@@ -182,7 +218,9 @@ class Trainer:
         index = TermIndex(vec, np.arange(len(pool)))
         D, I = index.search(vec[: len(self.spoken)], 8)
         self.neighbours = {
-            t: [pool[j] for j in I[i] if j >= 0 and self.label[pool[j]] != self.label[t]][: self.cfg.hard_negatives]
+            t: [pool[j] for j in I[i] if j >= 0 and self.label[pool[j]] != self.label[t]][
+                : self.cfg.hard_negatives
+            ]
             for i, t in enumerate(self.spoken)
         }
 
@@ -225,7 +263,9 @@ class Trainer:
 
         if self.data.dev is None:
             return {}
-        r = evaluate(self.module, self.data.dev, self.text_only or self.spoken, [self.cfg.eval_size])
+        r = evaluate(
+            self.module, self.data.dev, self.text_only or self.spoken, [self.cfg.eval_size]
+        )
         return r["sizes"][str(self.cfg.eval_size)]
 
     def save_state(self) -> None:
@@ -233,7 +273,16 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / "train_state.pt.tmp"
-        torch.save({"model": self.module.state_dict(), "opt": self.opt.state_dict(), "step": self.step, "history": self.history, "config": self.module.config.to_dict()}, tmp)
+        torch.save(
+            {
+                "model": self.module.state_dict(),
+                "opt": self.opt.state_dict(),
+                "step": self.step,
+                "history": self.history,
+                "config": self.module.config.to_dict(),
+            },
+            tmp,
+        )
         os.replace(tmp, self.out / "train_state.pt")
 
     def maybe_resume(self) -> None:
@@ -251,19 +300,32 @@ class Trainer:
         from tqdm import tqdm
 
         self.maybe_resume()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step", disable=not (progress and _is_main()))
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (progress and _is_main()),
+        )
         t0 = time.time()
         while self.step < self.cfg.steps:
             if self.cfg.hard_negatives and self.step % self.cfg.mine_every == 0:
                 self.mine()
             rec = self.train_step()
             rec["step"] = self.step
-            if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps) and _is_main():
+            if (
+                self.cfg.eval_every
+                and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps)
+                and _is_main()
+            ):
                 rec.update({f"dev_{k}": v for k, v in self.evaluate_dev().items()})
                 rec["elapsed_s"] = round(time.time() - t0, 1)
             self.history.append(rec)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"dev_r10": f"{rec['dev_recall@10']:.3f}"} if "dev_recall@10" in rec else {}))
+            bar.set_postfix(
+                loss=f"{rec['loss']:.3f}",
+                **({"dev_r10": f"{rec['dev_recall@10']:.3f}"} if "dev_recall@10" in rec else {}),
+            )
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save_state()
         bar.close()
@@ -296,7 +358,9 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax[0].set_title("training loss")
     ev = [h for h in history if "dev_recall@10" in h]
     for k in (1, 5, 10):
-        ax[1].plot([h["step"] for h in ev], [h[f"dev_recall@{k}"] for h in ev], marker="o", label=f"R@{k}")
+        ax[1].plot(
+            [h["step"] for h in ev], [h[f"dev_recall@{k}"] for h in ev], marker="o", label=f"R@{k}"
+        )
     ax[1].set_ylim(0, 1.01)
     ax[1].set_xlabel("step")
     ax[1].set_title("dev recall (1K glossary)")
@@ -327,11 +391,18 @@ def run(
     if not _is_main():
         return out_dir
     model = trainer.module.eval()
-    metrics = {"train_config": asdict(cfg), "final": history[-1] if history else {}, "n_train_occurrences": len(train_cache.occ_term), "n_train_terms": len(trainer.spoken)}
+    metrics = {
+        "train_config": asdict(cfg),
+        "final": history[-1] if history else {},
+        "n_train_occurrences": len(train_cache.occ_term),
+        "n_train_terms": len(trainer.spoken),
+    }
     if calibrate and dev_cache is not None:
         from .evaluate import calibrate_threshold
 
-        cal = calibrate_threshold(model, dev_cache, trainer.text_only or trainer.spoken, size=cfg.eval_size)
+        cal = calibrate_threshold(
+            model, dev_cache, trainer.text_only or trainer.spoken, size=cfg.eval_size
+        )
         metrics["calibration"] = cal
         model.config = replace(model.config, threshold=cal["threshold"])
     model.save_pretrained(out_dir, metrics=metrics)
