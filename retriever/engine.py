@@ -103,6 +103,7 @@ class _Job:
     threshold: float
     deadline: float  # time.monotonic()
     clip_start_s: float
+    new_from_s: float  # clip-relative time of the new audio; windows ending before it are skipped
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.monotonic)
@@ -201,8 +202,14 @@ class Engine:
         threshold: float | None,
         deadline_s: float,
         clip_start_s: float = 0.0,
+        new_from_s: float = 0.0,
     ) -> asyncio.Future:
-        """Queue one clip; the future resolves to a Result. Call from the event loop."""
+        """Queue one clip; the future resolves to a Result. Call from the event loop.
+
+        ``new_from_s``: where the audio not seen before starts inside the clip. Windows
+        that end before it lie wholly in the look-back and were searched with the previous
+        chunk, so they are skipped (encode once, search once).
+        """
         snap = self._snap
         if not snap.ready:
             raise EngineNotReady(
@@ -223,6 +230,7 @@ class Engine:
                 thr,
                 time.monotonic() + deadline_s,
                 clip_start_s,
+                new_from_s,
                 fut,
                 loop,
             )
@@ -298,8 +306,11 @@ class Engine:
             frames = frontend.frames([j.clip for j in jobs])
             pooled, bounds = [], [0]
             span_list = []
-            for fr in frames:
+            for j, fr in zip(jobs, frames, strict=True):
                 spans = model.windows(len(fr))
+                fresh = spans[:, 1] > int(j.new_from_s * frontend.frame_rate)
+                if fresh.any():
+                    spans = spans[fresh]
                 span_list.append(spans)
                 pooled.append(
                     pool_windows(

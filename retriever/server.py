@@ -564,7 +564,13 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                     continue
                 try:
                     fut = self.s.engine.submit(
-                        clip, c.glossary_id, top_k, thr, deadline_ms / 1e3, clip_start
+                        clip,
+                        c.glossary_id,
+                        top_k,
+                        thr,
+                        deadline_ms / 1e3,
+                        clip_start,
+                        len(prev) / A.SAMPLE_RATE,  # search only windows reaching the new chunk
                     )
                 except EngineNotReady as e:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))

