@@ -79,12 +79,11 @@ _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-}
+# Transport failures are retried. INTERNAL too: grpc's core reports "Internal error from
+# Core" when a bidi stream is torn down while the client is still writing, and the
+# re-opened stream then gets the server's real status. A status the server chose
+# (NOT_FOUND, INVALID_ARGUMENT, ...) is final.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL}
 
 
 def from_rpc_error(e: grpc.RpcError) -> RasstError:
@@ -414,7 +413,8 @@ class Session:
                     async for resp in call:
                         attempt = 0
                         item = self._pending.pop(resp.sequence, None)
-                        self._window.release()
+                        if item is not None:
+                            self._window.release()
                         sent_at = item[2] if item else time.monotonic()
                         if self.on_response is not None:
                             self.on_response(resp, sent_at)
@@ -428,6 +428,7 @@ class Session:
                         "stream ended with chunks unanswered",
                     )
                 except grpc.aio.AioRpcError as e:
+                    outbox.put_nowait(None)  # end this attempt's request generator
                     if e.code() not in RETRYABLE or attempt >= self.o.max_retries:
                         self.error = from_rpc_error(e)
                         return
