@@ -1,0 +1,183 @@
+"""TLS end to end, admin auth, and fuzzing of parsers and request validation."""
+
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client.api import Client
+from client.v1 import retrieval_pb2
+from retriever.audio import AudioError, decode_pcm
+from retriever.glossary import GlossaryError, parse
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return d / "cert.pem", d / "key.pem"
+
+
+def test_tls_end_to_end(live_server, tiny_checkpoint, tls_files, tts):
+    cert, key = tls_files
+    s = live_server(
+        checkpoint=str(tiny_checkpoint), tls_cert=str(cert), tls_key=str(key), demo_glossary=True
+    )
+    c = Client(f"localhost:{s.port}", "secret", tls_ca=str(cert))
+    assert [g.glossary_id for g in c.list_glossaries()] == ["demo"]
+    r = c.retrieve(tts("semantic parsing"), "demo", "de", threshold=-1.0)
+    assert len(r.hits) == 10
+    c.close()
+    # A plaintext client cannot talk to the TLS port.
+    plain = Client(f"127.0.0.1:{s.port}", "secret", timeout=5)
+    with pytest.raises(Exception):
+        plain.list_glossaries()
+    plain.close()
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.sampled_from(["jsonl", "csv", "tsv", "acl_json", "tbx"]))
+def test_parsers_never_crash_on_bytes(content, fmt):
+    try:
+        entries = parse(content, fmt)
+    except GlossaryError:
+        return
+    assert all(e.term and e.id for e in entries)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["id", "term", "translations", "aliases", "x"]), json_values, max_size=5
+        ),
+        max_size=5,
+    )
+)
+def test_jsonl_parser_on_structured_garbage(rows):
+    import json
+
+    text = "\n".join(json.dumps(r) for r in rows)
+    try:
+        parse(text, "jsonl")
+    except GlossaryError:
+        pass
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        st.dictionaries(
+            st.sampled_from(["term", "target_translations", "full_form"]), json_values, max_size=3
+        ),
+        max_size=5,
+    )
+)
+def test_acl_parser_on_structured_garbage(data):
+    import json
+
+    try:
+        parse(json.dumps(data), "acl_json")
+    except GlossaryError:
+        pass
+
+
+@FUZZ
+@given(st.lists(st.lists(st.text(max_size=8), min_size=1, max_size=4), min_size=1, max_size=5))
+def test_csv_parser_on_cells(rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["id", "term", "de"], *rows])
+    try:
+        parse(buf.getvalue(), "csv")
+    except GlossaryError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=64), st.sampled_from(["s16le", "f32le", "x"]), st.integers(-10, 200_000))
+def test_pcm_validation_never_crashes(pcm, enc, rate):
+    try:
+        x = decode_pcm(pcm, enc, rate)
+    except AudioError as e:
+        assert e.field.startswith("audio")
+        return
+    assert x.dtype == np.float32 and np.isfinite(x).all()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    pcm=st.binary(max_size=4000),
+    enc=st.integers(0, 3),
+    rate=st.integers(-1, 100_000),
+    top_k=st.integers(-5, 200),
+    thr=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    lang=st.sampled_from(["de", "", "fr", "zh"]),
+    gid=st.sampled_from(["demo", "", "nope", "../x"]),
+)
+def test_retrieve_validation_fuzz(demo_server, pcm, enc, rate, top_k, thr, lang, gid):
+    """Any request gets OK or a documented status; the server never fails internally."""
+    req = retrieval_pb2.RetrieveRequest(
+        glossary_id=gid,
+        target_lang=lang,
+        top_k=top_k,
+        audio=retrieval_pb2.Audio(pcm=pcm, encoding=enc, sample_rate_hz=rate),
+    )
+    if thr is not None:
+        req.score_threshold = thr
+    from client.v1 import retrieval_pb2_grpc
+
+    with grpc.insecure_channel(demo_server.address) as ch:
+        try:
+            retrieval_pb2_grpc.TermRetrievalStub(ch).Retrieve(req, timeout=30)
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (
+                e.details()
+            )
