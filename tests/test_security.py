@@ -56,8 +56,11 @@ def test_tls_end_to_end(live_server, tiny_checkpoint, tls_files, tts):
     c.close()
     # A plaintext client cannot talk to the TLS port.
     plain = Client(f"127.0.0.1:{s.port}", "secret", timeout=5)
-    with pytest.raises(Exception):
+    from client.api import RasstError
+
+    with pytest.raises(RasstError) as e:
         plain.list_glossaries()
+    assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     plain.close()
 
 
