@@ -108,23 +108,27 @@ class HintMerger:
         self._fresh.clear()
         return StepResult(live, [h for h in live if h.fresh], waited_ms, on_time, self._max_seq)
 
+    async def wait_answered(self, seq: int, timeout_ms: float) -> bool:
+        """Wait at most ``timeout_ms`` for chunk ``seq``'s response; True when it is here."""
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        if seq not in self._answered and timeout_ms > 0:
+            try:
+                async with self._cond:
+                    await asyncio.wait_for(
+                        self._cond.wait_for(lambda: seq in self._answered), timeout_ms / 1e3
+                    )
+            except TimeoutError:
+                pass
+        return seq in self._answered
+
     async def wait_step(
         self, seq: int, budget_ms: float, stream_now_s: float | None = None
     ) -> StepResult:
         """Wait at most ``budget_ms`` for chunk ``seq``'s response, then :meth:`step`."""
         t0 = time.monotonic()
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        if seq not in self._answered and budget_ms > 0:
-            try:
-                async with self._cond:
-                    await asyncio.wait_for(
-                        self._cond.wait_for(lambda: seq in self._answered), budget_ms / 1e3
-                    )
-            except TimeoutError:
-                pass
-        waited = (time.monotonic() - t0) * 1e3
-        return self.step(stream_now_s, waited, seq in self._answered)
+        on_time = await self.wait_answered(seq, budget_ms)
+        return self.step(stream_now_s, (time.monotonic() - t0) * 1e3, on_time)
 
 
 @dataclass

@@ -84,6 +84,11 @@ async def run_translator(
         seq = await session.send(chunk)
         end_s = min(len(samples), (i + 1) * hop) / sample_rate
         res: StepResult = await merger.wait_step(seq, budget_ms, end_s)
+        if not realtime and not res.on_time:
+            # As fast as possible, but never faster than the server answers: a file played
+            # faster than real time would otherwise pile chunks up in the server's queue.
+            # The late hints still fold into the next step, as in real time.
+            await merger.wait_answered(seq, 60_000)
         prompt = builder.build(res.hints)
         rec = StepRecord(
             step=i,

@@ -90,7 +90,7 @@ def score(
     }
 
 
-async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 4):
+async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 2):
     opts = SessionOptions(
         glossary_id=glossary_id,
         target_lang=args.lang,
