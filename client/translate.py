@@ -61,13 +61,18 @@ async def run_translator(
     hook: Callable = echo_hook,
     merger_options: MergerOptions | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
+    responses: list | None = None,
 ) -> tuple[list[StepRecord], Session]:
+    """Stream ``samples`` chunk by chunk; one StepRecord per chunk. Raw responses are
+    appended to ``responses`` when a list is given."""
     merger = HintMerger(merger_options or MergerOptions(ttl_s=options.chunk_s + options.lookback_s))
     latencies: dict[int, float] = {}
 
     def on_response(resp, sent_at):
         latencies[resp.sequence] = (time.monotonic() - sent_at) * 1e3
         merger.add(resp)
+        if responses is not None:
+            responses.append(resp)
 
     session = await Session(channel, options, on_response).start()
     hop = int(round(options.chunk_s * sample_rate))

@@ -261,6 +261,12 @@ def eval_main(argv: list[str] | None = None) -> int:
         help="--streaming glossary size (test terms + distractors)",
     )
     p.add_argument("--realtime", action="store_true")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="--streaming: hint score threshold (default: the model's calibrated one)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)

@@ -18,11 +18,12 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from client.api import Client, SessionOptions, make_channel
-from client.merger import MergerOptions
+from client.merger import HintMerger, MergerOptions
 from client.translate import run_translator
 
 logger = logging.getLogger(__name__)
@@ -90,20 +91,28 @@ def score(
     }
 
 
-async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 2):
+async def _play(
+    address: str, talks, glossary_id: str, args, threshold: float, concurrency: int = 2
+):
+    # The server returns its top-k with no threshold; the merger applies the model's
+    # threshold (the same hints as a server-side threshold unless more than top-k pass),
+    # so the recorded responses can be replayed at other thresholds for a PR curve.
     opts = SessionOptions(
         glossary_id=glossary_id,
         target_lang=args.lang,
         chunk_s=args.chunk,
         lookback_s=args.lookback,
         deadline_ms=5000,
+        score_threshold=-1.0,
     )
     sem = asyncio.Semaphore(concurrency)
     channel = make_channel(address)
     results: list = [None] * len(talks)
+    raw: list = [None] * len(talks)
 
     async def one(i, samples):
         async with sem:
+            responses: list = []
             recs, _ = await run_translator(
                 channel,
                 samples,
@@ -111,9 +120,11 @@ async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 
                 opts,
                 args.budget_ms,
                 args.realtime,
-                merger_options=MergerOptions(ttl_s=args.chunk + args.lookback),
+                merger_options=MergerOptions(ttl_s=args.chunk + args.lookback, min_score=threshold),
+                responses=responses,
             )
             results[i] = recs
+            raw[i] = responses
 
     from tqdm import tqdm
 
@@ -121,11 +132,37 @@ async def _play(address: str, talks, glossary_id: str, args, concurrency: int = 
     for t in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="streaming", unit="talk"):
         await t
     await channel.close()
-    return results
+    return results, raw
+
+
+@dataclass
+class _Replayed:
+    step: int
+    chunk_end_s: float
+    fresh: list[str]
+
+
+def replay(
+    responses: list, n_steps: int, chunk_s: float, lookback_s: float, threshold: float
+) -> list[_Replayed]:
+    """Re-merge recorded responses at another threshold, each arriving in its own step."""
+    m = HintMerger(MergerOptions(ttl_s=chunk_s + lookback_s, min_score=threshold))
+    by_seq = {r.sequence: r for r in responses}
+    out = []
+    for i in range(n_steps):
+        if i in by_seq:
+            m.add(by_seq[i])
+        res = m.step(by_seq[i].chunk_end_s if i in by_seq else None)
+        out.append(
+            _Replayed(
+                i, by_seq[i].chunk_end_s if i in by_seq else 0.0, [h.entry_id for h in res.fresh]
+            )
+        )
+    return out
 
 
 def run_streaming_eval(args) -> dict:
-    from retriever.model import default_checkpoint_dir
+    from retriever.model import DualEncoder, default_checkpoint_dir
     from retriever.server import ServerConfig, create_server, drain
 
     from .cli import default_distractors
@@ -134,6 +171,12 @@ def run_streaming_eval(args) -> dict:
 
     rows = read_manifest(args.manifest)
     talks = make_talks(rows)
+    ckpt_dir = args.checkpoint or default_checkpoint_dir()
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else DualEncoder.from_pretrained(ckpt_dir).config.threshold
+    )
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
     distractors = read_lines(args.distractors) if args.distractors else default_distractors()
     gl_terms = build_glossary(terms, distractors, args.size)
@@ -151,7 +194,7 @@ def run_streaming_eval(args) -> dict:
         token = None
         if address is None:
             tmp = tempfile.TemporaryDirectory()
-            ckpt = str(args.checkpoint or default_checkpoint_dir())
+            ckpt = str(ckpt_dir)
             cfg = ServerConfig(
                 address="127.0.0.1:0",
                 checkpoint=ckpt,
@@ -171,15 +214,32 @@ def run_streaming_eval(args) -> dict:
             await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
             c.close()
         t0 = time.time()
-        records = await _play(address, talks, gid, args)
+        records, raw = await _play(address, talks, gid, args, threshold)
         wall = time.time() - t0
         if server is not None:
             await drain(server, state, 1.0)
             tmp.cleanup()
-        return records, wall
+        return records, raw, wall
 
-    records, wall = asyncio.run(go())
-    report = score(records, [o for _, o in talks], args.chunk, args.lookback, id_of)
+    records, raw, wall = asyncio.run(go())
+    occs = [o for _, o in talks]
+    report = score(records, occs, args.chunk, args.lookback, id_of)
+    report["threshold"] = threshold
+    # Precision/recall at other thresholds: the recorded responses replayed (no new audio).
+    sweep = []
+    for t in np.round(np.arange(threshold - 0.3, threshold + 0.06, 0.05), 3):
+        replayed = [
+            replay(r, len(rec), args.chunk, args.lookback, float(t))
+            for r, rec in zip(raw, records, strict=True)
+        ]
+        m = score(replayed, occs, args.chunk, args.lookback, id_of)
+        sweep.append(
+            {
+                "threshold": float(t),
+                **{k: round(v, 4) for k, v in m.items() if k.startswith("hint_")},
+            }
+        )
+    report["threshold_sweep"] = sweep
     lat = np.array([r.latency_ms for recs in records for r in recs if r.latency_ms is not None])
     on_time = np.mean([r.on_time for recs in records for r in recs])
     audio_s = sum(len(s) for s, _ in talks) / SAMPLE_RATE
