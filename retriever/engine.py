@@ -62,8 +62,12 @@ class EngineConfig:
     threads: int = 1
     # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.
     device: str = "cpu"
-    # Index rows considered per window before entry max-pooling.
+    # Index rows fetched per window.
     search_k: int = 32
+    # Entries a single window may vote for (its nearest rows). A window over speech that
+    # is no glossary term still has near neighbours; letting only its best few count
+    # keeps those from flooding the hints.
+    window_top: int = 2
 
 
 @dataclass
@@ -340,8 +344,9 @@ class Engine:
             for j in jobs:
                 v, spans, rate = vectors[id(j)]
                 n = len(v)
+                w = self.cfg.window_top
                 hits = served.index.best_entries(
-                    D[off : off + n], I[off : off + n], j.threshold, j.top_k
+                    D[off : off + n, :w], I[off : off + n, :w], j.threshold, j.top_k
                 )
                 off += n
                 results[id(j)] = [

@@ -96,6 +96,8 @@ class ServerConfig:
     exact_max: int = 100_000
     # torch / CTranslate2 threads for the encoder worker.
     threads: int = 1
+    # Entries each window may vote for (1..32): its nearest index rows.
+    window_top: int = 2
     # Seconds given to in-flight calls on SIGTERM.
     drain_s: float = 5.0
     log_level: str = "INFO"
@@ -116,6 +118,8 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"max_batch_windows must be in [1, 1000000], got {c.max_batch_windows}")
     if not 0 <= c.max_wait_ms <= 1000:
         raise ValueError(f"max_wait_ms must be in [0, 1000], got {c.max_wait_ms}")
+    if not 1 <= c.window_top <= 32:
+        raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
     return c
@@ -822,7 +826,13 @@ async def create_server(
     store = GlossaryStore(cfg.data_dir)
     engine = Engine(
         store,
-        EngineConfig(cfg.max_batch_windows, cfg.max_wait_ms / 1e3, cfg.exact_max, cfg.threads),
+        EngineConfig(
+            max_batch_windows=cfg.max_batch_windows,
+            max_wait_s=cfg.max_wait_ms / 1e3,
+            exact_max=cfg.exact_max,
+            threads=cfg.threads,
+            window_top=cfg.window_top,
+        ),
     )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
         store.commit(store.prepare_put("demo", load_file(DEMO_DIR / "glossary.jsonl")))
@@ -937,6 +947,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float)
     p.add_argument("--exact-max", dest="exact_max", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--window-top",
+        dest="window_top",
+        type=int,
+        help="entries each window may vote for (default 2)",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--json-logs", dest="json_logs", action="store_const", const=True)
     args = vars(p.parse_args(argv))

@@ -262,6 +262,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--realtime", action="store_true")
     p.add_argument(
+        "--window-top",
+        type=int,
+        default=2,
+        help="--streaming in-process server: entries each window may vote for",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         default=None,
