@@ -882,7 +882,8 @@ async def create_server(
     if cfg.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(cfg.metrics_port, registry=state.metrics.registry)
+        host = cfg.address.rsplit(":", 1)[0].strip("[]")  # metrics on the same interface as gRPC
+        start_http_server(cfg.metrics_port, addr=host, registry=state.metrics.registry)
     logger.info(
         "rasst serving on port %d (model=%s, glossaries=%s)",
         port,

@@ -439,3 +439,57 @@ def test_admin_put_rejects_unknown_format(demo_server):
                 metadata=(("authorization", f"Bearer {TOKEN}"),),
             )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in e.value.details()
+
+
+def test_config_precedence_and_validation(tmp_path):
+    from retriever.server import load_config
+
+    toml = tmp_path / "rasst.toml"
+    toml.write_text('[server]\naddress = "0.0.0.0:7000"\nthreads = 2\nmax_wait_ms = 3.0\n')
+    cfg = load_config(
+        {"threads": None}, str(toml), env={"RASST_THREADS": "3", "RASST_JSON_LOGS": "true"}
+    )
+    assert (cfg.address, cfg.threads, cfg.max_wait_ms, cfg.json_logs) == (
+        "0.0.0.0:7000",
+        3,
+        3.0,
+        True,
+    )
+    assert load_config({"threads": 4}, str(toml), env={"RASST_THREADS": "3"}).threads == 4
+    for bad, msg in (
+        ({"threads": 0}, "threads must be in"),
+        ({"tls_cert": "c.pem"}, "together"),
+        ({"address": "nohostport"}, "host:port"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            load_config(bad, None, env={})
+    with pytest.raises(ValueError, match="unknown server settings"):
+        toml.write_text("[server]\nbogus = 1\n")
+        load_config({}, str(toml), env={})
+
+
+def test_serve_cli_rejects_bad_flags():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "serve", "--threads", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "threads must be in [1, 256]" in r.stderr
+
+
+def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = live_server(checkpoint=str(tiny_checkpoint), metrics_port=port)
+    Client(s.address).retrieve(tts("hello there"), "demo", "de")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'rasst_chunk_latency_seconds_count{rpc="Retrieve"} 1.0' in text
+    assert 'rasst_glossary_entries{glossary="demo"} 253.0' in text
+    assert "rasst_batch_windows_bucket" in text
