@@ -79,8 +79,14 @@ def build_glossary(
 
 
 def retrieval_metrics(
-    occ: OccurrenceVectors, glossary_vecs: np.ndarray, glossary_terms: list[str], ks=(1, 5, 10)
+    occ: OccurrenceVectors,
+    glossary_vecs: np.ndarray,
+    glossary_terms: list[str],
+    ks=(1, 5, 10),
+    groups: list[str] | None = None,
 ) -> dict:
+    """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
+    the TTS engine), recall@k per group too."""
     index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)))
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
@@ -95,6 +101,15 @@ def retrieval_metrics(
     out = {f"recall@{k}": float((r <= k).mean()) for k in ks}
     out["mrr"] = float(np.where(r <= kmax * 10, 1.0 / r, 0.0).mean())
     out["n_occurrences"] = len(r)
+    if groups is not None:
+        g = np.asarray(groups)
+        out["by_group"] = {
+            name: {
+                **{f"recall@{k}": float((r[g == name] <= k).mean()) for k in ks},
+                "n": int((g == name).sum()),
+            }
+            for name in sorted(set(groups))
+        }
     return out
 
 
@@ -110,11 +125,15 @@ def evaluate(
     occ = encode_occurrences(model, cache)
     test_terms = glossary_terms or list(dict.fromkeys(occ.terms))
     report = {"sizes": {}}
+    # Group occurrences by speech source ("flite", "piper", "espeak-ng", "human"...).
+    engines = [cache.utt_speaker[u].split(":")[0] or "?" for u in occ.occ_utt]
     biggest = build_glossary(test_terms, distractors, max(sizes), seed)
     vecs = model.encode_terms(biggest, progress=progress)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
-        report["sizes"][str(size)] = retrieval_metrics(occ, vecs[:size], biggest[:size])
+        report["sizes"][str(size)] = retrieval_metrics(
+            occ, vecs[:size], biggest[:size], groups=engines
+        )
     return report
 
 
