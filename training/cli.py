@@ -43,7 +43,7 @@ def data_main(argv: list[str] | None = None) -> int:
         help="multi-voice synthesis with exact term spans (train/dev/test_heldout/test_seen)",
     )
     s.add_argument("--out", type=Path, default=DEFAULT_CORPUS)
-    s.add_argument("--train-terms", type=int, default=10000)
+    s.add_argument("--train-terms", type=int, default=15000)
     s.add_argument("--per-term", type=int, default=2, help="training voices per training term")
     s.add_argument("--dev-terms", type=int, default=600)
     s.add_argument("--test-terms", type=int, default=1000)

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainConfig:
     # Optimisation steps.
-    steps: int = 3000
+    steps: int = 2500
     # Utterances (audio anchors) per step and rank.
     batch_size: int = 256
     # Text-only distractor terms added per step as extra negatives.

