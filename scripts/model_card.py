@@ -13,13 +13,23 @@ from pathlib import Path
 
 
 def table(report: dict) -> str:
-    lines = ["| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for size, m in report["sizes"].items():
-        lines.append(f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |")
+        lines.append(
+            f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |"
+        )
     first = next(iter(report["sizes"].values()))
     if "by_group" in first:
         lines.append("")
-        lines.append("By speech source, at the smallest size: " + ", ".join(f"{g} R@10 {v['recall@10']:.3f} (n={v['n']})" for g, v in first["by_group"].items()))
+        lines.append(
+            "By speech source, at the smallest size: "
+            + ", ".join(
+                f"{g} R@10 {v['recall@10']:.3f} (n={v['n']})" for g, v in first["by_group"].items()
+            )
+        )
     return "\n".join(lines)
 
 
@@ -75,7 +85,10 @@ def main(argv=None) -> int:
             "| threshold | precision | recall | F1 |",
             "|---:|---:|---:|---:|",
         ]
-        L += [f"| {r['threshold']} | {r['hint_precision']:.3f} | {r['hint_recall']:.3f} | {r['hint_f1']:.3f} |" for r in s["threshold_sweep"]]
+        L += [
+            f"| {r['threshold']} | {r['hint_precision']:.3f} | {r['hint_recall']:.3f} | {r['hint_f1']:.3f} |"
+            for r in s["threshold_sweep"]
+        ]
     (args.checkpoint / "README.md").write_text("\n".join(L) + "\n")
     print(args.checkpoint / "README.md")
     return 0
