@@ -351,6 +351,10 @@ class Session:
             self._outbox.put_nowait(seq)
         return seq
 
+    async def wait_ended(self) -> None:
+        """Return once the session has ended (closed, or failed: see ``error``)."""
+        await self._done.wait()
+
     async def close(self, timeout: float = 30.0) -> None:
         """Finish: wait for the answers to every chunk sent (or the timeout), then end the stream."""
         self._closed = True

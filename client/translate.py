@@ -93,7 +93,13 @@ async def run_translator(
             # As fast as possible, but never faster than the server answers: a file played
             # faster than real time would otherwise pile chunks up in the server's queue.
             # The late hints still fold into the next step, as in real time.
-            await merger.wait_answered(seq, 60_000)
+            answered = asyncio.ensure_future(merger.wait_answered(seq, 60_000))
+            ended = asyncio.ensure_future(session.wait_ended())
+            await asyncio.wait({answered, ended}, return_when=asyncio.FIRST_COMPLETED)
+            answered.cancel()
+            ended.cancel()
+            if session.error is not None:
+                raise session.error
         prompt = builder.build(res.hints)
         rec = StepRecord(
             step=i,

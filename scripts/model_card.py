@@ -13,23 +13,15 @@ from pathlib import Path
 
 
 def table(report: dict) -> str:
-    lines = [
-        "| glossary size | R@1 | R@5 | R@10 | MRR | occurrences |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for size, m in report["sizes"].items():
-        lines.append(
-            f"| {int(size):,} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} | {m['n_occurrences']} |"
-        )
+    from training.evaluate import print_table
+
+    lines = [print_table(report)]
     first = next(iter(report["sizes"].values()))
     if "by_group" in first:
-        lines.append("")
-        lines.append(
-            "By speech source, at the smallest size: "
-            + ", ".join(
-                f"{g} R@10 {v['recall@10']:.3f} (n={v['n']})" for g, v in first["by_group"].items()
-            )
+        groups = ", ".join(
+            f"{g} R@10 {v['recall@10']:.3f} (n={v['n']})" for g, v in first["by_group"].items()
         )
+        lines += ["", f"By speech source, at the smallest size: {groups}"]
     return "\n".join(lines)
 
 

@@ -107,32 +107,32 @@ def test_cli_exit_codes():
     )
 
 
+DEMO_WAV = ROOT / "retriever" / "demo" / "talk.wav"
+
+
+def _translate(address: str, glossary: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "client.cli",
+        "translate",
+        str(DEMO_WAV),
+        "--server",
+        address,
+        "--glossary",
+        glossary,
+        "--lang",
+        "de",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 def test_translate_cli_prints_hints_step_by_step(demo_server):
-    wav = ROOT / "retriever" / "demo" / "talk.wav"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "translate",
-            str(wav),
-            "--server",
-            demo_server.address,
-            "--glossary",
-            "demo",
-            "--lang",
-            "de",
-            "--json",
-            "--budget-ms",
-            "500",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _translate(demo_server.address, "demo", "--json", "--budget-ms", "500")
     assert r.returncode == 0, r.stderr
     steps = [json.loads(line) for line in r.stdout.splitlines()]
-    x, rate = read_wav(str(wav))
+    x, rate = read_wav(str(DEMO_WAV))
     assert len(steps) == int(np.ceil(len(x) / rate / 0.96))
     said = {h["term"] for s in steps for h in s["hints"]}
     assert {"semantic parsing", "attention mechanism", "machine translation"} & said
@@ -140,25 +140,7 @@ def test_translate_cli_prints_hints_step_by_step(demo_server):
 
 
 def test_translate_cli_reports_server_errors(demo_server):
-    wav = ROOT / "retriever" / "demo" / "talk.wav"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "translate",
-            str(wav),
-            "--server",
-            demo_server.address,
-            "--glossary",
-            "nope",
-            "--lang",
-            "de",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _translate(demo_server.address, "nope")
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr
 
 
