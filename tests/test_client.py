@@ -198,3 +198,32 @@ def test_send_never_blocks_after_the_session_failed(demo_server):
         await channel.close()
 
     asyncio.run(go())
+
+
+def test_translator_stops_when_the_glossary_disappears_mid_session(live_server, tiny_checkpoint):
+    """Paced playback waits for late answers, but never past the session's failure."""
+    from client.api import Client, NotFound
+    from client.translate import run_translator
+
+    s = live_server(checkpoint=str(tiny_checkpoint))
+    admin = Client(s.address, "secret")
+    admin.put_glossary(
+        "tmp", [{"id": "a", "term": "semantic parsing", "translations": {"de": "x"}}]
+    )
+
+    def hook(prompt, hints, step):
+        if step == 1:
+            admin.delete_glossary("tmp")
+        return ""
+
+    async def go():
+        channel = make_channel(s.address)
+        x = np.zeros(16000 * 10, np.float32)
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(
+                run_translator(channel, x, 16000, SessionOptions("tmp", "de"), 1.0, hook=hook), 30
+            )
+        await channel.close()
+
+    asyncio.run(go())
+    admin.close()
