@@ -133,10 +133,6 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
     return x.reshape(-1, ch).mean(axis=1), rate
 
 
-def channel_target(address: str) -> str:
-    return address
-
-
 def make_channel(address: str, tls_ca: str | None = None, aio: bool = True):
     options = [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -136,7 +136,6 @@ class PromptBuilder:
     """Turns hints into the glossary block a translator's prompt carries."""
 
     header: str = "Glossary (use these translations if the terms occur):"
-    items: list[str] = field(default_factory=list)
 
     def build(self, hints: list[Hint], source_text: str = "") -> str:
         lines = [self.header] + [

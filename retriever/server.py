@@ -366,7 +366,9 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                 context, f"{prefix}score_threshold", f"must be in [-1, 1], got {thr}"
             )
 
-    async def _await(self, fut, context, rpc: str):
+    @staticmethod
+    async def _await(fut):
+        """The worker's result; a caller that goes away cancels it, so it is not computed."""
         try:
             return await fut
         except asyncio.CancelledError:
@@ -418,7 +420,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"glossary_id: unknown glossary {r.glossary_id!r}"
             )
-        result = await self._await(fut, context, "Retrieve")
+        result = await self._await(fut)
         if result.dropped:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -583,7 +585,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                         grpc.StatusCode.NOT_FOUND,
                         f"glossary {c.glossary_id!r} was deleted during the session",
                     )
-                result = await self._await(fut, context, "StreamRetrieve")
+                result = await self._await(fut)
                 self._observe("StreamRetrieve", result, t_arrival)
                 resp.hits.extend(_hits_pb(result, c.target_lang))
                 resp.glossary_version = result.glossary_version
@@ -748,9 +750,9 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
         if not ok:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid!r}")
-        self.s.metrics.glossary_entries.remove(gid) if gid in _label_values(
-            self.s.metrics.glossary_entries
-        ) else None
+        for gauge in (self.s.metrics.glossary_entries, self.s.metrics.glossary_version):
+            if gid in _label_values(gauge):
+                gauge.remove(gid)
         return admin_pb2.DeleteGlossaryResponse()
 
     async def ReloadModel(self, request, context):

@@ -18,14 +18,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from retriever.g2p import normalize_term, units
+from retriever.g2p import units
 from retriever.model import DualEncoder, FrontendConfig, ModelConfig
 
 from .features import FeatureCache
@@ -79,7 +79,6 @@ class TrainData:
     train: FeatureCache
     dev: FeatureCache | None
     distractors: list[str]  # text-only terms (never spoken in dev/test)
-    labels: dict[str, int] = field(default_factory=dict)  # pronunciation -> label
 
 
 def _is_main() -> bool:
@@ -410,7 +409,3 @@ def run(
     plot_history(history, out_dir / "training_curves.png")
     (out_dir / "train_state.pt").unlink(missing_ok=True)
     return out_dir
-
-
-def spoken_terms_blocklist(*caches: FeatureCache) -> set[str]:
-    return {normalize_term(t).lower() for c in caches if c is not None for t in c.occ_term}
