@@ -560,11 +560,8 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                 )
                 if len(clip) < int(MIN_CLIP_S * A.SAMPLE_RATE):
                     # Too little audio to hold a term: answer at once, with no hits.
-                    resp.glossary_version = (
-                        self.s.engine.snapshot.glossaries[c.glossary_id].glossary.version
-                        if c.glossary_id in self.s.engine.snapshot.glossaries
-                        else 0
-                    )
+                    served = self.s.engine.snapshot.glossaries.get(c.glossary_id)
+                    resp.glossary_version = served.glossary.version if served else 0
                     resp.timings.total_ms = (time.monotonic() - t_arrival) * 1e3
                     yield resp
                     continue
