@@ -205,3 +205,81 @@ def _swallow(fn):
         fn()
     except Exception:
         pass
+
+
+def test_kill_9_during_reload_model_then_session_resumes(tmp_path, default_checkpoint, tts):
+    """kill -9 while ReloadModel re-embeds a large glossary; a session open across the
+    crash reconnects to the restarted server and every chunk is answered, in order, from
+    the last committed glossary version."""
+    import threading
+
+    p, port = _spawn(tmp_path)
+    admin = Client(f"127.0.0.1:{port}", "t", timeout=120)
+    admin.put_glossary("g", _entries(20_000, "v1"))
+    admin.patch_glossary(
+        "g", [{"id": "bleu", "term": "bleu score", "translations": {"de": "BLEU-Wert"}}]
+    )
+    before = admin.get_glossary("g")
+    audio = np.concatenate([tts("we report the bleu score")] * 3)
+    hop = int(CHUNK * 16000)
+    chunks = [audio[i : i + hop] for i in range(0, len(audio) - hop + 1, hop)]
+    state = {"reload_done": False}
+
+    def reload():
+        try:
+            admin.reload_model(str(default_checkpoint))
+            state["reload_done"] = True
+        except Exception:
+            pass
+
+    async def go():
+        nonlocal p
+        got = []
+        channel = make_channel(f"127.0.0.1:{port}")
+        s = await Session(
+            channel,
+            SessionOptions(
+                "g",
+                "de",
+                score_threshold=0.7,
+                chunk_s=CHUNK,
+                deadline_ms=30_000,
+                max_retries=400,  # the restarted server re-embeds 20K entries first
+                backoff_s=0.2,
+                backoff_max_s=1.0,
+                max_in_flight=2,
+            ),
+            lambda r, t: got.append(r),
+        ).start()
+        for i, c in enumerate(chunks):
+            await s.send(c)
+            if i == 1:
+                t = threading.Thread(target=reload, daemon=True)
+                t.start()
+                await asyncio.sleep(0.5)  # re-embedding 20K entries takes seconds
+                assert t.is_alive(), "ReloadModel finished before the kill: nothing tested"
+                os.kill(p.pid, signal.SIGKILL)
+                await asyncio.to_thread(p.wait)
+                p = (await asyncio.to_thread(_spawn, tmp_path, port))[0]
+        await s.close(timeout=180)
+        await channel.close()
+        return got, s.reconnects
+
+    try:
+        got, reconnects = asyncio.run(go())
+        assert not state["reload_done"]
+        assert reconnects >= 1
+        assert [r.sequence for r in got] == list(range(len(chunks)))
+        assert {r.glossary_version for r in got} == {before.version}
+        hits = [[(h.entry_id, round(h.score, 3)) for h in r.hits] for r in got]
+        assert any(e == "bleu" for r in hits for e, _ in r), hits
+        names = sorted(x.name for x in (tmp_path / "glossaries").iterdir())
+        assert not any(n.startswith(".") for n in names), names
+        c2 = Client(f"127.0.0.1:{port}", "t", timeout=60)
+        after = c2.get_glossary("g")
+        assert (after.version, after.entry_count) == (before.version, before.entry_count)
+        c2.close()
+    finally:
+        admin.close()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0

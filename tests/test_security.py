@@ -184,3 +184,73 @@ def test_retrieve_validation_fuzz(demo_server, pcm, enc, rate, top_k, thr, lang,
             assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (
                 e.details()
             )
+
+
+_WIRE_METHODS = [
+    "/rasst.v1.TermRetrieval/Retrieve",
+    "/rasst.v1.GlossaryAdmin/GetGlossary",
+    "/rasst.v1.GlossaryAdmin/ListGlossaries",
+    "/rasst.v1.GlossaryAdmin/GetStats",
+]
+# Random bytes are sometimes a valid message; then ordinary validation answers.
+_WIRE_CODES = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(junk=st.binary(max_size=256), method=st.sampled_from(_WIRE_METHODS))
+def test_protobuf_garbage_on_the_wire(demo_server, junk, method):
+    """Raw bytes sent as a request message: a documented status, never UNKNOWN/INTERNAL."""
+    with grpc.insecure_channel(demo_server.address) as ch:
+        call = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            call(junk, timeout=30, metadata=(("authorization", "Bearer secret"),))
+        except grpc.RpcError as e:
+            assert e.code() in _WIRE_CODES, (e.code(), e.details())
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(frames=st.lists(st.binary(max_size=128), min_size=1, max_size=4))
+def test_protobuf_garbage_in_a_stream(demo_server, frames):
+    """Garbage frames in StreamRetrieve end that stream with INVALID_ARGUMENT (or a
+    validation status when the bytes happen to parse); other sessions are unaffected."""
+    with grpc.insecure_channel(demo_server.address) as ch:
+        call = ch.stream_stream(
+            "/rasst.v1.TermRetrieval/StreamRetrieve",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            list(call(iter(frames), timeout=30))
+        except grpc.RpcError as e:
+            assert e.code() in _WIRE_CODES, (e.code(), e.details())
+
+
+def test_undecodable_request_names_the_field_and_the_server_keeps_serving(demo_server, tts):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with grpc.insecure_channel(demo_server.address) as ch:
+        call = ch.unary_unary(
+            "/rasst.v1.TermRetrieval/Retrieve", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as ei:
+            call(b"\xff\xff\xff", timeout=30)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rasst.v1.RetrieveRequest" in ei.value.details()
+    st_ = rpc_status.from_call(ei.value)
+    br = error_details_pb2.BadRequest()
+    assert st_.details[0].Unpack(br) and br.field_violations[0].field == "request"
+    c = Client(demo_server.address)
+    assert c.retrieve(tts("the bleu score"), "demo", "de").glossary_version >= 1
+    c.close()

@@ -56,6 +56,9 @@ class TrainConfig:
     temperature: float = 0.05
     # Max window-edge jitter as a fraction of the span length (plus 2 frames).
     jitter: float = 0.2
+    # Channel dropout on the pooled front-end features (training only): keeps the head from
+    # leaning on a few voice-specific dimensions of the frozen front-end.
+    feature_dropout: float = 0.0
     # Evaluate on dev every this many steps (0 = only at the end).
     eval_every: int = 500
     # Glossary size for dev recall.
@@ -72,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+        if not 0 <= self.feature_dropout < 1:
+            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout}")
 
 
 @dataclass
@@ -248,6 +253,8 @@ class Trainer:
             g["lr"] = self.lr_at(self.step)
         m = self.module
         ids, lengths = m.tokenize(text_units)
+        if self.cfg.feature_dropout:
+            pooled = torch.nn.functional.dropout(pooled, self.cfg.feature_dropout)
         audio, text = self.model(pooled, ids, lengths)
         out = self.loss(audio, a_labels, text, t_labels)
         self.opt.zero_grad(set_to_none=True)
