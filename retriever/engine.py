@@ -54,16 +54,14 @@ class Snapshot:
 class EngineConfig:
     # Max windows (all sessions) in one encoder batch.
     max_batch_windows: int = 2048
-    # Max time the worker waits to fill a batch, seconds.
-    max_wait_s: float = 0.004
+    # Max time the worker waits to fill a batch, seconds (0 = take only what is queued).
+    max_wait_s: float = 0.0
     # Glossaries with more rows than this use HNSW instead of exact search.
     exact_max: int = EXACT_MAX_DEFAULT
     # torch / CTranslate2 threads of the worker.
     threads: int = 1
     # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.
     device: str = "cpu"
-    # Index rows fetched per window.
-    search_k: int = 32
     # Entries a single window may vote for (its nearest rows). A window over speech that
     # is no glossary term still has near neighbours; letting only its best few count
     # keeps those from flooding the hints.
@@ -338,15 +336,13 @@ class Engine:
         for jobs in by_index.values():
             served = jobs[0].served
             xq = np.concatenate([vectors[id(j)][0] for j in jobs])
-            k = min(self.cfg.search_k, max(1, served.index.ntotal))
-            D, I = served.index.search(xq, k)
+            D, I = served.index.search(xq, self.cfg.window_top)
             off = 0
             for j in jobs:
                 v, spans, rate = vectors[id(j)]
                 n = len(v)
-                w = self.cfg.window_top
                 hits = served.index.best_entries(
-                    D[off : off + n, :w], I[off : off + n, :w], j.threshold, j.top_k
+                    D[off : off + n], I[off : off + n], j.threshold, j.top_k
                 )
                 off += n
                 results[id(j)] = [
@@ -379,11 +375,12 @@ class Engine:
 def _n_windows(j: _Job) -> int:
     # Rough count before encoding, for batch sizing only.
     frames = max(1, len(j.clip) // 320)
+    c = j.snapshot.model.config
     return max(
         1,
         sum(
-            max(1, (frames - w) // j.snapshot.model.config.window_stride + 1)
-            for w in j.snapshot.model.config.window_frames
+            max(1, (frames - w) // max(c.window_stride, round(w * c.window_hop_fraction)) + 1)
+            for w in c.window_frames
         ),
     )
 

@@ -80,6 +80,9 @@ class ModelConfig:
     window_frames: tuple[int, ...] = (15, 25, 35, 50, 70, 95, 120)
     # Hop between windows of one length, in frames (0.1 s at 50 fps).
     window_stride: int = 5
+    # Longer windows hop further: hop = max(window_stride, round(length * fraction)).
+    # 0 keeps one hop for every length. Inference only: training cuts windows anywhere.
+    window_hop_fraction: float = 0.0
     # Score above which a hit is returned by default; set by calibration after training.
     threshold: float = 0.5
 
@@ -120,6 +123,8 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(
             f"window_stride must be in [1, {min(c.window_frames)}], got {c.window_stride}"
         )
+    if not 0.0 <= c.window_hop_fraction <= 0.5:
+        raise ValueError(f"window_hop_fraction must be in [0, 0.5], got {c.window_hop_fraction}")
     if not -1.0 <= c.threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {c.threshold}")
 
@@ -245,17 +250,21 @@ def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
 # --------------------------------------------------------------------------- windows
 
 
-def window_layout(n_frames: int, window_frames: tuple[int, ...], stride: int) -> np.ndarray:
+def window_layout(
+    n_frames: int, window_frames: tuple[int, ...], stride: int, hop_fraction: float = 0.0
+) -> np.ndarray:
     """All sliding windows over a clip of ``n_frames``: (n_windows, 2) int array of [start, end).
 
-    Windows longer than the clip collapse to the whole clip (once).
+    Windows of length w hop by max(stride, round(w * hop_fraction)) frames. Windows
+    longer than the clip collapse to the whole clip (once).
     """
     spans = []
     for w in window_frames:
         if w >= n_frames:
             spans.append((0, n_frames))
             continue
-        starts = list(range(0, n_frames - w + 1, stride))
+        hop = max(stride, int(round(w * hop_fraction)))
+        starts = list(range(0, n_frames - w + 1, hop))
         if starts[-1] != n_frames - w:  # always cover the clip's end: the newest audio
             starts.append(n_frames - w)
         spans.extend((s, s + w) for s in starts)
@@ -292,12 +301,15 @@ class SpeechHead(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
+        # Channel dropout on the normalised front-end features; p is set by the trainer
+        # (TrainConfig.feature_dropout) and has no weights, so checkpoints do not change.
+        self.feature_dropout = nn.Dropout(0.0)
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim)
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(self.norm(pooled)), dim=-1)
+        return F.normalize(self.mlp(self.feature_dropout(self.norm(pooled))), dim=-1)
 
 
 class TermEncoder(nn.Module):
@@ -386,7 +398,8 @@ class DualEncoder(nn.Module):
 
     # -- speech side
     def windows(self, n_frames: int) -> np.ndarray:
-        return window_layout(n_frames, self.config.window_frames, self.config.window_stride)
+        c = self.config
+        return window_layout(n_frames, c.window_frames, c.window_stride, c.window_hop_fraction)
 
     @torch.no_grad()
     def encode_audio(

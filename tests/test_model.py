@@ -25,6 +25,18 @@ def test_window_layout_covers_the_clip_end():
     assert [0, 144] in spans.tolist()  # the 200-frame window collapses to the whole clip
 
 
+def test_window_hop_fraction_spaces_long_windows_further():
+    fixed = window_layout(144, (15, 100), 5)
+    spaced = window_layout(144, (15, 100), 5, hop_fraction=0.2)
+    short = lambda sp: sp[sp[:, 1] - sp[:, 0] == 15].tolist()  # noqa: E731
+    long_ = lambda sp: sp[sp[:, 1] - sp[:, 0] == 100][:, 0].tolist()  # noqa: E731
+    assert short(fixed) == short(spaced)  # round(15 * 0.2) = 3 < stride 5: unchanged
+    assert long_(spaced) == [0, 20, 40, 44]  # hop 20, and the clip's end is still covered
+    assert len(long_(fixed)) == 10
+    with pytest.raises(ValueError, match="window_hop_fraction"):
+        ModelConfig(window_hop_fraction=0.9)
+
+
 def test_pool_windows_matches_direct_means():
     fr = torch.randn(60, 8)
     spans = torch.tensor([[0, 60], [10, 22], [5, 8]])

@@ -122,6 +122,7 @@ class Trainer:
             self.occ_by_term.setdefault(t, []).append(i)
 
         self.model = DualEncoder(model_cfg)
+        self.model.speech.feature_dropout.p = cfg.feature_dropout
         self.module = self.model
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -253,8 +254,6 @@ class Trainer:
             g["lr"] = self.lr_at(self.step)
         m = self.module
         ids, lengths = m.tokenize(text_units)
-        if self.cfg.feature_dropout:
-            pooled = torch.nn.functional.dropout(pooled, self.cfg.feature_dropout)
         audio, text = self.model(pooled, ids, lengths)
         out = self.loss(audio, a_labels, text, t_labels)
         self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,49 @@
+"""Pure parts of the benchmark: hint precision/recall and the report table."""
+
+from __future__ import annotations
+
+from training.bench import LOAD_MODES, _hint_quality, _hint_report, markdown
+
+
+def test_hint_quality_counts_delivered_hints_and_spoken_terms():
+    hints = [{1: 0.9, 2: 0.8, 3: 0.2}, {4: 0.95}, {}]
+    spoken = [{1}, {5}, {6}]
+    q = _hint_quality(hints, spoken, 0.5)
+    # Delivered: {1, 2} and {4}; correct: 1. Spoken: 3 occurrences, 1 found.
+    assert q["hint_precision"] == round(1 / 3, 4) and q["hint_recall"] == round(1 / 3, 4)
+    strict = _hint_quality(hints, spoken, 0.85)  # delivered {1}, {4}
+    assert strict["hint_precision"] == 0.5 and strict["hint_recall"] == round(1 / 3, 4)
+
+
+def test_best_f1_is_at_least_the_operating_point():
+    hints = [{1: 0.9, 2: 0.6}, {3: 0.7, 4: 0.5}]
+    spoken = [{1}, {3}]
+    r = _hint_report(hints, spoken, 0.95)
+    assert r["operating_point"]["hint_recall"] == 0.0
+    assert r["best_f1"]["hint_f1"] >= r["operating_point"]["hint_f1"]
+    assert r["best_f1"]["hint_f1"] == 1.0 and r["best_f1"]["threshold"] == 0.7
+
+
+def test_markdown_reports_every_load_mode():
+    row = dict.fromkeys(
+        ("client_ms_p50", "client_ms_p95", "client_ms_p99", "server_ms_p50", "server_ms_p95"), 1.0
+    )
+    rows = [
+        {**row, "streams": 8, "mode": m, "chunks": 10, "errors": 0, "server_ms_p99": p99}
+        for m, p99 in zip(LOAD_MODES, (20.0, 30.0, 90.0), strict=True)
+    ]
+    report = {
+        "device": "cpu",
+        "date": "now",
+        "command": "rasst bench",
+        "budget_ms": 25.0,
+        "load_glossary": 10_000,
+        "load": rows,
+        "max_streams_server_p99_in_budget": {"realtime": 8, "realtime-random": 0},
+        "max_streams_client_p99_in_budget": {"realtime": 8, "realtime-random": 0},
+    }
+    md = markdown(report)
+    for m in LOAD_MODES:
+        assert f"| 8 | {m} |" in md
+    assert "`realtime`: largest N with server p99 under 25.0 ms: **8**" in md
+    assert "`realtime-random`: largest N with server p99 under 25.0 ms: **0**" in md
