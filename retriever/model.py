@@ -301,15 +301,12 @@ class SpeechHead(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        # Channel dropout on the normalised front-end features; p is set by the trainer
-        # (TrainConfig.feature_dropout) and has no weights, so checkpoints do not change.
-        self.feature_dropout = nn.Dropout(0.0)
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, out_dim)
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(self.feature_dropout(self.norm(pooled))), dim=-1)
+        return F.normalize(self.mlp(self.norm(pooled)), dim=-1)
 
 
 class TermEncoder(nn.Module):

@@ -117,12 +117,6 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--background", type=int, default=d.background, help="no-term windows per step (negatives)"
     )
-    p.add_argument(
-        "--feature-dropout",
-        type=float,
-        default=d.feature_dropout,
-        help="channel dropout on pooled front-end features, in [0, 1)",
-    )
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument(
         "--eval-size",
@@ -184,7 +178,6 @@ def train_main(argv: list[str] | None = None) -> int:
             text_negatives=args.text_negatives,
             memory_size=args.memory_size,
             background=args.background,
-            feature_dropout=args.feature_dropout,
             eval_every=args.eval_every,
             eval_size=args.eval_size,
             seed=args.seed,

@@ -56,9 +56,6 @@ class TrainConfig:
     temperature: float = 0.05
     # Max window-edge jitter as a fraction of the span length (plus 2 frames).
     jitter: float = 0.2
-    # Channel dropout on the pooled front-end features (training only): keeps the head from
-    # leaning on a few voice-specific dimensions of the frozen front-end.
-    feature_dropout: float = 0.0
     # Evaluate on dev every this many steps (0 = only at the end).
     eval_every: int = 500
     # Glossary size for dev recall.
@@ -75,8 +72,6 @@ class TrainConfig:
             raise ValueError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
-        if not 0 <= self.feature_dropout < 1:
-            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout}")
 
 
 @dataclass
@@ -122,7 +117,6 @@ class Trainer:
             self.occ_by_term.setdefault(t, []).append(i)
 
         self.model = DualEncoder(model_cfg)
-        self.model.speech.feature_dropout.p = cfg.feature_dropout
         self.module = self.model
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.model)
