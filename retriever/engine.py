@@ -29,6 +29,7 @@ from .index import EXACT_MAX_DEFAULT, TermIndex
 from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows
 
 logger = logging.getLogger(__name__)
+WARM_UP_CLIP_S = 2.88  # a default chunk (0.96 s) with its default look-back (1.92 s)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Engine:
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
+        _warm_up(model, frontend)
         served = {
             g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()
         }
@@ -370,6 +372,22 @@ class Engine:
                     batch_windows=n_windows,
                 ),
             )
+
+
+def _warm_up(model: DualEncoder, frontend) -> None:
+    """One clip through the front-end and the head before the model serves: the first
+    CTranslate2 call packs its weights (~0.5 s here), which no live chunk should wait for."""
+    t0 = time.monotonic()
+    clip = np.zeros(int(WARM_UP_CLIP_S * 16000), np.float32)
+    frames = frontend.frames([clip])[0]
+    spans = model.windows(len(frames))
+    with torch.no_grad():
+        model.speech(
+            pool_windows(
+                torch.from_numpy(frames), torch.from_numpy(spans), model.config.pool_thirds
+            )
+        )
+    logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 
 def _n_windows(j: _Job) -> int:

@@ -277,12 +277,13 @@ async def bench_load(
     glossary_size: int,
     budget_ms: float,
     modes: tuple[str, ...] = ("realtime",),
+    threads: int = 1,
 ) -> list[dict]:
     """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time)."""
     from client.api import Client
     from retriever.server import drain
 
-    server, port, state, tmp = await _start_server(checkpoint)
+    server, port, state, tmp = await _start_server(checkpoint, threads)
     address = f"127.0.0.1:{port}"
     admin = Client(address, "bench", timeout=600)
     await asyncio.to_thread(admin.put_glossary, "load", _glossary_entries(glossary_size))
@@ -543,7 +544,8 @@ def markdown(report: dict) -> str:
         ]
     if "load" in report:
         L += [
-            f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary",
+            f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary, "
+            f"encoder worker threads {report.get('load_threads', 1)}",
             "",
             "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms |",
             "|---:|---|---:|---:|---|---|",
@@ -678,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"{k} = {v}" for k, v in LOAD_MODES.items()),
     )
     p.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget per chunk")
+    p.add_argument(
+        "--threads", type=int, default=1, help="encoder worker threads of the load-test server"
+    )
     p.add_argument("--manifest", type=Path, default=Path("data/corpus/test_heldout/manifest.jsonl"))
     p.add_argument("--limit", type=int, default=None, help="utterances for the quality comparison")
     args = p.parse_args(argv)
@@ -741,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         report["load_glossary"] = 10_000
+        report["load_threads"] = args.threads
         report["load"] = asyncio.run(
-            bench_load(ckpt, talk, streams, seconds, 10_000, args.budget_ms, modes)
+            bench_load(ckpt, talk, streams, seconds, 10_000, args.budget_ms, modes, args.threads)
         )
         report["latency_samples"] = {
             f"{r['streams']} streams, {r['mode']}": r.pop("_client_ms")
