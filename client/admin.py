@@ -15,15 +15,8 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 
 from .api import Client, RasstError
+from .formats import format_for
 
-FORMATS = {
-    "jsonl": "jsonl",
-    "csv": "csv",
-    "tsv": "tsv",
-    "tbx": "tbx",
-    "xml": "tbx",
-    "json": "acl_json",
-}
 CHUNK_ENTRIES = 5000  # patch batch size for large uploads (progress shown per batch)
 
 
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.cmd == "put":
-            fmt = args.format or FORMATS.get(args.file.suffix.lower().lstrip("."))
+            fmt = args.format or format_for(args.file)
             if fmt is None:
                 print(
                     f"rasst glossary: cannot tell the format of {args.file.name}; pass --format",

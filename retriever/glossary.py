@@ -20,6 +20,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.formats import format_for
+
 logger = logging.getLogger(__name__)
 
 GLOSSARY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -422,15 +424,7 @@ def load_file(path: str | Path, fmt: str | None = None) -> list[Entry]:
 
 
 def guess_format(p: Path) -> str:
-    ext = p.suffix.lower().lstrip(".")
-    guess = {
-        "jsonl": "jsonl",
-        "csv": "csv",
-        "tsv": "tsv",
-        "tbx": "tbx",
-        "xml": "tbx",
-        "json": "acl_json",
-    }.get(ext)
+    guess = format_for(p)
     if guess is None:
         raise GlossaryError(
             "path", f"cannot tell the format of {p.name}; use one of {list(FORMATS)}"
