@@ -100,6 +100,9 @@ class ServerConfig:
     exact_max: int = 100_000
     # torch / CTranslate2 threads for the encoder worker.
     threads: int = 1
+    # Where the speech front-end runs: "auto" (CUDA when CTranslate2/torch see a GPU),
+    # "cpu" or "cuda". The index follows faiss' own GPU detection.
+    device: str = "auto"
     # Entries each window may vote for (1..32): its nearest index rows.
     window_top: int = 2
     # Seconds given to in-flight calls on SIGTERM.
@@ -126,7 +129,30 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
+    if c.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {c.device!r}")
+    if c.device == "cuda" and not cuda_available():
+        raise ValueError("device is cuda but neither CTranslate2 nor torch sees a CUDA device")
     return c
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        if ctranslate2.get_cuda_device_count() > 0:
+            return True
+    except ImportError:
+        pass
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return device
 
 
 def load_config(
@@ -905,6 +931,7 @@ async def create_server(
             exact_max=cfg.exact_max,
             threads=cfg.threads,
             window_top=cfg.window_top,
+            device=resolve_device(cfg.device),
         ),
     )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
@@ -976,6 +1003,7 @@ async def drain(server: grpc.aio.Server, state: ServerState, grace_s: float) -> 
 
 async def serve(cfg: ServerConfig) -> None:
     server, port, state = await create_server(cfg)
+    logger.info("speech front-end on %s", resolve_device(cfg.device))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1021,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float)
     p.add_argument("--exact-max", dest="exact_max", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where the speech front-end runs"
+    )
     p.add_argument(
         "--window-top",
         dest="window_top",

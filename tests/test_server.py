@@ -468,6 +468,18 @@ def test_config_precedence_and_validation(tmp_path):
         load_config({}, str(toml), env={})
 
 
+def test_device_setting():
+    from retriever.server import cuda_available, load_config, resolve_device
+
+    assert load_config({}, None, env={"RASST_DEVICE": "cpu"}).device == "cpu"
+    assert resolve_device("auto") == ("cuda" if cuda_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        load_config({"device": "tpu"}, None, env={})
+    if not cuda_available():
+        with pytest.raises(ValueError, match="no|neither"):
+            load_config({"device": "cuda"}, None, env={})
+
+
 def test_serve_cli_rejects_bad_flags():
     import subprocess
     import sys
