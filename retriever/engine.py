@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import EXACT_MAX_DEFAULT, TermIndex
 from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows
@@ -378,7 +379,7 @@ def _warm_up(model: DualEncoder, frontend) -> None:
     """One clip through the front-end and the head before the model serves: the first
     CTranslate2 call packs its weights (~0.5 s here), which no live chunk should wait for."""
     t0 = time.monotonic()
-    clip = np.zeros(int(WARM_UP_CLIP_S * 16000), np.float32)
+    clip = np.zeros(int(WARM_UP_CLIP_S * SAMPLE_RATE), np.float32)
     frames = frontend.frames([clip])[0]
     spans = model.windows(len(frames))
     with torch.no_grad():
