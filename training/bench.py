@@ -127,7 +127,8 @@ async def _start_server(checkpoint: str, threads: int = 1, **kw):
 
 
 def _rpc_caller(address: str, request: bytes, conn) -> None:
-    """Child process: a translator-side caller. Times one Retrieve per "go" it receives."""
+    """Child process: a translator-side caller. Times one call per command it receives
+    ("retrieve" or "health") and sends back the milliseconds; anything else stops it."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -152,9 +153,10 @@ async def bench_rpc_overhead(checkpoint: str, clip: np.ndarray, n: int = 40) -> 
     """The same clip through the in-process engine and through gRPC Retrieve.
 
     The gRPC caller is a separate process, as a translator is, so client and server do not
-    share an interpreter. An empty call (Health.Check) is timed too: the floor of any RPC. Calls alternate; the overhead is the median of the paired
+    share an interpreter. Calls alternate; the overhead is the median of the paired
     differences (each RPC minus the in-process call just before it), which cancels the
-    drift of this noisy machine better than a difference of two medians.
+    drift of this noisy machine better than a difference of two medians. An empty call
+    (Health.Check) is timed too: the floor of any RPC on this machine.
     """
     import multiprocessing as mp
 
