@@ -468,15 +468,17 @@ def test_config_precedence_and_validation(tmp_path):
         load_config({}, str(toml), env={})
 
 
-def test_device_setting():
-    from retriever.server import cuda_available, load_config, resolve_device
+def test_device_setting(live_server, tiny_checkpoint):
+    from retriever.server import cuda_available, load_config
 
     assert load_config({}, None, env={"RASST_DEVICE": "cpu"}).device == "cpu"
-    assert resolve_device("auto") == ("cuda" if cuda_available() else "cpu")
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
         load_config({"device": "tpu"}, None, env={})
+    # The default, auto, puts the front-end on the GPU only when one is visible.
+    s = live_server(checkpoint=str(tiny_checkpoint))
+    assert s.state.engine.cfg.device == ("cuda" if cuda_available() else "cpu")
     if not cuda_available():
-        with pytest.raises(ValueError, match="no|neither"):
+        with pytest.raises(ValueError, match="neither CTranslate2 nor torch sees a CUDA device"):
             load_config({"device": "cuda"}, None, env={})
 
 
