@@ -380,14 +380,7 @@ def _warm_up(model: DualEncoder, frontend) -> None:
     CTranslate2 call packs its weights (~0.5 s here), which no live chunk should wait for."""
     t0 = time.monotonic()
     clip = np.zeros(int(WARM_UP_CLIP_S * SAMPLE_RATE), np.float32)
-    frames = frontend.frames([clip])[0]
-    spans = model.windows(len(frames))
-    with torch.no_grad():
-        model.speech(
-            pool_windows(
-                torch.from_numpy(frames), torch.from_numpy(spans), model.config.pool_thirds
-            )
-        )
+    model.encode_audio(frontend.frames([clip])[0])
     logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 
