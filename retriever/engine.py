@@ -27,7 +27,7 @@ import torch
 from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import EXACT_MAX_DEFAULT, TermIndex
-from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows
+from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows, window_hop
 
 logger = logging.getLogger(__name__)
 WARM_UP_CLIP_S = 2.88  # a default chunk (0.96 s) with its default look-back (1.92 s)
@@ -391,7 +391,7 @@ def _n_windows(j: _Job) -> int:
     return max(
         1,
         sum(
-            max(1, (frames - w) // max(c.window_stride, round(w * c.window_hop_fraction)) + 1)
+            max(1, (frames - w) // window_hop(w, c.window_stride, c.window_hop_fraction) + 1)
             for w in c.window_frames
         ),
     )

@@ -250,6 +250,11 @@ def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
 # --------------------------------------------------------------------------- windows
 
 
+def window_hop(length: int, stride: int, hop_fraction: float = 0.0) -> int:
+    """Frames between windows of ``length``: ``stride``, or more for long windows."""
+    return max(stride, int(round(length * hop_fraction)))
+
+
 def window_layout(
     n_frames: int, window_frames: tuple[int, ...], stride: int, hop_fraction: float = 0.0
 ) -> np.ndarray:
@@ -263,8 +268,7 @@ def window_layout(
         if w >= n_frames:
             spans.append((0, n_frames))
             continue
-        hop = max(stride, int(round(w * hop_fraction)))
-        starts = list(range(0, n_frames - w + 1, hop))
+        starts = list(range(0, n_frames - w + 1, window_hop(w, stride, hop_fraction)))
         if starts[-1] != n_frames - w:  # always cover the clip's end: the newest audio
             starts.append(n_frames - w)
         spans.extend((s, s + w) for s in starts)
