@@ -150,14 +150,12 @@ def replay(
     by_seq = {r.sequence: r for r in responses}
     out = []
     for i in range(n_steps):
-        if i in by_seq:
-            m.add(by_seq[i])
-        res = m.step(by_seq[i].chunk_end_s if i in by_seq else None)
-        out.append(
-            _Replayed(
-                i, by_seq[i].chunk_end_s if i in by_seq else 0.0, [h.entry_id for h in res.fresh]
-            )
-        )
+        resp = by_seq.get(i)
+        if resp is not None:
+            m.add(resp)
+        res = m.step(resp.chunk_end_s if resp is not None else None)
+        end = resp.chunk_end_s if resp is not None else 0.0
+        out.append(_Replayed(i, end, [h.entry_id for h in res.fresh]))
     return out
 
 
