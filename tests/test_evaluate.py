@@ -49,3 +49,21 @@ def test_streaming_score_definitions():
     assert m["hint_recall"] == 1.0 and m["hint_precision"] == 0.5
     late = [[_R(0, 0.96, []), _R(1, 1.92, []), _R(2, 2.88, []), _R(3, 3.84, ["e0"])]]
     assert score(late, occs, 0.96, 1.92, {"x": "e0"})["hint_recall"] == 0.0
+
+
+def test_replay_applies_the_threshold_and_keeps_step_times():
+    from client.v1 import retrieval_pb2
+    from training.streaming_eval import replay
+
+    def resp(seq, end, hits):
+        r = retrieval_pb2.StreamRetrieveResponse(sequence=seq, chunk_end_s=end)
+        for eid, s in hits:
+            r.hits.add(entry_id=eid, term=eid, score=s, start_s=end - 0.5, end_s=end)
+        return r
+
+    recorded = [resp(0, 0.96, [("a", 0.9), ("b", 0.5)]), resp(2, 2.88, [("c", 0.85)])]
+    out = replay(recorded, 3, 0.96, 1.92, 0.8)
+    assert [r.step for r in out] == [0, 1, 2]
+    assert [r.chunk_end_s for r in out] == [0.96, 0.0, 2.88]  # step 1 had no response
+    assert out[0].fresh == ["a"] and out[1].fresh == [] and out[2].fresh == ["c"]
+    assert replay(recorded, 3, 0.96, 1.92, 0.4)[0].fresh == ["a", "b"]
