@@ -1,8 +1,14 @@
-"""Pure parts of the benchmark: hint precision/recall and the report table."""
+"""The benchmark: hint precision/recall, the report table, and the RPC overhead run."""
 
 from __future__ import annotations
 
-from training.bench import LOAD_MODES, _hint_quality, _hint_report, markdown
+import asyncio
+import math
+
+import numpy as np
+
+from retriever.model import default_checkpoint_dir
+from training.bench import LOAD_MODES, _hint_quality, _hint_report, bench_rpc_overhead, markdown
 
 
 def test_hint_quality_counts_delivered_hints_and_spoken_terms():
@@ -47,3 +53,15 @@ def test_markdown_reports_every_load_mode():
         assert f"| 8 | {m} |" in md
     assert "`realtime`: largest N with server p99 under 25.0 ms: **8**" in md
     assert "`realtime-random`: largest N with server p99 under 25.0 ms: **0**" in md
+
+
+def test_rpc_overhead_times_unary_and_stream_paths_from_another_process():
+    talk = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.05).astype(np.float32)
+    r = asyncio.run(bench_rpc_overhead(str(default_checkpoint_dir()), talk, n=3))
+    assert r["n"] == 3 and r["clip_s"] == 2.88 and r["chunk_s"] == 0.96
+    for path in (r, r["stream"]):
+        assert 0 < path["inprocess_ms_p50"] < 5000 and 0 < path["grpc_ms_p50"] < 5000
+        assert math.isfinite(path["overhead_ms_p50"]) and path["ratio"] > 0
+    assert r["empty_rpc_ms_p50"] > 0
+    md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "rpc": r})
+    assert "| unary Retrieve, 2.88 s clip" in md and "| StreamRetrieve, one 0.96 s chunk" in md

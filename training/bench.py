@@ -126,37 +126,91 @@ async def _start_server(checkpoint: str, threads: int = 1, **kw):
 # --------------------------------------------------------------------------- RPC overhead
 
 
-def _rpc_caller(address: str, request: bytes, conn) -> None:
-    """Child process: a translator-side caller. Times one call per command it receives
-    ("retrieve" or "health") and sends back the milliseconds; anything else stops it."""
+def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: int, conn) -> None:
+    """Child process: a translator-side caller. Times one call per command it receives and
+    sends back the milliseconds; anything else stops it. Commands: "retrieve" (unary
+    Retrieve of ``request``), "health" (an empty unary call: the floor of any RPC here) and
+    "stream" (the next chunk of ``stream_pcm`` on one StreamRetrieve session, request sent
+    to response read)."""
+    import queue
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from client.v1 import retrieval_pb2, retrieval_pb2_grpc
 
     req = retrieval_pb2.RetrieveRequest.FromString(request)
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
     with grpc.insecure_channel(address) as ch:
+        stub = retrieval_pb2_grpc.TermRetrievalStub(ch)
+        outbox.put(
+            retrieval_pb2.StreamRetrieveRequest(
+                config=retrieval_pb2.SessionConfig(
+                    glossary_id=req.glossary_id,
+                    target_lang=req.target_lang,
+                    chunk_s=chunk_samples / SAMPLE_RATE,
+                    encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+                    sample_rate_hz=SAMPLE_RATE,
+                    deadline_ms=30000,
+                )
+            )
+        )
+        responses = stub.StreamRetrieve(iter(outbox.get, None), timeout=600)
+        seq = 0
+        nbytes = 2 * chunk_samples
+
+        def stream_one():
+            nonlocal seq
+            pcm = stream_pcm[seq * nbytes : (seq + 1) * nbytes]
+            outbox.put(
+                retrieval_pb2.StreamRetrieveRequest(
+                    chunk=retrieval_pb2.AudioChunk(sequence=seq, pcm=pcm)
+                )
+            )
+            seq += 1
+            next(responses)
+
         calls = {
-            "retrieve": lambda: retrieval_pb2_grpc.TermRetrievalStub(ch).Retrieve(req, timeout=30),
-            # The floor: an empty unary call on the same channel and server.
+            "retrieve": lambda: stub.Retrieve(req, timeout=30),
             "health": lambda: health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(), timeout=30
             ),
+            "stream": stream_one,
         }
-        while (what := conn.recv()) in calls:
-            t0 = time.perf_counter()
-            calls[what]()
-            conn.send((time.perf_counter() - t0) * 1e3)
+        try:
+            while (what := conn.recv()) in calls:
+                t0 = time.perf_counter()
+                calls[what]()
+                conn.send((time.perf_counter() - t0) * 1e3)
+        finally:
+            outbox.put(None)
 
 
-async def bench_rpc_overhead(checkpoint: str, clip: np.ndarray, n: int = 40) -> dict:
-    """The same clip through the in-process engine and through gRPC Retrieve.
+def _paired(inproc: list[float], rpc: list[float]) -> dict:
+    """p50s and the median of paired differences (each RPC minus the in-process call just
+    before it), which cancels this noisy machine's drift better than a difference of medians."""
+    p50_in, p50_rpc = statistics.median(inproc), statistics.median(rpc)
+    return {
+        "inprocess_ms_p50": round(p50_in, 3),
+        "grpc_ms_p50": round(p50_rpc, 3),
+        "overhead_ms_p50": round(
+            statistics.median([b - a for a, b in zip(inproc, rpc, strict=True)]), 3
+        ),
+        "ratio": round(p50_rpc / p50_in, 3),
+    }
+
+
+async def bench_rpc_overhead(
+    checkpoint: str, talk: np.ndarray, n: int = 40, chunk_s: float = 0.96, lookback_s: float = 1.92
+) -> dict:
+    """The same audio through the in-process engine and through gRPC, on both data-plane
+    paths: unary Retrieve of one chunk-plus-look-back clip, and one chunk on a live
+    StreamRetrieve session (the translator's path: only the new chunk travels, the server
+    keeps the look-back) beside the in-process call on the identical clip.
 
     The gRPC caller is a separate process, as a translator is, so client and server do not
-    share an interpreter. Calls alternate; the overhead is the median of the paired
-    differences (each RPC minus the in-process call just before it), which cancels the
-    drift of this noisy machine better than a difference of two medians. An empty call
-    (Health.Check) is timed too: the floor of any RPC on this machine.
+    share an interpreter. Calls alternate and are paired. An empty call (Health.Check) is
+    timed too: the floor of any RPC on this machine.
     """
     import multiprocessing as mp
 
@@ -165,43 +219,62 @@ async def bench_rpc_overhead(checkpoint: str, clip: np.ndarray, n: int = 40) -> 
     from retriever.audio import decode_pcm
     from retriever.server import drain
 
+    chunk = int(round(chunk_s * SAMPLE_RATE))
+    back = int(round(lookback_s * SAMPLE_RATE))
+    warm = 5
+    # Stream audio: the talk repeated to cover every chunk of the run.
+    reps = -(-(n + warm) * chunk // len(talk))
+    stream_pcm = audio_pb(np.tile(talk, reps)).pcm
+    stream_x = decode_pcm(stream_pcm, "s16le", SAMPLE_RATE)  # what the server decodes
+    clip = talk[: chunk + back]
     server, port, state, tmp = await _start_server(checkpoint)
     req = retrieval_pb2.RetrieveRequest(glossary_id="demo", target_lang="de", audio=audio_pb(clip))
-    same = decode_pcm(req.audio.pcm, "s16le", SAMPLE_RATE)  # the samples the server decodes
+    same = decode_pcm(req.audio.pcm, "s16le", SAMPLE_RATE)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
-        target=_rpc_caller, args=(f"127.0.0.1:{port}", req.SerializeToString(), child)
+        target=_rpc_caller,
+        args=(f"127.0.0.1:{port}", req.SerializeToString(), stream_pcm, chunk, child),
     )
     proc.start()
-    inproc, rpc, empty = [], [], []
+
+    async def remote(what: str) -> float:
+        parent.send(what)
+        return await asyncio.to_thread(parent.recv)
+
+    async def local(x: np.ndarray, new_from_s: float = 0.0) -> float:
+        t0 = time.perf_counter()
+        await state.engine.submit(x, "demo", 10, None, 30.0, 0.0, new_from_s)
+        return (time.perf_counter() - t0) * 1e3
+
+    t = {k: [] for k in ("in_unary", "unary", "empty", "in_stream", "stream")}
     try:
-        for i in range(n + 5):  # the first 5 of each are warm-up
-            t0 = time.perf_counter()
-            await state.engine.submit(same, "demo", 10, None, 30.0)
-            t_in = (time.perf_counter() - t0) * 1e3
-            parent.send("retrieve")
-            t_rpc = await asyncio.to_thread(parent.recv)
-            parent.send("health")
-            t_empty = await asyncio.to_thread(parent.recv)
-            if i >= 5:
-                inproc.append(t_in)
-                rpc.append(t_rpc)
-                empty.append(t_empty)
+        for i in range(n + warm):
+            start = max(0, i * chunk - back)
+            row = {
+                "in_unary": await local(same),
+                "unary": await remote("retrieve"),
+                "empty": await remote("health"),
+                # The clip the server's ring buffer holds for chunk i: chunk plus look-back.
+                "in_stream": await local(
+                    stream_x[start : (i + 1) * chunk], (i * chunk - start) / SAMPLE_RATE
+                ),
+                "stream": await remote("stream"),
+            }
+            if i >= warm:  # the first chunks also fill the session's look-back
+                for k, v in row.items():
+                    t[k].append(v)
     finally:
         parent.send("stop")
         await asyncio.to_thread(proc.join, 30)
         await drain(server, state, 0.5)
         tmp.cleanup()
-    p50_in, p50_rpc = statistics.median(inproc), statistics.median(rpc)
-    diffs = [b - a for a, b in zip(inproc, rpc, strict=True)]
     return {
         "clip_s": round(len(clip) / SAMPLE_RATE, 2),
-        "inprocess_ms_p50": round(p50_in, 3),
-        "grpc_ms_p50": round(p50_rpc, 3),
-        "overhead_ms_p50": round(statistics.median(diffs), 3),
-        "empty_rpc_ms_p50": round(statistics.median(empty), 3),
-        "ratio": round(p50_rpc / p50_in, 3),
+        "chunk_s": chunk_s,
+        **_paired(t["in_unary"], t["unary"]),
+        "stream": _paired(t["in_stream"], t["stream"]),
+        "empty_rpc_ms_p50": round(statistics.median(t["empty"]), 3),
         "n": n,
     }
 
@@ -538,10 +611,20 @@ def markdown(report: dict) -> str:
     if "rpc" in report:
         r = report["rpc"]
         L += [
-            "## RPC overhead (same clip, in-process engine vs gRPC Retrieve from another process; median of paired differences)",
+            "## RPC overhead (in-process engine vs gRPC from another process; median of paired differences)",
             "",
-            f"clip {r['clip_s']} s: in-process p50 {r['inprocess_ms_p50']} ms, gRPC p50 {r['grpc_ms_p50']} ms, overhead {r['overhead_ms_p50']} ms (ratio {r['ratio']}), n={r['n']}; "
-            f"an empty unary call (Health.Check) on the same channel takes {r.get('empty_rpc_ms_p50', '-')} ms p50",
+            "| path | in-process p50 ms | gRPC p50 ms | overhead p50 ms | ratio |",
+            "|---|---:|---:|---:|---:|",
+            f"| unary Retrieve, {r['clip_s']} s clip ({r['clip_s'] * 32:.0f} KB s16le) | {r['inprocess_ms_p50']} | {r['grpc_ms_p50']} | {r['overhead_ms_p50']} | {r['ratio']} |",
+        ]
+        if "stream" in r:
+            st = r["stream"]
+            L.append(
+                f"| StreamRetrieve, one {r['chunk_s']} s chunk (server keeps the look-back) | {st['inprocess_ms_p50']} | {st['grpc_ms_p50']} | {st['overhead_ms_p50']} | {st['ratio']} |"
+            )
+        L += [
+            "",
+            f"n={r['n']} each; an empty unary call (Health.Check) on the same channel takes {r.get('empty_rpc_ms_p50', '-')} ms p50.",
             "",
         ]
     if "load" in report:
@@ -730,9 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         report["index_queries"] = int((spans[:, 1] > int(1.92 * rate)).sum())
         report["index"] = bench_index(sizes, vecs, nq=report["index_queries"])
     if "rpc" in parts:
-        report["rpc"] = asyncio.run(
-            bench_rpc_overhead(ckpt, talk[: int(2.88 * SAMPLE_RATE)], n=30 if args.quick else 100)
-        )
+        report["rpc"] = asyncio.run(bench_rpc_overhead(ckpt, talk, n=30 if args.quick else 100))
     if "load" in parts:
         streams = [
             int(s)
