@@ -27,14 +27,7 @@ import torch
 from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import EXACT_MAX_DEFAULT, TermIndex
-from .model import (
-    DualEncoder,
-    build_frontend,
-    checkpoint_id,
-    normalize_frames,
-    pool_windows,
-    window_hop,
-)
+from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows, window_hop
 
 logger = logging.getLogger(__name__)
 WARM_UP_CLIP_S = 2.88  # a default chunk (0.96 s) with its default look-back (1.92 s)
@@ -319,7 +312,6 @@ class Engine:
             pooled, bounds = [], [0]
             span_list = []
             for j, fr in zip(jobs, frames, strict=True):
-                fr = normalize_frames(fr, model.config.frame_norm)
                 spans = model.windows(len(fr))
                 fresh = spans[:, 1] > int(j.new_from_s * frontend.frame_rate)
                 if fresh.any():

@@ -85,10 +85,6 @@ class ModelConfig:
     window_hop_fraction: float = 0.0
     # Score above which a hit is returned by default; set by calibration after training.
     threshold: float = 0.5
-    # Front-end frame normalisation before pooling: "none", or "clip_mean" (subtract each
-    # channel's mean over the clip, as cepstral mean normalisation does: removes a voice's
-    # and a channel's constant offset; a served clip is the chunk plus its look-back).
-    frame_norm: str = "none"
 
     def __post_init__(self):
         validate_config(self)
@@ -131,8 +127,6 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"window_hop_fraction must be in [0, 0.5], got {c.window_hop_fraction}")
     if not -1.0 <= c.threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {c.threshold}")
-    if c.frame_norm not in FRAME_NORMS:
-        raise ValueError(f"frame_norm must be one of {FRAME_NORMS}, got {c.frame_norm!r}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -281,19 +275,6 @@ def window_layout(
     return np.unique(np.asarray(spans, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
-FRAME_NORMS = ("none", "clip_mean")
-
-
-def normalize_frames(frames, how: str):
-    """One clip's front-end frames (T, D), numpy or torch, normalised as ``how`` says
-    (see ``ModelConfig.frame_norm``). Idempotent, so already-normalised frames pass through."""
-    if how == "none" or len(frames) == 0:
-        return frames
-    if isinstance(frames, torch.Tensor):
-        return frames - frames.float().mean(0, keepdim=True).to(frames.dtype)
-    return frames - frames.mean(0, dtype=np.float32, keepdims=True).astype(frames.dtype)
-
-
 def pool_windows(frames: torch.Tensor, spans: torch.Tensor, thirds: bool = True) -> torch.Tensor:
     """Mean-pool windows from frame vectors with prefix sums (no per-window loop).
 
@@ -430,9 +411,7 @@ class DualEncoder(nn.Module):
         ``spans`` defaults to the configured multi-scale sliding windows.
         """
         self.eval()
-        frames = normalize_frames(
-            torch.as_tensor(frames, dtype=torch.float32), self.config.frame_norm
-        )
+        frames = torch.as_tensor(frames, dtype=torch.float32)
         if spans is None:
             spans = self.windows(frames.shape[0])
         pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_thirds)

@@ -12,7 +12,6 @@ from retriever.model import (
     HFAudioFrontend,
     ModelConfig,
     build_frontend,
-    normalize_frames,
     pool_windows,
     window_layout,
 )
@@ -46,26 +45,6 @@ def test_pool_windows_matches_direct_means():
         assert torch.allclose(out[i, :8], fr[s:e].mean(0), atol=1e-5)
         third = (e - s) // 3
         assert torch.allclose(out[i, 8:16], fr[s : s + third].mean(0), atol=1e-5)
-
-
-def test_clip_mean_frame_norm_removes_a_constant_channel_offset(tiny_checkpoint):
-    from dataclasses import replace
-
-    m = DualEncoder.from_pretrained(tiny_checkpoint)
-    fr = np.random.default_rng(0).standard_normal((144, 384)).astype(np.float32)
-    offset = np.random.default_rng(1).standard_normal(384).astype(np.float32) * 3  # a "voice"
-    raw_a, _ = m.encode_audio(fr)
-    raw_b, _ = m.encode_audio(fr + offset)
-    assert not np.allclose(raw_a, raw_b, atol=1e-3)  # "none": the offset changes the vectors
-    m.config = replace(m.config, frame_norm="clip_mean")
-    a, _ = m.encode_audio(fr)
-    b, _ = m.encode_audio(fr + offset)
-    assert np.allclose(a, b, atol=1e-4)
-    once = normalize_frames(fr, "clip_mean")
-    assert np.allclose(normalize_frames(once, "clip_mean"), once, atol=1e-6)  # idempotent
-    assert np.allclose(normalize_frames(torch.from_numpy(fr), "clip_mean").numpy(), once, atol=1e-5)
-    with pytest.raises(ValueError, match="frame_norm"):
-        ModelConfig(frame_norm="per_window")
 
 
 def test_encoders_return_unit_vectors(tiny_checkpoint, tts):

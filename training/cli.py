@@ -128,12 +128,6 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-thirds", action="store_true", help="pool the window mean only (ablation)")
     p.add_argument("--window-frames", default=None, help="comma-separated window lengths in frames")
     p.add_argument(
-        "--frame-norm",
-        choices=["none", "clip_mean"],
-        default="none",
-        help="front-end frame normalisation per clip before pooling",
-    )
-    p.add_argument(
         "--workers", type=int, default=2, help="processes for precomputing front-end frames"
     )
     p.add_argument("--threads", type=int, default=None)
@@ -173,12 +167,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, 1)
                 dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, 1)
         distractors = read_lines(args.corpus / "terms" / "train.txt")
-        mkw = {
-            "frontend": fe,
-            "text_unit": args.text_unit,
-            "pool_thirds": not args.no_thirds,
-            "frame_norm": args.frame_norm,
-        }
+        mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_thirds": not args.no_thirds}
         if args.window_frames:
             mkw["window_frames"] = tuple(int(x) for x in args.window_frames.split(","))
         cfg = TrainConfig(

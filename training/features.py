@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from retriever import audio as A
-from retriever.model import FrontendConfig, build_frontend, normalize_frames
+from retriever.model import FrontendConfig, build_frontend
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ class FeatureCache:
 
     def utt_frames(self, u: int) -> np.ndarray:
         return self.frames[self.offsets[u] : self.offsets[u + 1]]
-
-    def normalize(self, how: str) -> FeatureCache:
-        """Normalise every utterance's frames in place as a served clip's are
-        (``retriever.model.normalize_frames``); returns self."""
-        if how != "none":
-            for u in range(len(self.offsets) - 1):
-                a, b = self.offsets[u], self.offsets[u + 1]
-                self.frames[a:b] = normalize_frames(self.frames[a:b], how)
-        return self
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")

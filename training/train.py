@@ -99,10 +99,6 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
         torch.manual_seed(cfg.seed)  # same init on every rank
-        # Frames as the served model will see them (a no-op for frame_norm "none").
-        data.train.normalize(model_cfg.frame_norm)
-        if data.dev is not None:
-            data.dev.normalize(model_cfg.frame_norm)
 
         # Terms: the spoken ones (with audio) and text-only distractors, with pronunciations.
         self.spoken = sorted(set(data.train.occ_term))
