@@ -8,7 +8,14 @@ import math
 import numpy as np
 
 from retriever.model import default_checkpoint_dir
-from training.bench import LOAD_MODES, _hint_quality, _hint_report, bench_rpc_overhead, markdown
+from training.bench import (
+    LOAD_MODES,
+    _hint_quality,
+    _hint_report,
+    bench_load,
+    bench_rpc_overhead,
+    markdown,
+)
 
 
 def test_hint_quality_counts_delivered_hints_and_spoken_terms():
@@ -65,3 +72,14 @@ def test_rpc_overhead_times_unary_and_stream_paths_from_another_process():
     assert r["empty_rpc_ms_p50"] > 0
     md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "rpc": r})
     assert "| unary Retrieve, 2.88 s clip" in md and "| StreamRetrieve, one 0.96 s chunk" in md
+
+
+def test_load_runs_sessions_from_another_process_and_counts_every_chunk():
+    talk = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.05).astype(np.float32)
+    rows = asyncio.run(
+        bench_load(str(default_checkpoint_dir()), talk, [1, 2], 1.92, 50, 25.0, ("max",))
+    )
+    assert [(r["streams"], r["chunks"], r["errors"]) for r in rows] == [(1, 2, 0), (2, 4, 0)]
+    for r in rows:
+        assert 0 < r["server_ms_p50"] <= r["server_ms_p99"] <= r["client_ms_p99"] + 1e-6
+        assert len(r["_client_ms"]) == r["chunks"]
