@@ -432,18 +432,23 @@ class DualEncoder(nn.Module):
             (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return d
 
+    @staticmethod
+    def load_config(directory: str | Path) -> ModelConfig:
+        """A checkpoint's configuration alone (threshold, windows...), without its weights."""
+        d = Path(directory)
+        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+        return ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DualEncoder:
         """Rebuild the encoder from a checkpoint directory alone."""
         from safetensors.torch import load_file
 
         d = Path(directory)
-        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(
-                f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}"
-            )
-        config = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        model = cls(config)
+        model = cls(cls.load_config(d))
         try:
             model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
         except RuntimeError as e:

@@ -173,7 +173,7 @@ def run_streaming_eval(args) -> dict:
     threshold = (
         args.threshold
         if args.threshold is not None
-        else DualEncoder.from_pretrained(ckpt_dir).config.threshold
+        else DualEncoder.load_config(ckpt_dir).threshold
     )
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
     distractors = read_lines(args.distractors) if args.distractors else default_distractors()
