@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}.",
         "",
         "## Data and recipe",
-        f"- `rasst data synth --train-terms 15000 --per-term 2`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",
+        f"- `rasst data synth --train-terms {metrics['n_train_terms']} --per-term {round(metrics['n_train_occurrences'] / metrics['n_train_terms'])}`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",
         "  (FOLDOC / WordNet / wamerican; ACL glossaries excluded), 60 espeak-ng voices + festival ked at 3 speeds,",
         "  half augmented. Test terms are disjoint from training terms; test voices (flite, piper) are engines never trained on.",
         f"- `rasst train`: {tc['steps']} steps, batch {tc['batch_size']}, AdamW lr {tc['lr']}, temperature {tc['temperature']},",
