@@ -70,6 +70,11 @@ def _train(corpus: Path, out: Path, nproc: int = 1, steps: int = 4) -> subproces
         "1",
         "--memory-size",
         "16",
+        # Not the defaults: keep phonetic mining and background windows exercised.
+        "--hard-negatives",
+        "2",
+        "--background",
+        "4",
     ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "client.cli", *args]

@@ -42,12 +42,14 @@ class TrainConfig:
     batch_size: int = 256
     # Text-only distractor terms added per step as extra negatives.
     text_negatives: int = 128
-    # Mined phonetic neighbours per seed term (hard negatives); 0 turns mining off.
-    hard_negatives: int = 2
+    # Mined phonetic neighbours per seed term (hard negatives); 0 turns mining off. Off by
+    # default: with mining (2) and background windows (64) the shipped recipe's held-out
+    # R@10 at 10K was 0.870, without both 0.918 (README, ablation).
+    hard_negatives: int = 0
     # Re-mine neighbours every this many steps with the current term encoder.
     mine_every: int = 500
     # Background (no-term) windows per step, negatives for every term (0 = off).
-    background: int = 64
+    background: int = 0
     # Cross-batch memory of term vectors (0 = off).
     memory_size: int = 16384
     lr: float = 2e-3
