@@ -47,7 +47,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Corpus: ~22K utterances (train/dev/test_heldout/test_seen) + the real-human smoke set.
+# Corpus: ~33K utterances (train/dev/test_heldout/test_seen) + the real-human smoke set.
 data: setup
 	$(BIN)/rasst data synth --out data/corpus
 	$(BIN)/rasst data smoke --out data/corpus/smoke
