@@ -1003,7 +1003,7 @@ async def drain(server: grpc.aio.Server, state: ServerState, grace_s: float) -> 
 
 async def serve(cfg: ServerConfig) -> None:
     server, port, state = await create_server(cfg)
-    logger.info("speech front-end on %s", resolve_device(cfg.device))
+    logger.info("speech front-end on %s", state.engine.cfg.device)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -631,7 +631,7 @@ def markdown(report: dict) -> str:
             "",
             "| path | in-process p50 ms | gRPC p50 ms | overhead p50 ms | ratio |",
             "|---|---:|---:|---:|---:|",
-            f"| unary Retrieve, {r['clip_s']} s clip ({r['clip_s'] * 32:.0f} KB s16le) | {r['inprocess_ms_p50']} | {r['grpc_ms_p50']} | {r['overhead_ms_p50']} | {r['ratio']} |",
+            f"| unary Retrieve, {r['clip_s']} s clip ({r['clip_s'] * SAMPLE_RATE * 2 / 1000:.0f} KB s16le) | {r['inprocess_ms_p50']} | {r['grpc_ms_p50']} | {r['overhead_ms_p50']} | {r['ratio']} |",
         ]
         if "stream" in r:
             st = r["stream"]
