@@ -28,7 +28,7 @@ def normalize_term(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _backend(language: str):
+def _backend(language: str, with_stress: bool = False):
     try:
         import espeakng_loader
         from phonemizer.backend import EspeakBackend
@@ -46,19 +46,22 @@ def _backend(language: str):
     return EspeakBackend(
         language,
         preserve_punctuation=False,
-        with_stress=False,
+        with_stress=with_stress,
         language_switch="remove-flags",
         logger=quiet,
     )
 
 
-def phonemize(terms: list[str], language: str = "en-us") -> list[str]:
-    """IPA strings, one per term (batched: ~0.03 ms a term). Empty input gives ''."""
+def phonemize(terms: list[str], language: str = "en-us", stress: bool = False) -> list[str]:
+    """IPA strings, one per term (batched: ~0.03 ms a term). Empty input gives ''.
+
+    ``stress`` keeps espeak's stress marks (a TTS wants them; the text encoder does not).
+    """
     if not terms:
         return []
     texts = [normalize_term(t) for t in terms]
     with _lock:
-        out = _backend(language).phonemize(texts, strip=True, njobs=1)
+        out = _backend(language, stress).phonemize(texts, strip=True, njobs=1)
     return [o if o else t.lower() for o, t in zip(out, texts, strict=True)]
 
 

@@ -25,7 +25,7 @@ def tiny_corpus(tmp_path_factory):
         seed=1,
         augment_prob=0.0,
         prefix="t",
-    )
+    ) + D.plan(["semantic parsing"], [D.Voice("kokoro", "jf_alpha+jm_kumo", 110)], 1, 2, 0.0, "k")
     manifest = D.synthesize(specs, out, workers=1, desc="test")
     return out, manifest, specs
 
@@ -43,7 +43,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_spans_hold_the_term(tiny_corpus):
     out, manifest, specs = tiny_corpus
     rows = D.read_manifest(manifest, check_audio=True)
-    assert len(rows) == len(specs) == 8
+    assert len(rows) == len(specs) == 9
+    assert "kokoro" in {s.voice.engine for s in specs}
     by_uid = {s.uid: s for s in specs}
     for row in rows:
         x = A.load_audio(row["audio_path"])
@@ -77,10 +78,19 @@ def test_resume_skips_finished_files_and_is_deterministic(tiny_corpus):
 
 
 def test_heldout_voices_are_other_engines():
-    train = {v.engine for v in D.training_voices(0)}
+    train = {v.engine for v in D.training_voices(0) + D.kokoro_voices(0)}
     held = {v.engine for v in D.heldout_voices()}
-    assert train == {"espeak-ng", "festival"}
+    assert train == {"espeak-ng", "festival", "kokoro"}
     assert held and not (held & train)
+
+
+def test_kokoro_voice_speaks_english_at_its_speed():
+    slow, fast = D.Voice("kokoro", "jm_kumo", 90), D.Voice("kokoro", "jm_kumo", 120)
+    a, b = D.render(slow, "convolutional neural network"), D.render(fast, "convolutional neural network")
+    assert 0.8 < len(a) / A.SAMPLE_RATE < 3.0 and _energy(a) > 0.01
+    assert len(b) < len(a)  # speed is the voice's rate in percent
+    with pytest.raises(ValueError, match="unknown Kokoro style"):
+        D.render(D.Voice("kokoro", "nobody", 100), "hello")
 
 
 def test_augmentation_scales_spans():

