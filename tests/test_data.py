@@ -86,7 +86,10 @@ def test_heldout_voices_are_other_engines():
 
 def test_kokoro_voice_speaks_english_at_its_speed():
     slow, fast = D.Voice("kokoro", "jm_kumo", 90), D.Voice("kokoro", "jm_kumo", 120)
-    a, b = D.render(slow, "convolutional neural network"), D.render(fast, "convolutional neural network")
+    a, b = (
+        D.render(slow, "convolutional neural network"),
+        D.render(fast, "convolutional neural network"),
+    )
     assert 0.8 < len(a) / A.SAMPLE_RATE < 3.0 and _energy(a) > 0.01
     assert len(b) < len(a)  # speed is the voice's rate in percent
     with pytest.raises(ValueError, match="unknown Kokoro style"):

