@@ -225,7 +225,9 @@ class Engine:
             raise UnknownGlossary(glossary_id)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        thr = snap.model.config.threshold if threshold is None else threshold
+        thr = (
+            snap.model.config.threshold_for(served.index.ntotal) if threshold is None else threshold
+        )
         self._queue.put(
             _Job(
                 clip,

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,9 +86,27 @@ class ModelConfig:
     window_hop_fraction: float = 0.0
     # Score above which a hit is returned by default; set by calibration after training.
     threshold: float = 0.5
+    # (glossary rows, threshold) calibrated at several sizes, sizes increasing. A larger
+    # glossary holds more near misses for a window, so it needs a higher threshold; the
+    # served one is interpolated in log size between these points and clamped at the
+    # ends. Empty: ``threshold`` at every size.
+    thresholds: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         validate_config(self)
+
+    def threshold_for(self, rows: int) -> float:
+        """The default score threshold for a glossary index of ``rows`` rows."""
+        pts = self.thresholds
+        if not pts:
+            return self.threshold
+        if rows <= pts[0][0]:
+            return pts[0][1]
+        for (n0, t0), (n1, t1) in zip(pts, pts[1:], strict=False):
+            if rows <= n1:
+                f = (math.log(rows) - math.log(n0)) / (math.log(n1) - math.log(n0))
+                return round(t0 + f * (t1 - t0), 4)
+        return pts[-1][1]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +118,8 @@ class ModelConfig:
         for key in ("text_vocab", "window_frames"):
             if key in d:
                 d[key] = tuple(d[key])
+        if "thresholds" in d:
+            d["thresholds"] = tuple((int(n), float(t)) for n, t in d["thresholds"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -127,6 +148,11 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"window_hop_fraction must be in [0, 0.5], got {c.window_hop_fraction}")
     if not -1.0 <= c.threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {c.threshold}")
+    sizes = [n for n, _ in c.thresholds]
+    if any(n < 1 for n in sizes) or sizes != sorted(set(sizes)):
+        raise ValueError(f"thresholds must have increasing sizes >= 1, got {c.thresholds}")
+    if any(not -1.0 <= t <= 1.0 for _, t in c.thresholds):
+        raise ValueError(f"thresholds must lie in [-1, 1], got {c.thresholds}")
 
 
 # --------------------------------------------------------------------------- front-ends

@@ -44,7 +44,14 @@ def main(argv=None) -> int:
         f"- Speech: Whisper tiny.en encoder, frozen, CTranslate2 int8 from the PyPI package `{cfg['frontend']['package']}`;",
         f"  windows pooled from its 50 frames/s (mean{' + thirds' if cfg['pool_thirds'] else ''}), MLP {cfg['frontend']['dim'] * (4 if cfg['pool_thirds'] else 1)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
         f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
-        f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}.",
+        f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}"
+        + (
+            " (by glossary size: "
+            + ", ".join(f"{n:,}: {t}" for n, t in cfg["thresholds"])
+            + "; interpolated in log size between them)."
+            if cfg.get("thresholds")
+            else "."
+        ),
         "",
         "## Data and recipe",
         f"- `rasst data synth --train-terms {metrics['n_train_terms']} --per-term {round(metrics['n_train_occurrences'] / metrics['n_train_terms'])}`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",

@@ -85,6 +85,22 @@ def test_bad_checkpoints_fail_clearly(tiny_checkpoint, tmp_path):
         ModelConfig(text_unit="morse")
 
 
+def test_threshold_follows_glossary_size():
+    c = ModelConfig(threshold=0.8, thresholds=((1000, 0.8), (10_000, 0.86), (100_000, 0.9)))
+    assert c.threshold_for(10) == 0.8  # clamped below the smallest calibrated size
+    assert c.threshold_for(1000) == 0.8
+    assert c.threshold_for(3162) == pytest.approx(0.83, abs=1e-3)  # halfway in log size
+    assert c.threshold_for(10_000) == pytest.approx(0.86)
+    assert c.threshold_for(5_000_000) == 0.9
+    assert ModelConfig(threshold=0.7).threshold_for(50_000) == 0.7  # none calibrated
+    again = ModelConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again.thresholds == c.thresholds
+    with pytest.raises(ValueError, match="increasing sizes"):
+        ModelConfig(thresholds=((10_000, 0.9), (1000, 0.8)))
+    with pytest.raises(ValueError, match=r"lie in \[-1, 1\]"):
+        ModelConfig(thresholds=((1000, 1.5),))
+
+
 def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
     """The real from_pretrained path, on a tiny Whisper saved with save_pretrained."""
     from transformers import WhisperConfig, WhisperModel

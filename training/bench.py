@@ -528,7 +528,7 @@ def bench_quality(
             D, I = index.search(v, 2)
             hints.append({h.entry: h.score for h in index.best_entries(D, I, -2.0, 10**6)})
         res[str(size)]["hints"] = _hint_report(
-            hints, _spoken(rows, glossary, size), model.config.threshold
+            hints, _spoken(rows, glossary, size), model.config.threshold_for(size)
         )
     out["systems"]["rasst"] = res
 

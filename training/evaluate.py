@@ -137,50 +137,68 @@ def evaluate(
     return report
 
 
-def calibrate_threshold(
+CALIBRATION_SIZES = (1000, 10_000, 100_000)
+
+
+def calibrate_thresholds(
     model: DualEncoder,
     cache: FeatureCache,
     distractors: list[str],
-    size: int = 1000,
+    sizes: tuple[int, ...] = CALIBRATION_SIZES,
     top_k: int = 10,
-) -> dict:
-    """Pick the score threshold that maximises hit F1 on held-in (dev) utterances.
+    seed: int = 0,
+) -> list[dict]:
+    """Per glossary size, the score threshold that maximises hit F1 on held-in (dev)
+    utterances. Sizes the terms and distractors cannot fill are skipped.
 
     Per utterance, every window is searched; an entry is returned when its best window
     scores above the threshold (at most top_k). A returned entry is correct when it was
-    spoken in the utterance.
+    spoken in the utterance. Glossaries are nested (each a prefix of the largest), so a
+    larger size only adds near misses; its threshold is kept at least the smaller one's.
     """
     occ = encode_occurrences(model, cache)
     terms = list(dict.fromkeys(occ.terms))
-    gl = build_glossary(terms, distractors, size)
-    index = TermIndex(model.encode_terms(gl), np.arange(len(gl)))
-    pos = {normalize_term(t).lower(): i for i, t in enumerate(gl)}
+    sizes = tuple(s for s in sorted(set(sizes)) if s <= len(terms) + len(distractors))
+    if not sizes:
+        return []
+    biggest = build_glossary(terms, distractors, sizes[-1], seed)
+    vecs = model.encode_terms(biggest)
+    pos = {normalize_term(t).lower(): i for i, t in enumerate(biggest)}
     spoken: dict[int, set[int]] = {}
     for u, t in zip(occ.occ_utt, occ.terms, strict=True):
         spoken.setdefault(int(u), set()).add(pos[normalize_term(t).lower()])
-    scored = []  # (score, correct)
-    for u, want in spoken.items():
-        D, I = index.search(occ.all_vectors[u], 16)
-        for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k):
-            scored.append((h.score, h.entry in want))
     n_pos = sum(len(w) for w in spoken.values())
-    scored.sort(key=lambda x: -x[0])
-    tp = fp = 0
-    best = (0.0, 0.5, 0.0, 0.0)
-    for s, ok in scored:
-        tp += ok
-        fp += not ok
-        p, r = tp / (tp + fp), tp / n_pos
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        if f1 > best[0]:
-            best = (f1, s, p, r)
-    return {
-        "threshold": round(float(best[1]) - 1e-4, 4),
-        "f1": best[0],
-        "precision": best[2],
-        "recall": best[3],
-        "glossary_size": size,
-    }
+    out = []
+    for size in sizes:
+        index = TermIndex(vecs[:size], np.arange(size))
+        scored = []  # (score, correct)
+        for u, want in spoken.items():
+            D, I = index.search(occ.all_vectors[u], 16)
+            for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k):
+                scored.append((h.score, h.entry in want))
+        scored.sort(key=lambda x: -x[0])
+        tp = fp = 0
+        best = (0.0, 0.5, 0.0, 0.0)
+        for s, ok in scored:
+            tp += ok
+            fp += not ok
+            p, r = tp / (tp + fp), tp / n_pos
+            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            if f1 > best[0]:
+                best = (f1, s, p, r)
+        thr = round(float(best[1]) - 1e-4, 4)
+        if out:
+            thr = max(thr, out[-1]["threshold"])
+        out.append(
+            {
+                "threshold": thr,
+                "f1": best[0],
+                "precision": best[2],
+                "recall": best[3],
+                "glossary_size": size,
+            }
+        )
+    return out
 
 
 def print_table(report: dict) -> str:

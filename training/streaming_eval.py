@@ -170,14 +170,15 @@ def run_streaming_eval(args) -> dict:
     rows = read_manifest(args.manifest)
     talks = make_talks(rows)
     ckpt_dir = args.checkpoint or default_checkpoint_dir()
-    threshold = (
-        args.threshold
-        if args.threshold is not None
-        else DualEncoder.load_config(ckpt_dir).threshold
-    )
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
     distractors = read_lines(args.distractors) if args.distractors else default_distractors()
     gl_terms = build_glossary(terms, distractors, args.size)
+    # The server's own default for a glossary of this size.
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else DualEncoder.load_config(ckpt_dir).threshold_for(len(gl_terms))
+    )
     # Word-list distractors have no translations: the term stands in for it.
     entries = [
         {"id": f"e{i}", "term": t, "translations": {args.lang: t}} for i, t in enumerate(gl_terms)

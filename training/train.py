@@ -399,13 +399,24 @@ def run(
         "n_train_terms": len(trainer.spoken),
     }
     if calibrate and dev_cache is not None:
-        from .evaluate import calibrate_threshold
+        from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
 
-        cal = calibrate_threshold(
-            model, dev_cache, trainer.text_only or trainer.spoken, size=cfg.eval_size
+        cals = calibrate_thresholds(
+            model,
+            dev_cache,
+            trainer.text_only or trainer.spoken,
+            sizes=(cfg.eval_size, *CALIBRATION_SIZES),
         )
-        metrics["calibration"] = cal
-        model.config = replace(model.config, threshold=cal["threshold"])
+        if cals:
+            metrics["calibration"] = next(
+                (c for c in cals if c["glossary_size"] == cfg.eval_size), cals[0]
+            )
+            metrics["calibration_by_size"] = cals
+            model.config = replace(
+                model.config,
+                threshold=metrics["calibration"]["threshold"],
+                thresholds=tuple((c["glossary_size"], c["threshold"]) for c in cals),
+            )
     model.save_pretrained(out_dir, metrics=metrics)
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
