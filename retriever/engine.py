@@ -321,7 +321,7 @@ class Engine:
                 span_list.append(spans)
                 pooled.append(
                     pool_windows(
-                        torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_thirds
+                        torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_segments
                     )
                 )
                 bounds.append(bounds[-1] + len(spans))

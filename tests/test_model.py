@@ -45,6 +45,17 @@ def test_pool_windows_matches_direct_means():
         assert torch.allclose(out[i, :8], fr[s:e].mean(0), atol=1e-5)
         third = (e - s) // 3
         assert torch.allclose(out[i, 8:16], fr[s : s + third].mean(0), atol=1e-5)
+    # Any number of segments, and the training-side pooling of one window agrees.
+    from training.train import pool_one
+
+    for segments in (0, 1, 6):
+        out = pool_windows(fr, spans, segments)
+        assert out.shape == (3, 8 * (1 + segments))
+        for i, (s, e) in enumerate(spans.tolist()):
+            assert np.allclose(out[i].numpy(), pool_one(fr.numpy(), s, e, segments), atol=1e-5)
+    # Checkpoints written before pool_segments existed still load.
+    assert ModelConfig.from_dict({"pool_thirds": True}).pool_segments == 3
+    assert ModelConfig.from_dict({"pool_thirds": False}).pool_segments == 0
 
 
 def test_encoders_return_unit_vectors(tiny_checkpoint, tts):

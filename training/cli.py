@@ -133,7 +133,12 @@ def train_main(argv: list[str] | None = None) -> int:
         help="glossary size for dev recall and threshold calibration",
     )
     p.add_argument("--text-unit", choices=["phonemes", "letters"], default="phonemes")
-    p.add_argument("--no-thirds", action="store_true", help="pool the window mean only (ablation)")
+    p.add_argument(
+        "--pool-segments",
+        type=int,
+        default=3,
+        help="pool each window's mean and the means of this many equal parts (0 = mean only)",
+    )
     p.add_argument("--window-frames", default=None, help="comma-separated window lengths in frames")
     p.add_argument(
         "--workers", type=int, default=2, help="processes for precomputing front-end frames"
@@ -175,7 +180,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, 1)
                 dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, 1)
         distractors = read_lines(args.corpus / "terms" / "train.txt")
-        mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_thirds": not args.no_thirds}
+        mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_segments": args.pool_segments}
         if args.window_frames:
             mkw["window_frames"] = tuple(int(x) for x in args.window_frames.split(","))
         cfg = TrainConfig(

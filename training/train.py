@@ -185,7 +185,7 @@ class Trainer:
         pooled = np.empty((len(occs), self.module.speech.norm.normalized_shape[0]), np.float32)
         for i, occ in enumerate(occs):
             u, st, en = self._window(occ)
-            pooled[i] = pool_one(c.utt_frames(u), st, en, self.module.config.pool_thirds)
+            pooled[i] = pool_one(c.utt_frames(u), st, en, self.module.config.pool_segments)
         # Background windows: carrier speech around the term, with no term in it. They are
         # negatives for every term (label < 0), teaching the encoder that speech which is
         # not a glossary term should score low: that is what the threshold relies on.
@@ -194,7 +194,7 @@ class Trainer:
             w = self._background_window(occ)
             if w is not None:
                 u, st, en = w
-                bg.append(pool_one(c.utt_frames(u), st, en, self.module.config.pool_thirds))
+                bg.append(pool_one(c.utt_frames(u), st, en, self.module.config.pool_segments))
         if bg:
             pooled = np.concatenate([pooled, np.stack(bg)])
         if self.text_only and self.cfg.text_negatives:
@@ -333,14 +333,14 @@ class Trainer:
         return self.history
 
 
-def pool_one(frames: np.ndarray, s: int, e: int, thirds: bool) -> np.ndarray:
+def pool_one(frames: np.ndarray, s: int, e: int, segments: int) -> np.ndarray:
     """One window's pooled features, as ``retriever.model.pool_windows`` computes them."""
     fr = frames[s:e].astype(np.float32)
-    parts = [fr.mean(0)]
-    if thirds:
-        L = e - s
-        cuts = [0, L // 3, (2 * L) // 3, L]
-        parts += [fr[cuts[i] : max(cuts[i + 1], cuts[i] + 1)].mean(0) for i in range(3)]
+    L = e - s
+    cuts = [(k * L) // segments for k in range(segments)] + [L]
+    parts = [fr.mean(0)] + [
+        fr[cuts[i] : max(cuts[i + 1], cuts[i] + 1)].mean(0) for i in range(segments)
+    ]
     return np.concatenate(parts)
 
 
