@@ -26,6 +26,8 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from retriever.model import DualEncoder
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--report", action="append", default=[], help="name=path of a `rasst eval` JSON")
@@ -34,7 +36,9 @@ def main(argv=None) -> int:
     cfg = json.loads((args.checkpoint / "config.json").read_text())
     metrics = json.loads((args.checkpoint / "metrics.json").read_text())
     tc = metrics["train_config"]
-    segs = cfg.get("pool_segments", 3 if cfg.get("pool_thirds", True) else 0)
+    # The parsed config: older keys (pool_thirds) mapped as the model loader maps them.
+    mc = DualEncoder.load_config(args.checkpoint)
+    segs = mc.pool_segments
     parts = f" + {segs} equal parts" if segs else ""
     L = [
         "# rasst default checkpoint",
@@ -49,9 +53,9 @@ def main(argv=None) -> int:
         f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}"
         + (
             " (by glossary size: "
-            + ", ".join(f"{n:,}: {t}" for n, t in cfg["thresholds"])
+            + ", ".join(f"{n:,}: {t}" for n, t in mc.thresholds)
             + "; interpolated in log size between them)."
-            if cfg.get("thresholds")
+            if mc.thresholds
             else "."
         ),
         "",

