@@ -27,6 +27,12 @@ COMMANDS = {
         "offline Recall@k by glossary size, or --streaming hint quality",
         "server,train",
     ),
+    "port-frontend": (
+        "retriever.whisper_torch",
+        "main",
+        "copy a checkpoint with its CTranslate2 front-end ported to PyTorch (for GPUs)",
+        "server",
+    ),
     "bench": (
         "training.bench",
         "main",

@@ -126,19 +126,22 @@ def _hann() -> torch.Tensor:
     return torch.hann_window(N_FFT)
 
 
-def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
-    """Whisper-style log-mel spectrogram.
+def log_mel_spectrogram(
+    audio: np.ndarray | torch.Tensor, n_mels: int = N_MELS, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Whisper-style log-mel spectrogram, computed on ``device``.
 
     audio: (samples,) or (batch, samples) at 16 kHz.
     Returns (n_mels, frames) or (batch, n_mels, frames), frames = samples // HOP_LENGTH.
     """
-    x = torch.as_tensor(audio, dtype=torch.float32)
+    x = torch.as_tensor(audio, dtype=torch.float32).to(device)
     squeeze = x.dim() == 1
     if squeeze:
         x = x.unsqueeze(0)
-    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_hann(), return_complex=True)
+    window = _hann().to(x.device)
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, return_complex=True)
     magnitudes = stft[..., :-1].abs() ** 2
-    mel = mel_filters(n_mels) @ magnitudes
+    mel = mel_filters(n_mels).to(x.device) @ magnitudes
     log_spec = torch.clamp(mel, min=1e-10).log10()
     # Whisper's dynamic-range clamp is per clip; per item here so batching changes nothing.
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)

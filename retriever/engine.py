@@ -14,6 +14,7 @@ or faiss.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import threading
@@ -46,6 +47,9 @@ class Snapshot:
     frontend: object | None
     model_id: str
     glossaries: dict[str, ServedGlossary]
+    # The speech head on the front-end's device (the model's own head on a CPU), so
+    # frames computed on a GPU are pooled and embedded there without a round trip.
+    head: torch.nn.Module | None = None
 
     @property
     def ready(self) -> bool:
@@ -156,7 +160,8 @@ class Engine:
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
-        _warm_up(model, frontend)
+        head = _head_on(model, frontend)
+        _warm_up(model, frontend, head)
         served = {
             g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()
         }
@@ -169,7 +174,7 @@ class Engine:
                     or served[g.glossary_id].glossary.version != g.version
                 ):
                     served[g.glossary_id] = embed_glossary(model, g, self.cfg.exact_max)
-            self._snap = Snapshot(model, frontend, mid, served)
+            self._snap = Snapshot(model, frontend, mid, served, head)
         logger.info("model %s serving %d glossaries", mid, len(served))
         return mid, len(served)
 
@@ -309,8 +314,9 @@ class Engine:
             by_model.setdefault(id(j.snapshot.model), []).append(j)
         vectors: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
         for jobs in by_model.values():
-            model, frontend = jobs[0].snapshot.model, jobs[0].snapshot.frontend
-            frames = frontend.frames([j.clip for j in jobs])
+            snap = jobs[0].snapshot
+            model, frontend = snap.model, snap.frontend
+            frames = frontend.frame_tensors([j.clip for j in jobs])
             pooled, bounds = [], [0]
             span_list = []
             for j, fr in zip(jobs, frames, strict=True):
@@ -321,12 +327,12 @@ class Engine:
                 span_list.append(spans)
                 pooled.append(
                     pool_windows(
-                        torch.from_numpy(fr), torch.from_numpy(spans), model.config.pool_segments
+                        fr, torch.from_numpy(spans).to(fr.device), model.config.pool_segments
                     )
                 )
                 bounds.append(bounds[-1] + len(spans))
             with torch.no_grad():
-                vec = model.speech(torch.cat(pooled)).numpy()
+                vec = snap.head(torch.cat(pooled)).float().cpu().numpy()
             for k, j in enumerate(jobs):
                 vectors[id(j)] = (vec[bounds[k] : bounds[k + 1]], span_list[k], frontend.frame_rate)
         t1 = time.monotonic()
@@ -377,12 +383,25 @@ class Engine:
             )
 
 
-def _warm_up(model: DualEncoder, frontend) -> None:
+def _head_on(model: DualEncoder, frontend) -> torch.nn.Module:
+    """The speech head where the front-end's frames are: the model's own on a CPU, a
+    copy on a GPU (the model itself stays on the CPU for the text side)."""
+    device = torch.device(getattr(frontend, "device", "cpu"))
+    if device.type == "cpu":
+        return model.speech
+    return copy.deepcopy(model.speech).to(device).eval()
+
+
+def _warm_up(model: DualEncoder, frontend, head: torch.nn.Module) -> None:
     """One clip through the front-end and the head before the model serves: the first
-    CTranslate2 call packs its weights (~0.5 s here), which no live chunk should wait for."""
+    CTranslate2 call packs its weights (~0.5 s here), and the first CUDA calls load their
+    kernels; no live chunk should wait for either."""
     t0 = time.monotonic()
     clip = np.zeros(int(WARM_UP_CLIP_S * SAMPLE_RATE), np.float32)
-    model.encode_audio(frontend.frames([clip])[0])
+    fr = frontend.frame_tensors([clip])[0]
+    spans = torch.from_numpy(model.windows(len(fr))).to(fr.device)
+    with torch.no_grad():
+        head(pool_windows(fr, spans, model.config.pool_segments)).cpu()
     logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 

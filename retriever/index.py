@@ -1,7 +1,9 @@
 """FAISS inner-product index over glossary vectors, with entry-level max pooling.
 
-Exact ``IndexFlatIP`` up to ``exact_max`` rows, HNSW above it; on a GPU (faiss-gpu and
-a device present) flat indexes move to the GPU. Names follow FAISS: queries ``xq``,
+Exact ``IndexFlatIP`` up to ``exact_max`` rows, HNSW above it. On a GPU, exact indexes
+live on the GPU: faiss-gpu's ``GpuIndexFlatIP`` where faiss-gpu is installed, else
+``TorchFlatIndex`` (one matrix product and a top-k in PyTorch: faiss-gpu's wheels need
+CUDA 12 libraries that a CUDA 13 machine lacks). Names follow FAISS: queries ``xq``,
 database ``xb``, ``k``, distances ``D``, ids ``I``.
 """
 
@@ -39,8 +41,70 @@ def faiss_module():
 
 
 def gpu_available() -> bool:
-    faiss = faiss_module()
+    """A GPU the exact index can use: through faiss-gpu, or through PyTorch."""
+    return faiss_gpu_available() or torch_cuda_available()
+
+
+def faiss_gpu_available() -> bool:
+    try:
+        faiss = faiss_module()
+    except RuntimeError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def gpu_name() -> str:
+    """The GPU's name for reports ('' without one)."""
+    if torch_cuda_available():
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return "GPU (faiss-gpu)" if faiss_gpu_available() else ""
+
+
+class TorchFlatIndex:
+    """Exact inner-product search with PyTorch: ``D, I = topk(xq @ xb.T)``.
+
+    The faiss ``search`` contract (float32 D, int64 I, numpy in and out), for a GPU that
+    faiss cannot use. Vectors are held in float16 on CUDA (half the memory and twice
+    the matrix-product speed; scores move by about 1e-3) and float32 elsewhere.
+    """
+
+    def __init__(self, d: int, device: str = "cuda"):
+        import torch
+
+        self.d = d
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.xb = torch.zeros((0, d), dtype=self.dtype, device=self.device)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.xb.shape[0])
+
+    def add(self, xb: np.ndarray) -> None:
+        import torch
+
+        x = torch.as_tensor(np.ascontiguousarray(xb, dtype=np.float32), device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"vectors must be (n, {self.d}), got {tuple(x.shape)}")
+        self.xb = torch.cat([self.xb, x.to(self.dtype)])
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            q = torch.as_tensor(np.ascontiguousarray(xq, dtype=np.float32), device=self.device)
+            D, I = (q.to(self.dtype) @ self.xb.T).topk(min(k, self.ntotal), dim=1)
+            return D.float().cpu().numpy(), I.cpu().numpy()
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,9 +114,14 @@ def _gpu_resources():
 
 def build_index(xb: np.ndarray, exact_max: int = EXACT_MAX_DEFAULT, use_gpu: bool | None = None):
     """An inner-product index over unit vectors xb (n, d) float32."""
-    faiss = faiss_module()
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     n, d = xb.shape
+    on_gpu = gpu_available() if use_gpu is None else use_gpu
+    if on_gpu and n <= exact_max and not faiss_gpu_available():
+        index = TorchFlatIndex(d, "cuda")
+        index.add(xb)
+        return index
+    faiss = faiss_module()
     if n <= exact_max:
         index = faiss.IndexFlatIP(d)
     else:
@@ -60,7 +129,7 @@ def build_index(xb: np.ndarray, exact_max: int = EXACT_MAX_DEFAULT, use_gpu: boo
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = HNSW_EF_SEARCH
     index.add(xb)
-    if (gpu_available() if use_gpu is None else use_gpu) and n <= exact_max:
+    if on_gpu and n <= exact_max:
         index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
     return index
 

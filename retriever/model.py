@@ -204,51 +204,81 @@ class CT2WhisperFrontend:
                 out[i] = enc[j]
         return out  # type: ignore[return-value]
 
+    def frame_tensors(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
+        """``frames`` as float32 tensors (on the CPU: CTranslate2 copies results back)."""
+        return [torch.from_numpy(f) for f in self.frames(clips)]
+
 
 class HFAudioFrontend:
-    """A ``transformers`` audio encoder (Whisper encoder or a waveform model such as wav2vec2)."""
+    """A ``transformers`` audio encoder (Whisper encoder or a waveform model such as wav2vec2).
 
-    def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
-        from transformers import AutoConfig, AutoModel
+    Whisper encoders run on the clip as it is (no padding to 30 s), as CTranslate2 does,
+    and clips of equal length share one batch. On CUDA the encoder runs in float16.
+    """
 
-        if cfg.path:
-            try:
-                model = AutoModel.from_pretrained(cfg.path)
-            except Exception as e:
-                raise RuntimeError(
-                    f"cannot load transformers audio model from {cfg.path!r}: {e}"
-                ) from e
-        elif cfg.hf_config:
-            hf = dict(cfg.hf_config)
-            model_type = hf.pop("model_type")
-            model = AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
-        else:
-            raise ValueError(
-                "frontend.kind='transformers' needs frontend.path or frontend.hf_config"
-            )
+    def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1, model=None):
+        if model is None:
+            model = _load_hf_audio_model(cfg)
         self.is_whisper = model.config.model_type == "whisper"
-        self.model = (model.get_encoder() if self.is_whisper else model).eval().to(device)
+        if self.is_whisper and hasattr(model, "get_encoder"):
+            model = model.get_encoder()
+        self.dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        self.model = model.eval().to(device=device, dtype=self.dtype)
         self.device = device
         self.dim = cfg.dim
         self.frame_rate = cfg.frame_rate
         self.name = f"hf:{model.config.model_type}"
 
-    @torch.no_grad()
     def frames(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for c in clips:
-            if self.is_whisper:
-                n_mel = _mel_frames(len(c))
-                mel = A.log_mel_spectrogram(_fit(c, n_mel)).unsqueeze(0).to(self.device)
-                # transformers' Whisper encoder insists on its full 30 s input length.
-                full = self.model.config.max_source_positions * 2
-                mel = F.pad(mel, (0, full - mel.shape[-1]))
-                h = self.model(mel).last_hidden_state[0, : n_mel // 2]
-            else:
-                x = torch.as_tensor(c, dtype=torch.float32, device=self.device).unsqueeze(0)
-                h = self.model(x).last_hidden_state[0]
-            out.append(h.float().cpu().numpy())
-        return out
+        """clips: 1-D float32 arrays at 16 kHz. Returns one (frames, dim) float32 array per clip."""
+        return [f.cpu().numpy() for f in self.frame_tensors(clips)]
+
+    @torch.no_grad()
+    def frame_tensors(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
+        """``frames`` as float32 tensors left on the model's device."""
+        from .whisper_torch import encode_unpadded
+
+        if not self.is_whisper:
+            out = []
+            for c in clips:
+                x = torch.as_tensor(c, dtype=self.dtype, device=self.device).unsqueeze(0)
+                out.append(self.model(x).last_hidden_state[0].float())
+            return out
+        res: list[torch.Tensor | None] = [None] * len(clips)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            groups.setdefault(_mel_frames(len(c)), []).append(i)
+        for n_mel, idx in groups.items():
+            batch = np.stack([_fit(clips[i], n_mel) for i in idx])
+            mel = A.log_mel_spectrogram(batch, device=self.device).to(self.dtype)
+            h = encode_unpadded(self.model, mel).float()
+            for j, i in enumerate(idx):
+                res[i] = h[j]
+        return res  # type: ignore[return-value]
+
+
+def _load_hf_audio_model(cfg: FrontendConfig):
+    from transformers import AutoConfig, AutoModel
+
+    if cfg.path:
+        try:
+            hf = AutoConfig.from_pretrained(cfg.path)
+            if "WhisperEncoder" in (hf.architectures or []):
+                # An encoder saved alone (``rasst port-frontend``): AutoModel would
+                # build the whole encoder-decoder around it.
+                from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+                return WhisperEncoder.from_pretrained(cfg.path)
+            return AutoModel.from_pretrained(cfg.path)
+        except Exception as e:
+            raise RuntimeError(
+                f"cannot load transformers audio model from {cfg.path!r}: {e}"
+            ) from e
+    if cfg.hf_config:
+        hf = dict(cfg.hf_config)
+        model_type = hf.pop("model_type")
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
+    raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
 
 
 def _mel_frames(n_samples: int) -> int:
@@ -275,9 +305,33 @@ def _package_model_dir(package: str) -> Path:
 
 
 def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
+    """The front-end a config names, on ``device``.
+
+    A CTranslate2 front-end asked to run on CUDA where CTranslate2 sees no CUDA device
+    (its CUDA build needs cuBLAS 12) runs as the same weights ported to PyTorch instead.
+    """
     if cfg.kind == "ctranslate2":
+        if str(device).startswith("cuda") and not _ct2_has_cuda():
+            from .whisper_torch import whisper_encoder_from_ct2
+
+            path = cfg.path or _package_model_dir(cfg.package)
+            logger.warning(
+                "CTranslate2 sees no CUDA device: running %s's encoder ported to PyTorch on %s",
+                Path(path).name,
+                device,
+            )
+            return HFAudioFrontend(cfg, device, threads, model=whisper_encoder_from_ct2(path))
         return CT2WhisperFrontend(cfg, device, threads)
     return HFAudioFrontend(cfg, device, threads)
+
+
+def _ct2_has_cuda() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # not installed, or its CUDA libraries missing
+        return False
 
 
 # --------------------------------------------------------------------------- windows
@@ -473,7 +527,13 @@ class DualEncoder(nn.Module):
             raise FileNotFoundError(
                 f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}"
             )
-        return ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        cfg = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        fe = cfg.frontend
+        if fe.path and not Path(fe.path).is_absolute() and (d / fe.path).exists():
+            # A front-end kept inside the checkpoint (``rasst port-frontend``) moves with it.
+            fe = dataclasses.replace(fe, path=str((d / fe.path).resolve()))
+            cfg = dataclasses.replace(cfg, frontend=fe)
+        return cfg
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DualEncoder:

@@ -44,3 +44,21 @@ def test_empty_index():
     ti = TermIndex(np.zeros((0, 8), np.float32), np.zeros(0))
     D, I = ti.search(_unit(3, 8, 0), 5)
     assert D.shape == (3, 0) and ti.best_entries(D, I, 0.0, 5) == []
+
+
+def test_torch_flat_index_matches_exact_search():
+    """The GPU fallback's search contract, run on the CPU (float32 there)."""
+    from retriever.index import TorchFlatIndex
+
+    xb, xq = _unit(3000, 64, 4), _unit(40, 64, 5)
+    idx = TorchFlatIndex(64, "cpu")
+    idx.add(xb[:1000])
+    idx.add(xb[1000:])
+    assert idx.ntotal == 3000
+    D, I = idx.search(xq, 10)
+    De, Ie = exact_search(xq, xb, 10)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+    assert (I == Ie).all()
+    assert np.allclose(D, De, atol=1e-5)
+    with np.testing.assert_raises(ValueError):
+        idx.add(_unit(3, 32, 6))

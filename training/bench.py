@@ -29,12 +29,14 @@ def _pct(xs, q) -> float:
 
 
 def device_name() -> str:
-    from retriever.index import gpu_available
+    """The CPU, and the GPU where there is one, for the report's header."""
+    import os
 
-    cpu = platform.processor() or platform.machine()
-    return (
-        "GPU (faiss-gpu)" if gpu_available() else f"CPU {cpu}, {__import__('os').cpu_count()} cores"
-    )
+    from retriever.index import gpu_name
+
+    cpu = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    gpu = gpu_name()
+    return f"{gpu} + {cpu}" if gpu else cpu
 
 
 # --------------------------------------------------------------------------- index scaling
@@ -52,8 +54,9 @@ def bench_index(
 
     ``vectors``: real term embeddings to index, padded with random unit vectors (the hard
     case for HNSW: no neighbourhood structure) up to each size."""
-    from retriever.index import build_index, exact_search, recall_at
+    from retriever.index import build_index, exact_search, gpu_available, recall_at
 
+    gpu = gpu_available()
     rng = np.random.default_rng(0)
     out = []
     for n in sizes:
@@ -65,12 +68,14 @@ def bench_index(
         xq = xb[rng.integers(0, n, nq)] + 0.05 * rng.standard_normal((nq, dim)).astype(np.float32)
         xq /= np.linalg.norm(xq, axis=1, keepdims=True)
         row = {"entries": n}
-        for kind, exact_max in (("flat", n), ("hnsw", 0)):
+        kinds = [("flat", n, False), ("hnsw", 0, False)] + ([("gpu_flat", n, True)] if gpu else [])
+        for kind, exact_max, on_gpu in kinds:
             if kind == "flat" and n > 1_000_000:
                 continue
             t0 = time.perf_counter()
-            idx = build_index(xb, exact_max=exact_max, use_gpu=False)
+            idx = build_index(xb, exact_max=exact_max, use_gpu=on_gpu)
             build = time.perf_counter() - t0
+            idx.search(xq, k)  # GPU kernels load on first use
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -78,6 +83,9 @@ def bench_index(
                 times.append((time.perf_counter() - t0) * 1e3)
             row[f"{kind}_build_s"] = round(build, 3)
             row[f"{kind}_search_ms_p50"] = round(statistics.median(times), 3)
+            if kind == "gpu_flat":
+                _, Ie = exact_search(xq[:50], xb, k)
+                row[f"gpu_flat_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
             if kind == "hnsw":
                 _, Ie = exact_search(xq[:50], xb, k)
                 row[f"hnsw_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
@@ -87,15 +95,70 @@ def bench_index(
     return out
 
 
+# --------------------------------------------------------------------------- encoder
+
+
+def bench_encoder(
+    checkpoint: str, talk: np.ndarray, batches: list[int], device: str, repeats: int = 10
+) -> list[dict]:
+    """The engine's encode step alone: front-end, pooling and head for B clips of chunk
+    plus look-back (2.88 s; B streams' chunks in one batch), the windows that reach the
+    new 0.96 s, on ``device``. Median of ``repeats``, after two warm-up batches."""
+    import torch
+
+    from retriever.engine import _head_on
+    from retriever.model import DualEncoder, build_frontend, pool_windows
+
+    model = DualEncoder.from_pretrained(checkpoint)
+    fe = build_frontend(model.config.frontend, device)
+    head = _head_on(model, fe)
+    n = int(2.88 * SAMPLE_RATE)
+    clips = [np.resize(np.roll(talk, 7919 * i), n).astype(np.float32) for i in range(max(batches))]
+    spans = model.windows(n // int(SAMPLE_RATE / fe.frame_rate))
+    spans = torch.from_numpy(spans[spans[:, 1] > int(1.92 * fe.frame_rate)])
+    rows = []
+    for b in batches:
+
+        def once(b: int = b) -> float:
+            t0 = time.perf_counter()
+            frames = fe.frame_tensors(clips[:b])
+            sp = spans.to(frames[0].device)
+            pooled = torch.cat([pool_windows(f, sp, model.config.pool_segments) for f in frames])
+            with torch.no_grad():
+                head(pooled).float().cpu()
+            return (time.perf_counter() - t0) * 1e3
+
+        once(), once()
+        times = [once() for _ in range(repeats)]
+        p50 = statistics.median(times)
+        rows.append(
+            {
+                "batch": b,
+                "frontend": getattr(fe, "name", type(fe).__name__),
+                "device": str(getattr(fe, "device", device)),
+                "windows_per_clip": len(spans),
+                "ms_p50": round(p50, 2),
+                "ms_per_clip": round(p50 / b, 3),
+            }
+        )
+        logger.info("encoder %s", rows[-1])
+    return rows
+
+
 # --------------------------------------------------------------------------- server helpers
 
 
-def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
+def _bench_terms() -> list[str]:
+    """Real terms for glossaries: the corpus' training terms, else the offline word lists."""
     from .cli import DEFAULT_CORPUS, default_distractors
     from .data import read_lines
 
     path = DEFAULT_CORPUS / "terms" / "train.txt"
-    terms = read_lines(path) if path.exists() else default_distractors()
+    return read_lines(path) if path.exists() else default_distractors()
+
+
+def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
+    terms = _bench_terms()
     demo = [
         json.loads(line)["term"]
         for line in (Path(__file__).resolve().parents[1] / "retriever" / "demo" / "glossary.jsonl")
@@ -106,7 +169,7 @@ def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
     return [{"id": f"e{i}", "term": t, "translations": {lang: t}} for i, t in enumerate(pool)]
 
 
-async def _start_server(checkpoint: str, threads: int = 1, **kw):
+async def _start_server(checkpoint: str, threads: int = 1, device: str = "auto", **kw):
     from retriever.server import ServerConfig, create_server
 
     tmp = tempfile.TemporaryDirectory()
@@ -117,6 +180,7 @@ async def _start_server(checkpoint: str, threads: int = 1, **kw):
         admin_token="bench",
         demo_glossary=True,
         threads=threads,
+        device=device,
         **kw,
     )
     server, port, state = await create_server(cfg)
@@ -201,7 +265,12 @@ def _paired(inproc: list[float], rpc: list[float]) -> dict:
 
 
 async def bench_rpc_overhead(
-    checkpoint: str, talk: np.ndarray, n: int = 40, chunk_s: float = 0.96, lookback_s: float = 1.92
+    checkpoint: str,
+    talk: np.ndarray,
+    n: int = 40,
+    chunk_s: float = 0.96,
+    lookback_s: float = 1.92,
+    device: str = "auto",
 ) -> dict:
     """The same audio through the in-process engine and through gRPC, on both data-plane
     paths: unary Retrieve of one chunk-plus-look-back clip, and one chunk on a live
@@ -227,7 +296,7 @@ async def bench_rpc_overhead(
     stream_pcm = audio_pb(np.tile(talk, reps)).pcm
     stream_x = decode_pcm(stream_pcm, "s16le", SAMPLE_RATE)  # what the server decodes
     clip = talk[: chunk + back]
-    server, port, state, tmp = await _start_server(checkpoint)
+    server, port, state, tmp = await _start_server(checkpoint, device=device)
     req = retrieval_pb2.RetrieveRequest(glossary_id="demo", target_lang="de", audio=audio_pb(clip))
     same = decode_pcm(req.audio.pcm, "s16le", SAMPLE_RATE)
     ctx = mp.get_context("spawn")
@@ -358,6 +427,7 @@ async def bench_load(
     budget_ms: float,
     modes: tuple[str, ...] = ("realtime",),
     threads: int = 1,
+    device: str = "auto",
 ) -> list[dict]:
     """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time).
 
@@ -369,7 +439,7 @@ async def bench_load(
     from client.api import Client
     from retriever.server import drain
 
-    server, port, state, tmp = await _start_server(checkpoint, threads)
+    server, port, state, tmp = await _start_server(checkpoint, threads, device)
     address = f"127.0.0.1:{port}"
     admin = Client(address, "bench", timeout=600)
     await asyncio.to_thread(admin.put_glossary, "load", _glossary_entries(glossary_size))
@@ -616,12 +686,30 @@ def markdown(report: dict) -> str:
         L += [
             f"## Index scaling ({report.get('index_queries', 66)} queries = one 0.96 s chunk's windows, k=10, 256-d; {report.get('index_vectors', 'random unit vectors')})",
             "",
-            "| entries | flat build s | flat search ms p50 | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |",
-            "|---:|---:|---:|---:|---:|---:|",
         ]
+        gpu = any("gpu_flat_search_ms_p50" in r for r in report["index"])
+        head = "| entries | flat build s | flat search ms p50 | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |"
+        rule = "|---:|---:|---:|---:|---:|---:|"
+        if gpu:
+            head += " GPU flat build s | GPU flat search ms p50 | GPU flat recall@10 vs exact |"
+            rule += "---:|---:|---:|"
+        L += [head, rule]
         for r in report["index"]:
+            line = f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
+            if gpu:
+                line += f" {r.get('gpu_flat_build_s', '-')} | {r.get('gpu_flat_search_ms_p50', '-')} | {r.get('gpu_flat_recall@10_vs_exact', '-')} |"
+            L.append(line)
+        L.append("")
+    if "encoder" in report:
+        L += [
+            "## Encode step (front-end + pooling + head) for B streams' 2.88 s clips in one batch",
+            "",
+            "| batch | front-end | device | windows per clip | ms p50 | ms per clip |",
+            "|---:|---|---|---:|---:|---:|",
+        ]
+        for r in report["encoder"]:
             L.append(
-                f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
+                f"| {r['batch']} | {r['frontend']} | {r['device']} | {r['windows_per_clip']} | {r['ms_p50']} | {r['ms_per_clip']} |"
             )
         L.append("")
     if "rpc" in report:
@@ -767,13 +855,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench_out"))
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--quick", action="store_true", help="a few minutes: smaller sweeps")
-    p.add_argument("--only", default="index,rpc,load,quality", help="comma-separated parts to run")
+    p.add_argument(
+        "--only",
+        default="index,encoder,rpc,load,quality",
+        help="comma-separated parts to run (index, encoder, rpc, load, quality)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the speech front-end runs in the encoder, rpc and load parts",
+    )
     p.add_argument(
         "--streams",
         default=None,
         help="comma-separated stream counts (default 1,2,4,8 quick / 1,2,4,8,16,32)",
     )
     p.add_argument("--seconds", type=float, default=None, help="audio per stream in the load test")
+    p.add_argument(
+        "--index-sizes",
+        default=None,
+        help="comma-separated glossary sizes of the index part (default 1K,10K,100K quick / +1M)",
+    )
     p.add_argument(
         "--load-modes",
         default=",".join(LOAD_MODES),
@@ -812,12 +915,22 @@ def main(argv: list[str] | None = None) -> int:
 
     talk = load_audio(demo_wav)
     if "index" in parts:
-        sizes = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
+        if args.index_sizes:
+            try:
+                sizes = [int(x) for x in args.index_sizes.split(",")]
+            except ValueError:
+                sizes = []
+            if not sizes or min(sizes) < 1 or max(sizes) > 10_000_000:
+                print(
+                    f"rasst bench: --index-sizes must be integers in [1, 10000000], got {args.index_sizes!r}",
+                    file=sys.stderr,
+                )
+                return 2
+        else:
+            sizes = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
         from retriever.model import DualEncoder
 
-        from .cli import default_distractors
-
-        terms = default_distractors()[: max(sizes)]
+        terms = _bench_terms()[: max(sizes)]
         model = DualEncoder.from_pretrained(ckpt)
         vecs = model.encode_terms(terms, progress=True)
         report["index_vectors"] = (
@@ -828,8 +941,17 @@ def main(argv: list[str] | None = None) -> int:
         spans = model.windows(int(2.88 * rate))
         report["index_queries"] = int((spans[:, 1] > int(1.92 * rate)).sum())
         report["index"] = bench_index(sizes, vecs, nq=report["index_queries"])
+    from retriever.server import resolve_device
+
+    device = resolve_device(args.device)
+    report["frontend_device"] = device
+    if "encoder" in parts:
+        batches = [1, 8, 32] if device == "cpu" else [1, 8, 32, 128]
+        report["encoder"] = bench_encoder(ckpt, talk, batches, device)
     if "rpc" in parts:
-        report["rpc"] = asyncio.run(bench_rpc_overhead(ckpt, talk, n=30 if args.quick else 100))
+        report["rpc"] = asyncio.run(
+            bench_rpc_overhead(ckpt, talk, n=30 if args.quick else 100, device=device)
+        )
     if "load" in parts:
         streams = [
             int(s)
@@ -847,7 +969,9 @@ def main(argv: list[str] | None = None) -> int:
         report["load_glossary"] = 10_000
         report["load_threads"] = args.threads
         report["load"] = asyncio.run(
-            bench_load(ckpt, talk, streams, seconds, 10_000, args.budget_ms, modes, args.threads)
+            bench_load(
+                ckpt, talk, streams, seconds, 10_000, args.budget_ms, modes, args.threads, device
+            )
         )
         report["latency_samples"] = {
             f"{r['streams']} streams, {r['mode']}": r.pop("_client_ms")
