@@ -31,7 +31,10 @@ from .index import EXACT_MAX_DEFAULT, TermIndex
 from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows, window_hop
 
 logger = logging.getLogger(__name__)
-WARM_UP_CLIP_S = 2.88  # a default chunk (0.96 s) with its default look-back (1.92 s)
+# The clip lengths of a default session: its first chunk (0.96 s), then with 0.96 s and
+# then 1.92 s of look-back. Each new length is a new input shape, whose first run on a GPU
+# selects kernels (~100 ms on an H200): no live chunk should pay for that.
+WARM_UP_CLIPS_S = (0.96, 1.92, 2.88)
 
 
 @dataclass(frozen=True)
@@ -393,15 +396,16 @@ def _head_on(model: DualEncoder, frontend) -> torch.nn.Module:
 
 
 def _warm_up(model: DualEncoder, frontend, head: torch.nn.Module) -> None:
-    """One clip through the front-end and the head before the model serves: the first
-    CTranslate2 call packs its weights (~0.5 s here), and the first CUDA calls load their
-    kernels; no live chunk should wait for either."""
+    """A default session's clips through the front-end and the head before the model
+    serves: the first CTranslate2 call packs its weights (~0.5 s here), and the first CUDA
+    call of each shape selects its kernels; no live chunk should wait for either."""
     t0 = time.monotonic()
-    clip = np.zeros(int(WARM_UP_CLIP_S * SAMPLE_RATE), np.float32)
-    fr = frontend.frame_tensors([clip])[0]
-    spans = torch.from_numpy(model.windows(len(fr))).to(fr.device)
-    with torch.no_grad():
-        head(pool_windows(fr, spans, model.config.pool_segments)).cpu()
+    for seconds in WARM_UP_CLIPS_S:
+        clip = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+        fr = frontend.frame_tensors([clip])[0]
+        spans = torch.from_numpy(model.windows(len(fr))).to(fr.device)
+        with torch.no_grad():
+            head(pool_windows(fr, spans, model.config.pool_segments)).cpu()
     logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 

@@ -120,6 +120,7 @@ def build_index(xb: np.ndarray, exact_max: int = EXACT_MAX_DEFAULT, use_gpu: boo
     if on_gpu and n <= exact_max and not faiss_gpu_available():
         index = TorchFlatIndex(d, "cuda")
         index.add(xb)
+        index.search(xb[:1], 1)  # loads the GPU kernels before the first live query
         return index
     faiss = faiss_module()
     if n <= exact_max:

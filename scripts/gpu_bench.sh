@@ -51,10 +51,14 @@ bench() {  # name, then rasst bench arguments; the archive is refreshed after ea
   tar czf "$OUT/gpu_bench.tgz" -C "$OUT" parts
 }
 # Most important first: a part cut off by the timeout leaves the earlier ones.
-bench encoder_$DEVICE --device "$DEVICE" --only encoder
-[ "$DEVICE" = cuda ] && bench encoder_cpu --device cpu --only encoder
-bench load_$DEVICE --device "$DEVICE" --only load --streams "${STREAMS:-1,8,32,64}" --seconds 8 \
-  --load-modes realtime,max
-bench rpc_$DEVICE --device "$DEVICE" --only rpc --quick
-RASST_FAISS_THREADS=$(nproc) bench index --only index --index-sizes "$INDEX_SIZES"
+PARTS=" ${PARTS:-encoder load rpc index} "
+if [[ $PARTS == *" encoder "* ]]; then
+  bench encoder_$DEVICE --device "$DEVICE" --only encoder
+  [ "$DEVICE" = cuda ] && bench encoder_cpu --device cpu --only encoder
+fi
+[[ $PARTS == *" load "* ]] && bench load_$DEVICE --device "$DEVICE" --only load \
+  --streams "${STREAMS:-1,8,32,64}" --seconds "${SECONDS_PER_STREAM:-8}" --load-modes realtime,max
+[[ $PARTS == *" rpc "* ]] && bench rpc_$DEVICE --device "$DEVICE" --only rpc ${RPC_ARGS:---quick}
+[[ $PARTS == *" index "* ]] && RASST_FAISS_THREADS=$(nproc) bench index --only index \
+  --index-sizes "$INDEX_SIZES"
 ls -la "$OUT"
