@@ -365,13 +365,16 @@ LOAD_MODES = {
 async def _run_streams(
     address: str, n: int, audio: np.ndarray, chunk: int, n_chunks: int, mode: str, seed: int = 0
 ):
-    """n sessions at once; returns (client ms, server ms, errors, wall seconds)."""
+    """n sessions at once; returns (client ms, server ms, errors, wall seconds, server
+    stage ms {queue, encode, search}, the three slowest chunks in detail)."""
     import random
 
     from client.api import Session, SessionOptions, make_channel
 
     client_ms: list[float] = []
     server_ms: list[float] = []
+    stages: dict[str, list[float]] = {"queue": [], "encode": [], "search": []}
+    slow: list[dict] = []  # per-chunk detail of the slowest chunks, to tell where time went
     errors = 0
     channel = make_channel(address)
 
@@ -381,7 +384,23 @@ async def _run_streams(
 
         def on_resp(resp, sent_at):
             client_ms.append((time.monotonic() - sent_at) * 1e3)
-            server_ms.append(resp.timings.total_ms)
+            t = resp.timings
+            server_ms.append(t.total_ms)
+            for name in stages:
+                stages[name].append(getattr(t, f"{name}_ms"))
+            slow.append(
+                {
+                    "stream": k,
+                    "sequence": resp.sequence,
+                    "total_ms": round(t.total_ms, 2),
+                    "queue_ms": round(t.queue_ms, 2),
+                    "encode_ms": round(t.encode_ms, 2),
+                    "search_ms": round(t.search_ms, 2),
+                    "batch_windows": t.batch_size,
+                }
+            )
+            slow.sort(key=lambda r: -r["total_ms"])
+            del slow[3:]
             got.append(resp.sequence)
 
         s = await Session(
@@ -410,7 +429,7 @@ async def _run_streams(
     await asyncio.gather(*(one(k) for k in range(n)))
     wall = time.monotonic() - t_start
     await channel.close()
-    return client_ms, server_ms, errors, wall
+    return client_ms, server_ms, errors, wall, stages, slow
 
 
 def _run_streams_in_process(*args) -> tuple:
@@ -452,7 +471,7 @@ async def bench_load(
     clients = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
     try:
         for mode, n in ((m, n) for m in modes for n in streams):
-            client_ms, server_ms, errors, wall = await loop.run_in_executor(
+            client_ms, server_ms, errors, wall, stages, slow = await loop.run_in_executor(
                 clients, _run_streams_in_process, address, n, audio, chunk, n_chunks, mode
             )
             row = {
@@ -465,6 +484,12 @@ async def bench_load(
                 "server_ms_p50": round(_pct(server_ms, 50), 2),
                 "server_ms_p95": round(_pct(server_ms, 95), 2),
                 "server_ms_p99": round(_pct(server_ms, 99), 2),
+                **{
+                    f"server_{name}_ms_p{q}": round(_pct(v, q), 2)
+                    for name, v in stages.items()
+                    for q in (50, 99)
+                },
+                "slowest_chunks": slow,
                 "wall_s": round(wall, 1),
                 "mode": mode,
                 "_client_ms": client_ms,
@@ -736,12 +761,12 @@ def markdown(report: dict) -> str:
             f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary, "
             f"encoder worker threads {report.get('load_threads', 1)}",
             "",
-            "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms |",
-            "|---:|---|---:|---:|---|---|",
+            "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms | server p99 queue / encode / search ms |",
+            "|---:|---|---:|---:|---|---|---|",
         ]
         for r in report["load"]:
             L.append(
-                f"| {r['streams']} | {r['mode']} | {r['chunks']} | {r['errors']} | {r['client_ms_p50']} / {r['client_ms_p95']} / {r['client_ms_p99']} | {r['server_ms_p50']} / {r['server_ms_p95']} / {r['server_ms_p99']} |"
+                f"| {r['streams']} | {r['mode']} | {r['chunks']} | {r['errors']} | {r['client_ms_p50']} / {r['client_ms_p95']} / {r['client_ms_p99']} | {r['server_ms_p50']} / {r['server_ms_p95']} / {r['server_ms_p99']} | {r.get('server_queue_ms_p99', '-')} / {r.get('server_encode_ms_p99', '-')} / {r.get('server_search_ms_p99', '-')} |"
             )
         L += ["", "Modes: " + "; ".join(f"`{k}` = {v}" for k, v in LOAD_MODES.items()) + ".", ""]
         for m, n in report.get("max_streams_server_p99_in_budget", {}).items():
