@@ -120,6 +120,24 @@ class _Job:
     submitted: float = field(default_factory=time.monotonic)
 
 
+class _Call:
+    """A function for the worker's thread (``Engine.on_worker``)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # handed to the caller, never kills the worker
+            self.error = e
+        finally:
+            self.done.set()
+
+
 def embed_glossary(
     model: DualEncoder, g: Glossary, exact_max: int = EXACT_MAX_DEFAULT, progress: bool = False
 ) -> ServedGlossary:
@@ -164,7 +182,9 @@ class Engine:
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
         head = _head_on(model, frontend)
-        _warm_up(model, frontend, head)
+        # On the worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
+        # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
+        self.on_worker(lambda: _warm_up(model, frontend, head))
         served = {
             g.glossary_id: embed_glossary(model, g, self.cfg.exact_max) for g in self.store.list()
         }
@@ -252,6 +272,16 @@ class Engine:
         )
         return fut
 
+    def on_worker(self, fn, timeout: float = 600.0):
+        """Run ``fn()`` on the batching worker's thread, between batches; return its result."""
+        call = _Call(fn)
+        self._queue.put(call)  # type: ignore[arg-type]
+        if not call.done.wait(timeout):
+            raise TimeoutError(f"the encoder worker did not run a call within {timeout} s")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
     def close(self) -> None:
         self._running = False
         self._queue.put(None)
@@ -264,6 +294,9 @@ class Engine:
             job = self._queue.get()
             if job is None:
                 break
+            if isinstance(job, _Call):
+                job.run()
+                continue
             batch = [job]
             windows = _n_windows(job)
             until = time.monotonic() + self.cfg.max_wait_s
@@ -280,6 +313,9 @@ class Engine:
                 if nxt is None:
                     self._running = False
                     break
+                if isinstance(nxt, _Call):
+                    nxt.run()  # between jobs: its caller waits, the batch does not care
+                    continue
                 batch.append(nxt)
                 windows += _n_windows(nxt)
             try:
