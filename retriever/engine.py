@@ -433,15 +433,18 @@ def _head_on(model: DualEncoder, frontend) -> torch.nn.Module:
 
 def _warm_up(model: DualEncoder, frontend, head: torch.nn.Module) -> None:
     """A default session's clips through the front-end and the head before the model
-    serves: the first CTranslate2 call packs its weights (~0.5 s here), and the first CUDA
-    call of each shape selects its kernels; no live chunk should wait for either."""
+    serves, alone and in small batches: the first CTranslate2 call packs its weights
+    (~0.5 s here), and on a GPU the first call of each shape selects and loads its
+    kernels; no live chunk should wait for either."""
     t0 = time.monotonic()
-    for seconds in WARM_UP_CLIPS_S:
-        clip = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
-        fr = frontend.frame_tensors([clip])[0]
-        spans = torch.from_numpy(model.windows(len(fr))).to(fr.device)
+    shapes = [(1, s) for s in WARM_UP_CLIPS_S] + [(b, WARM_UP_CLIPS_S[-1]) for b in (2, 8)]
+    for batch, seconds in shapes:
+        clips = [np.zeros(int(seconds * SAMPLE_RATE), np.float32)] * batch
+        frames = frontend.frame_tensors(clips)
+        spans = torch.from_numpy(model.windows(len(frames[0]))).to(frames[0].device)
+        pooled = torch.cat([pool_windows(f, spans, model.config.pool_segments) for f in frames])
         with torch.no_grad():
-            head(pool_windows(fr, spans, model.config.pool_segments)).cpu()
+            head(pooled).cpu()
     logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 
