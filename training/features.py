@@ -58,6 +58,27 @@ class FeatureCache:
         os.replace(tmp, path)
 
     @classmethod
+    def concat(cls, caches: list[FeatureCache]) -> FeatureCache:
+        """One cache holding the utterances of several (e.g. speed-perturbed copies)."""
+        if len({c.frame_rate for c in caches}) != 1:
+            raise ValueError("caches to join must share one frame rate")
+        offsets, occ_utt, n_utt, n_frames = [np.zeros(1, np.int64)], [], 0, 0
+        for c in caches:
+            offsets.append(c.offsets[1:] + n_frames)
+            occ_utt.append(c.occ_utt + n_utt)
+            n_utt += len(c.offsets) - 1
+            n_frames += int(c.offsets[-1])
+        return cls(
+            np.concatenate([c.frames for c in caches]),
+            np.concatenate(offsets),
+            np.concatenate(occ_utt),
+            np.concatenate([c.occ_span for c in caches]),
+            [t for c in caches for t in c.occ_term],
+            [s for c in caches for s in c.utt_speaker],
+            caches[0].frame_rate,
+        )
+
+    @classmethod
     def load(cls, path: Path) -> FeatureCache:
         z = np.load(path)
         meta = json.loads(bytes(z["meta"]).decode())
@@ -73,20 +94,32 @@ class FeatureCache:
 
 
 _FRONTEND = None
+_SPEED = 1.0
 
 
-def _init(cfg_dict: dict) -> None:
-    global _FRONTEND
+def _init(cfg_dict: dict, speed: float = 1.0) -> None:
+    global _FRONTEND, _SPEED
     import torch
 
     torch.set_num_threads(1)
     _FRONTEND = build_frontend(FrontendConfig(**cfg_dict), threads=1)
+    _SPEED = speed
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """Kaldi-style speed perturbation: play the clip ``factor`` times faster (tempo and
+    pitch together), by resampling it as if it had been recorded at ``factor`` x 16 kHz."""
+    if factor == 1.0:
+        return x
+    import soxr
+
+    return soxr.resample(x, A.SAMPLE_RATE * factor, A.SAMPLE_RATE, quality="HQ").astype(np.float32)
 
 
 def _one(row: dict):
-    x = A.load_audio(row["audio_path"])
+    x = speed_perturb(A.load_audio(row["audio_path"]), _SPEED)
     fr = _FRONTEND.frames([x])[0]
-    rate = _FRONTEND.frame_rate
+    rate = _FRONTEND.frame_rate / _SPEED  # frames per second of the original timeline
     spans = [
         (
             int(round(t["start"] * rate)),
@@ -98,13 +131,21 @@ def _one(row: dict):
     hi = min(len(fr), max(e for _, e in spans) + CONTEXT_FRAMES) if spans else len(fr)
     crop = fr[lo:hi].astype(np.float16)
     rel = [(max(0, s - lo), min(hi - lo, e - lo)) for s, e in spans]
-    return crop, rel, [t["term"] for t in row["terms"]], row.get("speaker", "")
+    speaker = row.get("speaker", "")
+    if _SPEED != 1.0:
+        speaker = f"{speaker}@speed{_SPEED:g}"
+    return crop, rel, [t["term"] for t in row["terms"]], speaker
 
 
 def build_cache(
-    rows: list[dict], frontend: FrontendConfig, workers: int = 2, desc: str = "frames"
+    rows: list[dict],
+    frontend: FrontendConfig,
+    workers: int = 2,
+    desc: str = "frames",
+    speed: float = 1.0,
 ) -> FeatureCache:
-    """Run the frozen front-end over every utterance (parallel, with a progress bar)."""
+    """Run the frozen front-end over every utterance (parallel, with a progress bar),
+    optionally on speed-perturbed copies of the audio (term spans follow)."""
     from dataclasses import asdict
     from multiprocessing import get_context
 
@@ -112,12 +153,12 @@ def build_cache(
 
     cfg = asdict(frontend)
     if workers > 1:
-        with get_context("fork").Pool(workers, initializer=_init, initargs=(cfg,)) as pool:
+        with get_context("fork").Pool(workers, initializer=_init, initargs=(cfg, speed)) as pool:
             results = list(
                 tqdm(pool.imap(_one, rows, chunksize=8), total=len(rows), desc=desc, unit="utt")
             )
     else:
-        _init(cfg)
+        _init(cfg, speed)
         results = [_one(r) for r in tqdm(rows, desc=desc, unit="utt")]
     offsets = np.zeros(len(results) + 1, dtype=np.int64)
     occ_utt, occ_span, occ_term, speakers = [], [], [], []
@@ -145,20 +186,29 @@ def build_cache(
 
 
 def cached(
-    manifest: Path, frontend: FrontendConfig, cache_dir: Path, workers: int = 2
+    manifest: Path,
+    frontend: FrontendConfig,
+    cache_dir: Path,
+    workers: int = 2,
+    speed: float = 1.0,
 ) -> FeatureCache:
     """Load the cache for a manifest, building it first when missing or stale."""
     from .data import read_manifest
 
+    if not 0.5 <= speed <= 2.0:
+        raise ValueError(f"speed perturbation factor must be in [0.5, 2], got {speed}")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = (
-        f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}.npz"
-    )
+    suffix = "" if speed == 1.0 else f"_speed{speed:g}"
+    key = f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}{suffix}.npz"
     path = cache_dir / key
     if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
         return FeatureCache.load(path)
     cache = build_cache(
-        read_manifest(manifest), frontend, workers, desc=f"frames {manifest.parent.name}"
+        read_manifest(manifest),
+        frontend,
+        workers,
+        desc=f"frames {manifest.parent.name}{suffix}",
+        speed=speed,
     )
     cache.save(path)
     return cache
