@@ -6,6 +6,7 @@
 #   runs/gpu_frontend/           `rasst port-frontend --out X`, then X/frontend moved here
 #   runs/gpu_terms/train.txt     real terms for the 10K load glossary and the index sizes
 #                                (a prefix of data/corpus/terms/train.txt; random vectors beyond)
+# PARTS (default "encoder load rpc index"; add "tests" for the requires_cuda tests) picks steps.
 # Results: $OUT/gpu_bench.tgz (every part's bench.json, bench.md and plots) and a log.
 set -uo pipefail
 OUT=${OUT:-bench_out/gpu}
@@ -42,6 +43,11 @@ fe = dataclasses.replace(cfg.frontend, kind="transformers", path="frontend", pac
 (d / CONFIG_NAME).write_text(json.dumps(dataclasses.replace(cfg, frontend=fe).to_dict(), indent=2))
 print("ported checkpoint at", d)
 EOF
+
+# The GPU tests (skipped on machines without CUDA; the audio ones need espeak-ng).
+[[ " ${PARTS:-encoder load rpc index} " == *" tests "* ]] &&
+  timeout 300 $PY -m pytest -q -p no:cacheprovider -m requires_cuda tests/test_index.py \
+    tests/test_whisper_torch.py 2>&1 | tail -n 15
 
 bench() {  # name, then rasst bench arguments; the archive is refreshed after each part
   local name=$1; shift

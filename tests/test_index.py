@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from retriever.index import TermIndex, build_index, exact_search, recall_at
 
@@ -62,3 +63,17 @@ def test_torch_flat_index_matches_exact_search():
     assert np.allclose(D, De, atol=1e-5)
     with np.testing.assert_raises(ValueError):
         idx.add(_unit(3, 32, 6))
+
+
+@pytest.mark.requires_cuda
+def test_gpu_exact_index_is_exact_up_to_float16_ties():
+    from retriever.index import TorchFlatIndex, faiss_gpu_available
+
+    xb, xq = _unit(20000, 256, 7), _unit(66, 256, 8)
+    idx = build_index(xb, use_gpu=True)
+    if not faiss_gpu_available():
+        assert isinstance(idx, TorchFlatIndex)
+    D, I = idx.search(xq, 10)
+    De, Ie = exact_search(xq, xb, 10)
+    assert recall_at(I, Ie, 10) >= 0.99
+    assert np.abs(D - De).max() < 5e-3

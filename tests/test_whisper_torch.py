@@ -109,3 +109,24 @@ def test_server_serves_a_ported_checkpoint(tmp_path, default_checkpoint, live_se
     r = c.retrieve(tts("today we talk about the attention mechanism in more detail"), "demo", "de")
     assert "attention mechanism" in [h.term for h in r.hits]
     c.close()
+
+
+@pytest.mark.requires_cuda
+def test_port_on_cuda_matches_the_cpu(ct2_dir, tts):
+    x = tts("semantic parsing")
+    cpu = HFAudioFrontend(FrontendConfig(), model=whisper_encoder_from_ct2(ct2_dir)).frames([x])[0]
+    gpu = HFAudioFrontend(FrontendConfig(), "cuda", model=whisper_encoder_from_ct2(ct2_dir))
+    assert gpu.dtype == torch.float16
+    assert _cos(gpu.frames([x])[0], cpu).mean() > 0.999
+
+
+@pytest.mark.requires_cuda
+def test_server_on_cuda_finds_the_spoken_term(default_checkpoint, live_server, tts):
+    from client.api import Client
+
+    s = live_server(checkpoint=str(default_checkpoint), device="cuda")
+    assert str(s.state.engine.snapshot.frontend.device).startswith("cuda")
+    c = Client(s.address)
+    r = c.retrieve(tts("today we talk about the attention mechanism in more detail"), "demo", "de")
+    assert "attention mechanism" in [h.term for h in r.hits]
+    c.close()
