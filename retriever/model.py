@@ -307,31 +307,38 @@ def _package_model_dir(package: str) -> Path:
 def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
     """The front-end a config names, on ``device``.
 
-    A CTranslate2 front-end asked to run on CUDA where CTranslate2 sees no CUDA device
-    (its CUDA build needs cuBLAS 12) runs as the same weights ported to PyTorch instead.
+    A CTranslate2 front-end asked to run on CUDA where CTranslate2 cannot (it sees no
+    device, or its CUDA build finds no cuBLAS 12, as on a CUDA 13 machine) runs as the
+    same weights ported to PyTorch instead.
     """
-    if cfg.kind == "ctranslate2":
-        if str(device).startswith("cuda") and not _ct2_has_cuda():
-            from .whisper_torch import whisper_encoder_from_ct2
-
-            path = cfg.path or _package_model_dir(cfg.package)
-            logger.warning(
-                "CTranslate2 sees no CUDA device: running %s's encoder ported to PyTorch on %s",
-                Path(path).name,
-                device,
-            )
-            return HFAudioFrontend(cfg, device, threads, model=whisper_encoder_from_ct2(path))
+    if cfg.kind != "ctranslate2":
+        return HFAudioFrontend(cfg, device, threads)
+    if not str(device).startswith("cuda"):
         return CT2WhisperFrontend(cfg, device, threads)
-    return HFAudioFrontend(cfg, device, threads)
+    why = "sees no CUDA device"
+    if _ct2_cuda_devices() > 0:
+        try:
+            fe = CT2WhisperFrontend(cfg, device, threads)
+            fe.frames([np.zeros(A.SAMPLE_RATE // 10, np.float32)])  # loads cuBLAS
+            return fe
+        except Exception as e:  # e.g. "libcublas.so.12: cannot open shared object file"
+            why = f"cannot run on CUDA ({e})"
+    from .whisper_torch import whisper_encoder_from_ct2
+
+    path = cfg.path or _package_model_dir(cfg.package)
+    logger.warning(
+        "CTranslate2 %s: running %s's encoder ported to PyTorch on %s", why, Path(path).name, device
+    )
+    return HFAudioFrontend(cfg, device, threads, model=whisper_encoder_from_ct2(path))
 
 
-def _ct2_has_cuda() -> bool:
+def _ct2_cuda_devices() -> int:
     try:
         import ctranslate2
 
-        return ctranslate2.get_cuda_device_count() > 0
-    except Exception:  # not installed, or its CUDA libraries missing
-        return False
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # not installed, or its CUDA runtime missing
+        return 0
 
 
 # --------------------------------------------------------------------------- windows
