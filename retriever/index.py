@@ -19,6 +19,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 EXACT_MAX_DEFAULT = 100_000  # rows; beyond this HNSW keeps search sub-millisecond
+PRECISIONS = ("float32", "int8")  # exact search arithmetic on a CPU
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 
@@ -112,11 +113,73 @@ def _gpu_resources():
     return faiss_module().StandardGpuResources()
 
 
-def build_index(xb: np.ndarray, exact_max: int = EXACT_MAX_DEFAULT, use_gpu: bool | None = None):
-    """An inner-product index over unit vectors xb (n, d) float32."""
+class Int8FlatIndex:
+    """Exact-layout inner-product search in int8 arithmetic on a CPU.
+
+    Database rows and queries are quantised symmetrically per row (scale = max |x| / 127)
+    and multiplied as int8 with int32 accumulation (``torch._int_mm``, oneDNN/FBGEMM
+    kernels), then rescaled: about 2x faster than float32 BLAS for one chunk's 66 windows
+    against 10K rows on this CPU. Scores move by at most a few 1e-3, so near-ties can
+    swap; the float32 flat index stays the default.
+    """
+
+    def __init__(self, d: int):
+        import torch
+
+        self.d = d
+        self.xb_t = torch.zeros((d, 0), dtype=torch.int8)  # (d, n): the layout _int_mm wants
+        self.scale = torch.zeros(0)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.scale.shape[0])
+
+    @staticmethod
+    def _quantize(x):
+        import torch
+
+        scale = x.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        return torch.round(x / scale[:, None]).to(torch.int8), scale
+
+    def add(self, xb: np.ndarray) -> None:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"vectors must be (n, {self.d}), got {tuple(x.shape)}")
+        q, scale = self._quantize(x)
+        self.xb_t = torch.cat([self.xb_t, q.T], dim=1).contiguous()
+        self.scale = torch.cat([self.scale, scale])
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        q, scale = self._quantize(torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32)))
+        S = torch._int_mm(q, self.xb_t).float() * scale[:, None] * self.scale[None, :]
+        D, I = S.topk(min(k, self.ntotal), dim=1)
+        return D.numpy(), I.numpy()
+
+
+def build_index(
+    xb: np.ndarray,
+    exact_max: int = EXACT_MAX_DEFAULT,
+    use_gpu: bool | None = None,
+    precision: str = "float32",
+):
+    """An inner-product index over unit vectors xb (n, d) float32.
+
+    ``precision`` picks the CPU exact search's arithmetic ("float32" or "int8"); GPU and
+    HNSW indexes ignore it.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"index precision must be one of {PRECISIONS}, got {precision!r}")
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     n, d = xb.shape
     on_gpu = gpu_available() if use_gpu is None else use_gpu
+    if precision == "int8" and n <= exact_max and not on_gpu:
+        index = Int8FlatIndex(d)
+        index.add(xb)
+        return index
     if on_gpu and n <= exact_max and not faiss_gpu_available():
         index = TorchFlatIndex(d, "cuda")
         index.add(xb)
@@ -167,10 +230,11 @@ class TermIndex:
         row_entry: np.ndarray,
         exact_max: int = EXACT_MAX_DEFAULT,
         use_gpu: bool | None = None,
+        precision: str = "float32",
     ):
         self.ntotal = int(xb.shape[0])
         self.row_entry = np.asarray(row_entry, dtype=np.int64)
-        self.index = build_index(xb, exact_max, use_gpu) if self.ntotal else None
+        self.index = build_index(xb, exact_max, use_gpu, precision) if self.ntotal else None
         self.kind = type(self.index).__name__ if self.index is not None else "empty"
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ from .glossary import (
     parse,
     validate_glossary_id,
 )
+from .index import PRECISIONS
 from .model import default_checkpoint_dir
 
 logger = logging.getLogger(__name__)
@@ -98,10 +99,13 @@ class ServerConfig:
     max_wait_ms: float = 0.0
     # Rows above which a glossary uses HNSW.
     exact_max: int = 100_000
+    # Arithmetic of exact search on a CPU: "float32" or "int8" (about 2x faster search,
+    # scores within a few 1e-3; BENCHMARKS.md). GPU and HNSW indexes ignore it.
+    index_precision: str = "float32"
     # torch / CTranslate2 threads for the encoder worker.
     threads: int = 1
     # Where the speech front-end runs: "auto" (CUDA when CTranslate2/torch see a GPU),
-    # "cpu" or "cuda". The index follows faiss' own GPU detection.
+    # "cpu" or "cuda". The exact index goes to a GPU whenever one is visible.
     device: str = "auto"
     # Entries each window may vote for (1..32): its nearest index rows.
     window_top: int = 2
@@ -129,6 +133,10 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
+    if c.index_precision not in PRECISIONS:
+        raise ValueError(
+            f"index_precision must be one of {', '.join(PRECISIONS)}, got {c.index_precision!r}"
+        )
     if c.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {c.device!r}")
     if c.device == "cuda" and not cuda_available():
@@ -929,6 +937,7 @@ async def create_server(
             max_batch_windows=cfg.max_batch_windows,
             max_wait_s=cfg.max_wait_ms / 1e3,
             exact_max=cfg.exact_max,
+            index_precision=cfg.index_precision,
             threads=cfg.threads,
             window_top=cfg.window_top,
             device=resolve_device(cfg.device),
@@ -1048,6 +1057,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-windows", dest="max_batch_windows", type=int)
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float)
     p.add_argument("--exact-max", dest="exact_max", type=int)
+    p.add_argument(
+        "--index-precision",
+        dest="index_precision",
+        choices=list(PRECISIONS),
+        help="exact search arithmetic on a CPU (int8: ~2x faster, scores within ~1e-3)",
+    )
     p.add_argument("--threads", type=int)
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="where the speech front-end runs"

@@ -12,6 +12,8 @@ from training.bench import (
     LOAD_MODES,
     _hint_quality,
     _hint_report,
+    bench_encoder,
+    bench_index,
     bench_load,
     bench_rpc_overhead,
     markdown,
@@ -83,3 +85,32 @@ def test_load_runs_sessions_from_another_process_and_counts_every_chunk():
     for r in rows:
         assert 0 < r["server_ms_p50"] <= r["server_ms_p99"] <= r["client_ms_p99"] + 1e-6
         assert len(r["_client_ms"]) == r["chunks"]
+        # Where each chunk's time went, and the slowest chunks in detail.
+        assert 0 <= r["server_encode_ms_p99"] <= r["server_ms_p99"]
+        slow = r["slowest_chunks"]
+        assert 1 <= len(slow) <= 3 and slow[0]["total_ms"] == max(s["total_ms"] for s in slow)
+        assert {"stream", "sequence", "queue_ms", "encode_ms", "search_ms"} <= set(slow[0])
+
+
+def test_index_part_compares_flat_int8_and_hnsw():
+    vecs = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = bench_index([300, 800], vecs, dim=32, nq=8, repeats=2)
+    assert [r["entries"] for r in rows] == [300, 800]
+    for r in rows:
+        for kind in ("flat", "int8_flat", "hnsw"):
+            assert r[f"{kind}_search_ms_p50"] > 0
+        assert 0.9 <= r["int8_flat_recall@10_vs_exact"] <= 1.0
+    md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "index": rows})
+    assert "| 800 |" in md and "int8 flat search ms p50" in md
+
+
+def test_encoder_part_times_batches_on_the_serving_device():
+    talk = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.05).astype(np.float32)
+    rows = bench_encoder(str(default_checkpoint_dir()), talk, [1, 2], "cpu", repeats=2)
+    assert [r["batch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["device"] == "cpu" and r["windows_per_clip"] > 0
+        assert abs(r["ms_per_clip"] * r["batch"] - r["ms_p50"]) < 0.01 * r["batch"]
+    md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "encoder": rows})
+    assert "## Encode step" in md and "| 2 |" in md

@@ -65,6 +65,28 @@ def test_torch_flat_index_matches_exact_search():
         idx.add(_unit(3, 32, 6))
 
 
+def test_int8_index_finds_the_exact_neighbours():
+    from retriever.index import Int8FlatIndex
+
+    xb, xq = _unit(5000, 256, 9), _unit(66, 256, 10)
+    idx = build_index(xb, use_gpu=False, precision="int8")
+    assert isinstance(idx, Int8FlatIndex) and idx.ntotal == 5000
+    D, I = idx.search(xq, 10)
+    De, Ie = exact_search(xq, xb, 10)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+    assert recall_at(I, Ie, 10) >= 0.97
+    assert np.abs(D - De).max() < 0.02  # per-row int8: relative error ~1/127 per element
+    # One query, and a query equal to a database row, still work.
+    D1, I1 = idx.search(xb[3:4], 1)
+    assert I1[0, 0] == 3 and abs(D1[0, 0] - 1.0) < 0.01
+    # HNSW above exact_max ignores the precision; unknown precisions are refused.
+    assert "HNSW" in type(build_index(xb, exact_max=100, use_gpu=False, precision="int8")).__name__
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_index(xb, precision="int4")
+    with pytest.raises(ValueError, match="vectors must be"):
+        idx.add(_unit(2, 32, 11))
+
+
 @pytest.mark.requires_cuda
 def test_gpu_exact_index_is_exact_up_to_float16_ties():
     from retriever.index import TorchFlatIndex, faiss_gpu_available

@@ -68,12 +68,16 @@ def bench_index(
         xq = xb[rng.integers(0, n, nq)] + 0.05 * rng.standard_normal((nq, dim)).astype(np.float32)
         xq /= np.linalg.norm(xq, axis=1, keepdims=True)
         row = {"entries": n}
-        kinds = [("flat", n, False), ("hnsw", 0, False)] + ([("gpu_flat", n, True)] if gpu else [])
-        for kind, exact_max, on_gpu in kinds:
-            if kind == "flat" and n > 1_000_000:
+        kinds = [
+            ("flat", n, False, "float32"),
+            ("int8_flat", n, False, "int8"),
+            ("hnsw", 0, False, "float32"),
+        ] + ([("gpu_flat", n, True, "float32")] if gpu else [])
+        for kind, exact_max, on_gpu, precision in kinds:
+            if kind in ("flat", "int8_flat") and n > 1_000_000:
                 continue
             t0 = time.perf_counter()
-            idx = build_index(xb, exact_max=exact_max, use_gpu=on_gpu)
+            idx = build_index(xb, exact_max=exact_max, use_gpu=on_gpu, precision=precision)
             build = time.perf_counter() - t0
             idx.search(xq, k)  # GPU kernels load on first use
             times = []
@@ -83,9 +87,9 @@ def bench_index(
                 times.append((time.perf_counter() - t0) * 1e3)
             row[f"{kind}_build_s"] = round(build, 3)
             row[f"{kind}_search_ms_p50"] = round(statistics.median(times), 3)
-            if kind == "gpu_flat":
+            if kind in ("gpu_flat", "int8_flat"):
                 _, Ie = exact_search(xq[:50], xb, k)
-                row[f"gpu_flat_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
+                row[f"{kind}_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
             if kind == "hnsw":
                 _, Ie = exact_search(xq[:50], xb, k)
                 row[f"hnsw_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
@@ -713,14 +717,14 @@ def markdown(report: dict) -> str:
             "",
         ]
         gpu = any("gpu_flat_search_ms_p50" in r for r in report["index"])
-        head = "| entries | flat build s | flat search ms p50 | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |"
-        rule = "|---:|---:|---:|---:|---:|---:|"
+        head = "| entries | flat build s | flat search ms p50 | int8 flat search ms p50 | int8 recall@10 vs exact | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |"
+        rule = "|---:|---:|---:|---:|---:|---:|---:|---:|"
         if gpu:
             head += " GPU flat build s | GPU flat search ms p50 | GPU flat recall@10 vs exact |"
             rule += "---:|---:|---:|"
         L += [head, rule]
         for r in report["index"]:
-            line = f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
+            line = f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r.get('int8_flat_search_ms_p50', '-')} | {r.get('int8_flat_recall@10_vs_exact', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
             if gpu:
                 line += f" {r.get('gpu_flat_build_s', '-')} | {r.get('gpu_flat_search_ms_p50', '-')} | {r.get('gpu_flat_recall@10_vs_exact', '-')} |"
             L.append(line)

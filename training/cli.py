@@ -278,6 +278,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument(
+        "--index-precision",
+        choices=["float32", "int8"],
+        default="float32",
+        help="exact search arithmetic (offline eval; a server's own for --streaming)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="report JSON path (a PNG plot is written beside it)"
     )
     p.add_argument(
@@ -355,7 +361,16 @@ def eval_main(argv: list[str] | None = None) -> int:
         )
         glossary_terms = [e.term for e in load_file(args.glossary)] if args.glossary else None
         distractors = read_lines(args.distractors) if args.distractors else default_distractors()
-        report = evaluate(model, cache, distractors, sizes, glossary_terms, progress=True)
+        report = evaluate(
+            model,
+            cache,
+            distractors,
+            sizes,
+            glossary_terms,
+            progress=True,
+            precision=args.index_precision,
+        )
+        report["index_precision"] = args.index_precision
     except (ManifestError, FileNotFoundError, ValueError) as e:
         print(f"rasst eval: {e}", file=sys.stderr)
         return 1

@@ -84,10 +84,11 @@ def retrieval_metrics(
     glossary_terms: list[str],
     ks=(1, 5, 10),
     groups: list[str] | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
-    the TTS engine), recall@k per group too."""
-    index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)))
+    the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic."""
+    index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)), precision=precision)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
     ranks = []
@@ -121,6 +122,7 @@ def evaluate(
     glossary_terms: list[str] | None = None,
     seed: int = 0,
     progress: bool = False,
+    precision: str = "float32",
 ) -> dict:
     occ = encode_occurrences(model, cache)
     test_terms = glossary_terms or list(dict.fromkeys(occ.terms))
@@ -132,7 +134,7 @@ def evaluate(
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
         report["sizes"][str(size)] = retrieval_metrics(
-            occ, vecs[:size], biggest[:size], groups=engines
+            occ, vecs[:size], biggest[:size], groups=engines, precision=precision
         )
     return report
 
