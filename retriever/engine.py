@@ -28,7 +28,14 @@ import torch
 from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import EXACT_MAX_DEFAULT, TermIndex
-from .model import DualEncoder, build_frontend, checkpoint_id, pool_windows, window_hop
+from .model import (
+    DualEncoder,
+    build_frontend,
+    checkpoint_id,
+    int8_speech_head,
+    pool_windows,
+    window_hop,
+)
 
 logger = logging.getLogger(__name__)
 # The clip lengths of a default session: its first chunk (0.96 s), then with 0.96 s and
@@ -67,9 +74,9 @@ class EngineConfig:
     max_wait_s: float = 0.0
     # Glossaries with more rows than this use HNSW instead of exact search.
     exact_max: int = EXACT_MAX_DEFAULT
-    # Arithmetic of exact search on a CPU: "float32" (BLAS) or "int8" (about 2x faster for
-    # a chunk's windows against 10K rows; scores move by a few 1e-3).
-    index_precision: str = "float32"
+    # CPU arithmetic of the speech head and exact search: "float32", or "int8" (~2x faster
+    # each; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).
+    precision: str = "float32"
     # torch / CTranslate2 threads of the worker.
     threads: int = 1
     # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.
@@ -189,7 +196,7 @@ class Engine:
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
-        head = _head_on(model, frontend)
+        head = _head_on(model, frontend, self.cfg.precision)
         # On the worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
         # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
         self.on_worker(lambda: _warm_up(model, frontend, head))
@@ -208,7 +215,7 @@ class Engine:
         return mid, len(served)
 
     def _embed(self, model: DualEncoder, g: Glossary) -> ServedGlossary:
-        return embed_glossary(model, g, self.cfg.exact_max, precision=self.cfg.index_precision)
+        return embed_glossary(model, g, self.cfg.exact_max, precision=self.cfg.precision)
 
     def commit_glossary(self, g: Glossary) -> None:
         """Embed (if a model is loaded) and persist a new version, then swap it in."""
@@ -427,12 +434,13 @@ class Engine:
             )
 
 
-def _head_on(model: DualEncoder, frontend) -> torch.nn.Module:
-    """The speech head where the front-end's frames are: the model's own on a CPU, a
-    copy on a GPU (the model itself stays on the CPU for the text side)."""
+def _head_on(model: DualEncoder, frontend, precision: str = "float32") -> torch.nn.Module:
+    """The speech head where the front-end's frames are: the model's own on a CPU (an
+    int8 copy with ``precision="int8"``), a copy on a GPU (the model itself stays on the
+    CPU for the text side)."""
     device = torch.device(getattr(frontend, "device", "cpu"))
     if device.type == "cpu":
-        return model.speech
+        return int8_speech_head(model.speech) if precision == "int8" else model.speech
     return copy.deepcopy(model.speech).to(device).eval()
 
 

@@ -18,6 +18,7 @@ front-end is referenced by the config, not copied: it is frozen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -369,6 +370,14 @@ def window_layout(
     return np.unique(np.asarray(spans, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_layout(
+    n_frames: int, window_frames: tuple[int, ...], stride: int, hop_fraction: float
+) -> np.ndarray:
+    # Every chunk of a stream has the same length: its layout is computed once (~0.3 ms).
+    return window_layout(n_frames, window_frames, stride, hop_fraction)
+
+
 def pool_windows(frames: torch.Tensor, spans: torch.Tensor, segments: int = 3) -> torch.Tensor:
     """Mean-pool windows from frame vectors with prefix sums (no per-window loop).
 
@@ -405,6 +414,43 @@ class SpeechHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(self.norm(pooled)), dim=-1)
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` in int8 arithmetic on a CPU: weights quantised per output channel at
+    construction, activations per row at each call (symmetric, scale = max |x| / 127),
+    int32 accumulation (``torch._int_mm``), then rescaled to float32. About 2.3x faster
+    than float32 for the speech head's (66, 1536) x (1536, 768) product; embeddings move
+    by a cosine of ~2e-4."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("w_t", torch.round(w / scale[:, None]).to(torch.int8).T.contiguous())
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in_features) float -> (..., out_features) float32."""
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        scale = x2.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q = torch.round(x2 / scale[:, None]).to(torch.int8)
+        y = torch._int_mm(q, self.w_t).float() * scale[:, None] * self.w_scale[None, :]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def int8_speech_head(head: SpeechHead) -> SpeechHead:
+    """A copy of the speech head whose two matrix products run in int8 on a CPU."""
+    import copy
+
+    q = copy.deepcopy(head).eval()
+    q.mlp[0] = Int8Linear(head.mlp[0])
+    q.mlp[3] = Int8Linear(head.mlp[3])
+    return q
 
 
 class TermEncoder(nn.Module):
@@ -493,23 +539,29 @@ class DualEncoder(nn.Module):
 
     # -- speech side
     def windows(self, n_frames: int) -> np.ndarray:
+        """The sliding windows over ``n_frames``, (n_windows, 2) [start, end) frames."""
         c = self.config
-        return window_layout(n_frames, c.window_frames, c.window_stride, c.window_hop_fraction)
+        layout = _cached_layout(n_frames, c.window_frames, c.window_stride, c.window_hop_fraction)
+        return layout.copy()
 
     @torch.no_grad()
     def encode_audio(
-        self, frames: np.ndarray | torch.Tensor, spans: np.ndarray | None = None
+        self,
+        frames: np.ndarray | torch.Tensor,
+        spans: np.ndarray | None = None,
+        head: nn.Module | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Front-end frames (T, D) of one clip -> (window vectors (N, embed_dim), spans (N, 2)).
 
-        ``spans`` defaults to the configured multi-scale sliding windows.
+        ``spans`` defaults to the configured multi-scale sliding windows; ``head`` to the
+        model's own speech head (e.g. ``int8_speech_head(model.speech)`` instead).
         """
         self.eval()
         frames = torch.as_tensor(frames, dtype=torch.float32)
         if spans is None:
             spans = self.windows(frames.shape[0])
         pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_segments)
-        return self.speech(pooled).numpy(), spans
+        return (head or self.speech)(pooled).numpy(), spans
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:

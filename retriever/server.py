@@ -99,9 +99,10 @@ class ServerConfig:
     max_wait_ms: float = 0.0
     # Rows above which a glossary uses HNSW.
     exact_max: int = 100_000
-    # Arithmetic of exact search on a CPU: "float32" or "int8" (about 2x faster search,
-    # scores within a few 1e-3; BENCHMARKS.md). GPU and HNSW indexes ignore it.
-    index_precision: str = "float32"
+    # CPU arithmetic of the speech head and exact search: "float32", or "int8" (each about
+    # 2x faster, embeddings and scores within ~1e-3; BENCHMARKS.md). A GPU and HNSW
+    # indexes ignore it.
+    precision: str = "float32"
     # torch / CTranslate2 threads for the encoder worker.
     threads: int = 1
     # Where the speech front-end runs: "auto" (CUDA when CTranslate2/torch see a GPU),
@@ -133,10 +134,8 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
-    if c.index_precision not in PRECISIONS:
-        raise ValueError(
-            f"index_precision must be one of {', '.join(PRECISIONS)}, got {c.index_precision!r}"
-        )
+    if c.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {c.device!r}")
     if c.device == "cuda" and not cuda_available():
@@ -937,7 +936,7 @@ async def create_server(
             max_batch_windows=cfg.max_batch_windows,
             max_wait_s=cfg.max_wait_ms / 1e3,
             exact_max=cfg.exact_max,
-            index_precision=cfg.index_precision,
+            precision=cfg.precision,
             threads=cfg.threads,
             window_top=cfg.window_top,
             device=resolve_device(cfg.device),
@@ -1058,10 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float)
     p.add_argument("--exact-max", dest="exact_max", type=int)
     p.add_argument(
-        "--index-precision",
-        dest="index_precision",
+        "--precision",
+        dest="precision",
         choices=list(PRECISIONS),
-        help="exact search arithmetic on a CPU (int8: ~2x faster, scores within ~1e-3)",
+        help="CPU arithmetic of the speech head and exact search (int8: ~2x faster each)",
     )
     p.add_argument("--threads", type=int)
     p.add_argument(

@@ -157,3 +157,27 @@ def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
     assert fe2.frames([x])[0].shape[1] == 32
     with pytest.raises(RuntimeError, match="cannot load"):
         build_frontend(FrontendConfig(kind="transformers", path=str(tmp_path / "missing")))
+
+
+def test_int8_speech_head_keeps_the_embeddings(default_checkpoint):
+    from retriever.model import Int8Linear, int8_speech_head
+
+    model = DualEncoder.from_pretrained(default_checkpoint)
+    frames = torch.randn(144, model.config.frontend.dim)
+    ref, spans = model.encode_audio(frames)
+    q = int8_speech_head(model.speech)
+    assert isinstance(q.mlp[0], Int8Linear) and isinstance(q.mlp[3], Int8Linear)
+    got, spans2 = model.encode_audio(frames, head=q)
+    assert np.array_equal(spans, spans2)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (ref * got).sum(1).min() > 0.999
+    # The model's own head is untouched; a zero row does not divide by zero.
+    assert not isinstance(model.speech.mlp[0], Int8Linear)
+    assert torch.isfinite(q.mlp[0](torch.zeros(2, q.mlp[0].w_t.shape[0]))).all()
+
+
+def test_window_layout_is_cached_but_each_caller_gets_its_own_copy(default_checkpoint):
+    model = DualEncoder.from_pretrained(default_checkpoint)
+    a = model.windows(144)
+    a[:] = 0
+    assert model.windows(144).any()

@@ -507,3 +507,20 @@ def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
     assert 'rasst_chunk_latency_seconds_count{rpc="Retrieve"} 1.0' in text
     assert 'rasst_glossary_entries{glossary="demo"} 253.0' in text
     assert "rasst_batch_windows_bucket" in text
+
+
+def test_int8_precision_serves_the_same_term(live_server, default_checkpoint, tts):
+    from retriever.index import Int8FlatIndex
+    from retriever.model import Int8Linear
+    from retriever.server import load_config
+
+    s = live_server(checkpoint=str(default_checkpoint), precision="int8")
+    snap = s.state.engine.snapshot
+    assert isinstance(snap.head.mlp[0], Int8Linear)
+    assert isinstance(snap.glossaries["demo"].index.index, Int8FlatIndex)
+    c = Client(s.address)
+    r = c.retrieve(tts("today we talk about the attention mechanism in more detail"), "demo", "de")
+    assert "attention mechanism" in [h.term for h in r.hits]
+    c.close()
+    with pytest.raises(ValueError, match="precision must be one of float32, int8"):
+        load_config({"precision": "int4"}, None, env={})

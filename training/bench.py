@@ -451,6 +451,7 @@ async def bench_load(
     modes: tuple[str, ...] = ("realtime",),
     threads: int = 1,
     device: str = "auto",
+    precision: str = "float32",
 ) -> list[dict]:
     """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time).
 
@@ -462,7 +463,7 @@ async def bench_load(
     from client.api import Client
     from retriever.server import drain
 
-    server, port, state, tmp = await _start_server(checkpoint, threads, device)
+    server, port, state, tmp = await _start_server(checkpoint, threads, device, precision=precision)
     address = f"127.0.0.1:{port}"
     admin = Client(address, "bench", timeout=600)
     await asyncio.to_thread(admin.put_glossary, "load", _glossary_entries(glossary_size))
@@ -763,7 +764,8 @@ def markdown(report: dict) -> str:
     if "load" in report:
         L += [
             f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary, "
-            f"encoder worker threads {report.get('load_threads', 1)}",
+            f"encoder worker threads {report.get('load_threads', 1)}, "
+            f"{report.get('load_precision', 'float32')} head and index",
             "",
             "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms | server p99 queue / encode / search ms |",
             "|---:|---|---:|---:|---|---|---|",
@@ -896,6 +898,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where the speech front-end runs in the encoder, rpc and load parts",
     )
     p.add_argument(
+        "--precision",
+        choices=["float32", "int8"],
+        default="float32",
+        help="the load-test server's CPU arithmetic (speech head and exact search)",
+    )
+    p.add_argument(
         "--streams",
         default=None,
         help="comma-separated stream counts (default 1,2,4,8 quick / 1,2,4,8,16,32)",
@@ -997,9 +1005,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report["load_glossary"] = 10_000
         report["load_threads"] = args.threads
+        report["load_precision"] = args.precision
         report["load"] = asyncio.run(
             bench_load(
-                ckpt, talk, streams, seconds, 10_000, args.budget_ms, modes, args.threads, device
+                ckpt,
+                talk,
+                streams,
+                seconds,
+                10_000,
+                args.budget_ms,
+                modes,
+                args.threads,
+                device,
+                args.precision,
             )
         )
         report["latency_samples"] = {

@@ -278,10 +278,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument(
-        "--index-precision",
+        "--precision",
         choices=["float32", "int8"],
         default="float32",
-        help="exact search arithmetic (offline eval; a server's own for --streaming)",
+        help="CPU arithmetic of the speech head and exact search (the server setting)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="report JSON path (a PNG plot is written beside it)"
@@ -368,9 +368,9 @@ def eval_main(argv: list[str] | None = None) -> int:
             sizes,
             glossary_terms,
             progress=True,
-            precision=args.index_precision,
+            precision=args.precision,
         )
-        report["index_precision"] = args.index_precision
+        report["precision"] = args.precision
     except (ManifestError, FileNotFoundError, ValueError) as e:
         print(f"rasst eval: {e}", file=sys.stderr)
         return 1

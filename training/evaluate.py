@@ -18,7 +18,7 @@ import torch
 
 from retriever.g2p import normalize_term
 from retriever.index import TermIndex
-from retriever.model import DualEncoder
+from retriever.model import DualEncoder, int8_speech_head
 
 from .features import FeatureCache
 
@@ -45,13 +45,17 @@ class OccurrenceVectors:
 
 
 @torch.no_grad()
-def encode_occurrences(model: DualEncoder, cache: FeatureCache) -> OccurrenceVectors:
+def encode_occurrences(
+    model: DualEncoder, cache: FeatureCache, precision: str = "float32"
+) -> OccurrenceVectors:
+    """Window vectors of every utterance; ``precision="int8"`` uses the server's int8 head."""
     model.eval()
+    head = int8_speech_head(model.speech) if precision == "int8" else None
     per_utt: list[np.ndarray] = []
     per_utt_spans: list[np.ndarray] = []
     for u in range(len(cache.offsets) - 1):
         fr = torch.from_numpy(cache.utt_frames(u).astype(np.float32))
-        v, spans = model.encode_audio(fr)
+        v, spans = model.encode_audio(fr, head=head)
         per_utt.append(v)
         per_utt_spans.append(spans)
     vecs = []
@@ -124,7 +128,7 @@ def evaluate(
     progress: bool = False,
     precision: str = "float32",
 ) -> dict:
-    occ = encode_occurrences(model, cache)
+    occ = encode_occurrences(model, cache, precision)
     test_terms = glossary_terms or list(dict.fromkeys(occ.terms))
     report = {"sizes": {}}
     # Group occurrences by speech source ("flite", "piper", "espeak-ng", "human"...).

@@ -202,7 +202,7 @@ def run_streaming_eval(args) -> dict:
                 demo_glossary=False,
                 threads=args.threads,
                 window_top=args.window_top,
-                index_precision=args.index_precision,
+                precision=args.precision,
             )
             server, port, state = await create_server(cfg)
             address, token = f"127.0.0.1:{port}", "eval"
