@@ -74,9 +74,9 @@ class EngineConfig:
     max_wait_s: float = 0.0
     # Glossaries with more rows than this use HNSW instead of exact search.
     exact_max: int = EXACT_MAX_DEFAULT
-    # CPU arithmetic of the speech head and exact search: "float32", or "int8" (~2x faster
-    # each; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).
-    precision: str = "float32"
+    # CPU arithmetic of the speech head and exact search: "int8" (~2x faster each than
+    # "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).
+    precision: str = "int8"
     # torch / CTranslate2 threads of the worker.
     threads: int = 1
     # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.

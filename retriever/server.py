@@ -99,10 +99,10 @@ class ServerConfig:
     max_wait_ms: float = 0.0
     # Rows above which a glossary uses HNSW.
     exact_max: int = 100_000
-    # CPU arithmetic of the speech head and exact search: "float32", or "int8" (each about
-    # 2x faster, embeddings and scores within ~1e-3; BENCHMARKS.md). A GPU and HNSW
-    # indexes ignore it.
-    precision: str = "float32"
+    # CPU arithmetic of the speech head and exact search: "int8" (each about 2x faster
+    # than "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md)
+    # or "float32". A GPU and HNSW indexes ignore it.
+    precision: str = "int8"
     # torch / CTranslate2 threads for the encoder worker.
     threads: int = 1
     # Where the speech front-end runs: "auto" (CUDA when CTranslate2/torch see a GPU),

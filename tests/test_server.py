@@ -509,7 +509,7 @@ def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
     assert "rasst_batch_windows_bucket" in text
 
 
-def test_int8_precision_serves_the_same_term(live_server, default_checkpoint, tts):
+def test_precision_int8_and_float32_serve_the_same_term(live_server, default_checkpoint, tts):
     from retriever.index import Int8FlatIndex
     from retriever.model import Int8Linear
     from retriever.server import load_config
@@ -524,3 +524,8 @@ def test_int8_precision_serves_the_same_term(live_server, default_checkpoint, tt
     c.close()
     with pytest.raises(ValueError, match="precision must be one of float32, int8"):
         load_config({"precision": "int4"}, None, env={})
+    # float32 serves the model's own head and a faiss flat index.
+    f = live_server(checkpoint=str(default_checkpoint), precision="float32")
+    snap = f.state.engine.snapshot
+    assert snap.head is snap.model.speech
+    assert "IndexFlat" in type(snap.glossaries["demo"].index.index).__name__

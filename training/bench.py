@@ -765,7 +765,7 @@ def markdown(report: dict) -> str:
         L += [
             f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary, "
             f"encoder worker threads {report.get('load_threads', 1)}, "
-            f"{report.get('load_precision', 'float32')} head and index",
+            f"{report.get('load_precision', 'int8')} head and index",
             "",
             "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms | server p99 queue / encode / search ms |",
             "|---:|---|---:|---:|---|---|---|",
@@ -900,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--precision",
         choices=["float32", "int8"],
-        default="float32",
+        default="int8",
         help="the load-test server's CPU arithmetic (speech head and exact search)",
     )
     p.add_argument(

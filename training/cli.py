@@ -280,7 +280,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--precision",
         choices=["float32", "int8"],
-        default="float32",
+        default="int8",
         help="CPU arithmetic of the speech head and exact search (the server setting)",
     )
     p.add_argument(
