@@ -119,9 +119,11 @@ class Int8FlatIndex:
     Database rows and queries are quantised symmetrically per row (scale = max |x| / 127)
     and multiplied as int8 with int32 accumulation (``torch._int_mm``, oneDNN/FBGEMM
     kernels), then rescaled: about 2x faster than float32 BLAS for one chunk's 66 windows
-    against 10K rows on this CPU. Scores move by at most a few 1e-3, so near-ties can
+    against 10K rows on this CPU, 1.7x against 100K. Scores move by at most a few 1e-3, so near-ties can
     swap; the float32 flat index stays the default.
     """
+
+    BLOCK_ROWS = 16384  # database rows scored at a time (66 x 16K float32 = 4 MB)
 
     def __init__(self, d: int):
         import torch
@@ -155,9 +157,23 @@ class Int8FlatIndex:
         import torch
 
         q, scale = self._quantize(torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32)))
-        S = torch._int_mm(q, self.xb_t).float() * scale[:, None] * self.scale[None, :]
-        D, I = S.topk(min(k, self.ntotal), dim=1)
-        return D.numpy(), I.numpy()
+        k = min(k, self.ntotal)
+        # Block by block, as faiss does: each block's scores stay in cache for their top-k
+        # (at 100K rows one (66, n) pass took 61 ms, blocks 31 ms; faiss float32 52 ms).
+        # A query's own scale is positive and common to its row: it does not change the
+        # ranking, so it is applied to the k winners only.
+        Ds, Is = [], []
+        for start in range(0, self.ntotal, self.BLOCK_ROWS):
+            end = min(start + self.BLOCK_ROWS, self.ntotal)
+            S = torch._int_mm(q, self.xb_t[:, start:end]).float().mul_(self.scale[start:end])
+            D, I = S.topk(min(k, end - start), dim=1)
+            Ds.append(D)
+            Is.append(I + start)
+        D, I = torch.cat(Ds, dim=1), torch.cat(Is, dim=1)
+        if len(Ds) > 1:
+            D, j = D.topk(k, dim=1)
+            I = torch.gather(I, 1, j)
+        return (D * scale[:, None]).numpy(), I.numpy()
 
 
 def build_index(

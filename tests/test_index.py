@@ -99,3 +99,16 @@ def test_gpu_exact_index_is_exact_up_to_float16_ties():
     De, Ie = exact_search(xq, xb, 10)
     assert recall_at(I, Ie, 10) >= 0.99
     assert np.abs(D - De).max() < 5e-3
+
+
+def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
+    from retriever.index import Int8FlatIndex
+
+    xb, xq = _unit(1000, 64, 12), _unit(9, 64, 13)
+    one = build_index(xb, use_gpu=False, precision="int8")
+    D1, I1 = one.search(xq, 5)
+    monkeypatch.setattr(Int8FlatIndex, "BLOCK_ROWS", 128)  # 8 blocks, the last one short
+    D8, I8 = one.search(xq, 5)
+    assert np.array_equal(I1, I8) and np.allclose(D1, D8)
+    D, I = one.search(xq, 2000)  # k above ntotal
+    assert D.shape == (9, 1000) and sorted(I[0]) == list(range(1000))
