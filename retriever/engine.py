@@ -72,7 +72,8 @@ class EngineConfig:
     max_batch_windows: int = 2048
     # Max time the worker waits to fill a batch, seconds (0 = take only what is queued).
     max_wait_s: float = 0.0
-    # Glossaries with more rows than this use HNSW instead of exact search.
+    # Glossaries with more rows than this use HNSW instead of exact search on a CPU (a GPU
+    # searches exactly up to index.GPU_EXACT_MAX rows).
     exact_max: int = EXACT_MAX_DEFAULT
     # CPU arithmetic of the speech head and exact search: "int8" (~2x faster each than
     # "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).

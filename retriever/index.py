@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 EXACT_MAX_DEFAULT = 100_000  # rows; beyond this HNSW keeps search sub-millisecond
 PRECISIONS = ("float32", "int8")  # exact search arithmetic on a CPU
+# A GPU searches exactly up to this many rows whatever exact_max says: 1M rows took
+# 0.83 ms per chunk on an H200 where HNSW on 16 cores took 6.9 ms and found 17% of the
+# exact top-10. 5M x 256-d float16 is 2.5 GB of GPU memory.
+GPU_EXACT_MAX = 5_000_000
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 
@@ -184,14 +188,17 @@ def build_index(
 ):
     """An inner-product index over unit vectors xb (n, d) float32.
 
-    ``precision`` picks the CPU exact search's arithmetic ("float32" or "int8"); GPU and
-    HNSW indexes ignore it.
+    Exact search up to ``exact_max`` rows on a CPU, HNSW above; on a GPU exact search up
+    to ``GPU_EXACT_MAX`` rows. ``precision`` picks the CPU exact search's arithmetic
+    ("float32" or "int8"); GPU and HNSW indexes ignore it.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"index precision must be one of {PRECISIONS}, got {precision!r}")
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     n, d = xb.shape
     on_gpu = gpu_available() if use_gpu is None else use_gpu
+    if on_gpu:
+        exact_max = max(exact_max, GPU_EXACT_MAX)
     if precision == "int8" and n <= exact_max and not on_gpu:
         index = Int8FlatIndex(d)
         index.add(xb)

@@ -97,7 +97,7 @@ class ServerConfig:
     # one after the other); on a GPU a wait of a few ms buys larger, cheaper batches.
     max_batch_windows: int = 2048
     max_wait_ms: float = 0.0
-    # Rows above which a glossary uses HNSW.
+    # Rows above which a glossary uses HNSW on a CPU (a GPU searches exactly up to 5M).
     exact_max: int = 100_000
     # CPU arithmetic of the speech head and exact search: "int8" (each about 2x faster
     # than "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md)

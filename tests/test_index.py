@@ -99,6 +99,9 @@ def test_gpu_exact_index_is_exact_up_to_float16_ties():
     De, Ie = exact_search(xq, xb, 10)
     assert recall_at(I, Ie, 10) >= 0.99
     assert np.abs(D - De).max() < 5e-3
+    # On a GPU exact search goes well past the CPU's exact_max (no HNSW).
+    big = build_index(xb, exact_max=1000, use_gpu=True)
+    assert "HNSW" not in type(big).__name__
 
 
 def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
