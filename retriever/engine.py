@@ -27,7 +27,7 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
-from .index import EXACT_MAX_DEFAULT, TermIndex
+from .index import EXACT_MAX_DEFAULT, TermIndex, int8_matmul_available
 from .model import (
     DualEncoder,
     build_frontend,
@@ -441,7 +441,9 @@ def _head_on(model: DualEncoder, frontend, precision: str = "float32") -> torch.
     CPU for the text side)."""
     device = torch.device(getattr(frontend, "device", "cpu"))
     if device.type == "cpu":
-        return int8_speech_head(model.speech) if precision == "int8" else model.speech
+        if precision == "int8" and int8_matmul_available():
+            return int8_speech_head(model.speech)
+        return model.speech
     return copy.deepcopy(model.speech).to(device).eval()
 
 

@@ -117,6 +117,19 @@ def _gpu_resources():
     return faiss_module().StandardGpuResources()
 
 
+@functools.lru_cache(maxsize=1)
+def int8_matmul_available() -> bool:
+    """Whether this torch build multiplies int8 matrices on the CPU (``torch._int_mm``)."""
+    try:
+        import torch
+
+        a = torch.ones((2, 8), dtype=torch.int8)
+        return bool((torch._int_mm(a, a.T.contiguous()) == 8).all())
+    except Exception as e:  # an old or unusual build: serve float32 instead
+        logger.warning("int8 matrix products unavailable (%s): using float32", e)
+        return False
+
+
 class Int8FlatIndex:
     """Exact-layout inner-product search in int8 arithmetic on a CPU.
 
@@ -199,7 +212,7 @@ def build_index(
     on_gpu = gpu_available() if use_gpu is None else use_gpu
     if on_gpu:
         exact_max = max(exact_max, GPU_EXACT_MAX)
-    if precision == "int8" and n <= exact_max and not on_gpu:
+    if precision == "int8" and n <= exact_max and not on_gpu and int8_matmul_available():
         index = Int8FlatIndex(d)
         index.add(xb)
         return index

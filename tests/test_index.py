@@ -115,3 +115,12 @@ def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
     assert np.array_equal(I1, I8) and np.allclose(D1, D8)
     D, I = one.search(xq, 2000)  # k above ntotal
     assert D.shape == (9, 1000) and sorted(I[0]) == list(range(1000))
+
+
+def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch):
+    import retriever.index as index_mod
+
+    assert index_mod.int8_matmul_available()  # this torch build can
+    monkeypatch.setattr(index_mod, "int8_matmul_available", lambda: False)
+    idx = build_index(_unit(100, 16, 14), use_gpu=False, precision="int8")
+    assert "IndexFlat" in type(idx).__name__
