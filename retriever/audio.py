@@ -67,7 +67,7 @@ def decode_pcm(pcm: bytes, encoding: str, sample_rate: int, *, field: str = "aud
     return resample(x, sample_rate)
 
 
-def resample(x: np.ndarray, sample_rate: int) -> np.ndarray:
+def resample(x: np.ndarray, sample_rate: float) -> np.ndarray:
     """Resample a 1-D float32 signal to 16 kHz with soxr (no-op at 16 kHz)."""
     if sample_rate == SAMPLE_RATE:
         return np.ascontiguousarray(x, dtype=np.float32)

@@ -32,8 +32,8 @@ from .model import (
     DualEncoder,
     build_frontend,
     checkpoint_id,
+    embed_windows,
     int8_speech_head,
-    pool_windows,
     window_hop,
 )
 
@@ -80,7 +80,8 @@ class EngineConfig:
     precision: str = "int8"
     # torch / CTranslate2 threads of the worker.
     threads: int = 1
-    # "cpu" or "cuda" for the front-end; the index follows faiss' own GPU detection.
+    # "cpu" or "cuda" for the front-end, pooling and head; the exact index goes to a GPU
+    # whenever one is visible.
     device: str = "cpu"
     # Entries a single window may vote for (its nearest rows). A window over speech that
     # is no glossary term still has near neighbours; letting only its best few count
@@ -369,22 +370,13 @@ class Engine:
             snap = jobs[0].snapshot
             model, frontend = snap.model, snap.frontend
             frames = frontend.frame_tensors([j.clip for j in jobs])
-            pooled, bounds = [], [0]
             span_list = []
             for j, fr in zip(jobs, frames, strict=True):
                 spans = model.windows(len(fr))
                 fresh = spans[:, 1] > int(j.new_from_s * frontend.frame_rate)
-                if fresh.any():
-                    spans = spans[fresh]
-                span_list.append(spans)
-                pooled.append(
-                    pool_windows(
-                        fr, torch.from_numpy(spans).to(fr.device), model.config.pool_segments
-                    )
-                )
-                bounds.append(bounds[-1] + len(spans))
-            with torch.no_grad():
-                vec = snap.head(torch.cat(pooled)).float().cpu().numpy()
+                span_list.append(spans[fresh] if fresh.any() else spans)
+            vec = embed_windows(snap.head, frames, span_list, model.config.pool_segments)
+            bounds = np.cumsum([0] + [len(s) for s in span_list])
             for k, j in enumerate(jobs):
                 vectors[id(j)] = (vec[bounds[k] : bounds[k + 1]], span_list[k], frontend.frame_rate)
         t1 = time.monotonic()
@@ -457,10 +449,8 @@ def _warm_up(model: DualEncoder, frontend, head: torch.nn.Module) -> None:
     for batch, seconds in shapes:
         clips = [np.zeros(int(seconds * SAMPLE_RATE), np.float32)] * batch
         frames = frontend.frame_tensors(clips)
-        spans = torch.from_numpy(model.windows(len(frames[0]))).to(frames[0].device)
-        pooled = torch.cat([pool_windows(f, spans, model.config.pool_segments) for f in frames])
-        with torch.no_grad():
-            head(pooled).cpu()
+        spans = [model.windows(len(frames[0]))] * batch
+        embed_windows(head, frames, spans, model.config.pool_segments)
     logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
 
 

@@ -130,14 +130,25 @@ def int8_matmul_available() -> bool:
         return False
 
 
+def quantize_rows(x):
+    """Symmetric per-row int8 quantisation of a float tensor (n, d): (int8 (n, d), scale
+    (n,)) with x ~ q * scale[:, None] and scale = max |row| / 127. All-zero rows get a
+    tiny scale instead of a division by zero."""
+    import torch
+
+    scale = x.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return torch.round(x / scale[:, None]).to(torch.int8), scale
+
+
 class Int8FlatIndex:
     """Exact-layout inner-product search in int8 arithmetic on a CPU.
 
     Database rows and queries are quantised symmetrically per row (scale = max |x| / 127)
     and multiplied as int8 with int32 accumulation (``torch._int_mm``, oneDNN/FBGEMM
-    kernels), then rescaled: about 2x faster than float32 BLAS for one chunk's 66 windows
-    against 10K rows on this CPU, 1.7x against 100K. Scores move by at most a few 1e-3, so near-ties can
-    swap; the float32 flat index stays the default.
+    kernels), then rescaled: about 2x faster than float32 BLAS (faiss) for one chunk's 66
+    windows against 10K or 100K rows on this CPU. Scores move by at most a few 1e-3, so
+    near-ties can swap; held-out recall does not move (BENCHMARKS.md). The server's
+    default (``precision="int8"``); ``build_index``'s own default stays float32.
     """
 
     BLOCK_ROWS = 16384  # database rows scored at a time (66 x 16K float32 = 4 MB)
@@ -153,27 +164,20 @@ class Int8FlatIndex:
     def ntotal(self) -> int:
         return int(self.scale.shape[0])
 
-    @staticmethod
-    def _quantize(x):
-        import torch
-
-        scale = x.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        return torch.round(x / scale[:, None]).to(torch.int8), scale
-
     def add(self, xb: np.ndarray) -> None:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"vectors must be (n, {self.d}), got {tuple(x.shape)}")
-        q, scale = self._quantize(x)
+        q, scale = quantize_rows(x)
         self.xb_t = torch.cat([self.xb_t, q.T], dim=1).contiguous()
         self.scale = torch.cat([self.scale, scale])
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        q, scale = self._quantize(torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32)))
+        q, scale = quantize_rows(torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32)))
         k = min(k, self.ntotal)
         # Block by block, as faiss does: each block's scores stay in cache for their top-k
         # (at 100K rows one (66, n) pass took 61 ms, blocks 31 ms; faiss float32 52 ms).

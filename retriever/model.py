@@ -33,6 +33,7 @@ from torch import nn
 
 from . import audio as A
 from .g2p import units
+from .index import quantize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +195,7 @@ class CT2WhisperFrontend:
         import ctranslate2
 
         out: list[np.ndarray | None] = [None] * len(clips)
-        groups: dict[int, list[int]] = {}
-        for i, c in enumerate(clips):
-            groups.setdefault(_mel_frames(len(c)), []).append(i)
-        for n_mel, idx in groups.items():
-            mel = A.log_mel_spectrogram(np.stack([_fit(clips[i], n_mel) for i in idx]))
+        for idx, mel in _mel_batches(clips):
             sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.numpy()))
             enc = np.asarray(self.model.encode(sv, to_cpu=True))
             for j, i in enumerate(idx):
@@ -246,13 +243,8 @@ class HFAudioFrontend:
                 out.append(self.model(x).last_hidden_state[0].float())
             return out
         res: list[torch.Tensor | None] = [None] * len(clips)
-        groups: dict[int, list[int]] = {}
-        for i, c in enumerate(clips):
-            groups.setdefault(_mel_frames(len(c)), []).append(i)
-        for n_mel, idx in groups.items():
-            batch = np.stack([_fit(clips[i], n_mel) for i in idx])
-            mel = A.log_mel_spectrogram(batch, device=self.device).to(self.dtype)
-            h = encode_unpadded(self.model, mel).float()
+        for idx, mel in _mel_batches(clips, self.device):
+            h = encode_unpadded(self.model, mel.to(self.dtype)).float()
             for j, i in enumerate(idx):
                 res[i] = h[j]
         return res  # type: ignore[return-value]
@@ -280,6 +272,18 @@ def _load_hf_audio_model(cfg: FrontendConfig):
         model_type = hf.pop("model_type")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
     raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
+
+
+def _mel_batches(clips: list[np.ndarray], device: str | torch.device = "cpu"):
+    """Whisper has no attention mask, so padding would change its output: clips are
+    batched only with clips of the same (even) mel length. Yields (clip indices, their
+    log-mel (batch, n_mels, frames) on ``device``)."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault(_mel_frames(len(c)), []).append(i)
+    for n_mel, idx in groups.items():
+        batch = np.stack([_fit(clips[i], n_mel) for i in idx])
+        yield idx, A.log_mel_spectrogram(batch, device=device)
 
 
 def _mel_frames(n_samples: int) -> int:
@@ -378,6 +382,22 @@ def _cached_layout(
     return window_layout(n_frames, window_frames, stride, hop_fraction)
 
 
+@torch.no_grad()
+def embed_windows(
+    head: nn.Module, frames: list[torch.Tensor], spans: list[np.ndarray], segments: int
+) -> np.ndarray:
+    """Window vectors of several clips in one head forward (the serving path).
+
+    frames[i]: (T_i, D) on the head's device; spans[i]: (N_i, 2) numpy [start, end).
+    Returns (sum N_i, embed_dim) float32, clip by clip.
+    """
+    pooled = [
+        pool_windows(f, torch.from_numpy(np.asarray(s)).to(f.device), segments)
+        for f, s in zip(frames, spans, strict=True)
+    ]
+    return head(torch.cat(pooled)).float().cpu().numpy()
+
+
 def pool_windows(frames: torch.Tensor, spans: torch.Tensor, segments: int = 3) -> torch.Tensor:
     """Mean-pool windows from frame vectors with prefix sums (no per-window loop).
 
@@ -425,18 +445,15 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("w_scale", scale)
-        self.register_buffer("w_t", torch.round(w / scale[:, None]).to(torch.int8).T.contiguous())
+        w_q, w_scale = quantize_rows(linear.weight.detach().float())  # per output channel
+        self.register_buffer("w_scale", w_scale)
+        self.register_buffer("w_t", w_q.T.contiguous())
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) float -> (..., out_features) float32."""
-        x2 = x.reshape(-1, x.shape[-1]).float()
-        scale = x2.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        q = torch.round(x2 / scale[:, None]).to(torch.int8)
+        q, scale = quantize_rows(x.reshape(-1, x.shape[-1]).float())
         y = torch._int_mm(q, self.w_t).float() * scale[:, None] * self.w_scale[None, :]
         if self.bias is not None:
             y = y + self.bias
@@ -561,7 +578,7 @@ class DualEncoder(nn.Module):
         if spans is None:
             spans = self.windows(frames.shape[0])
         pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_segments)
-        return (head or self.speech)(pooled).numpy(), spans
+        return (self.speech if head is None else head)(pooled).numpy(), spans
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:

@@ -181,12 +181,19 @@ def encode_unpadded(encoder, mel: torch.Tensor) -> torch.Tensor:
     return encoder.layer_norm(h)
 
 
-def port_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
+def port_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype,
+    encoder: str | Path | None = None,
+) -> Path:
     """Copy a checkpoint whose front-end is CTranslate2 Whisper, with that front-end ported.
 
     The copy holds the encoder in ``frontend/`` (a transformers model directory) and a
     config naming it by a path relative to the checkpoint, so the directory moves whole.
-    The speech head and text encoder are the same weights.
+    The speech head and text encoder are the same weights. ``encoder``: an encoder
+    already exported from the same model (an earlier port's ``frontend/``), copied
+    instead of reading ``model.bin``: for machines without the model package.
     """
     import dataclasses
     import json
@@ -204,9 +211,13 @@ def port_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dt
     for f in src.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    export_whisper_encoder(
-        cfg.frontend.path or _package_model_dir(cfg.frontend.package), out / "frontend", dtype
-    )
+    if encoder is not None:
+        if not (Path(encoder) / "config.json").is_file():
+            raise ValueError(f"--encoder {encoder} is not an exported encoder (no config.json)")
+        shutil.copytree(encoder, out / "frontend", dirs_exist_ok=True)
+    else:
+        model_dir = cfg.frontend.path or _package_model_dir(cfg.frontend.package)
+        export_whisper_encoder(model_dir, out / "frontend", dtype)
     fe = dataclasses.replace(cfg.frontend, kind="transformers", path="frontend", package="")
     ported = dataclasses.replace(cfg, frontend=fe)
     (out / CONFIG_NAME).write_text(json.dumps(ported.to_dict(), indent=2, ensure_ascii=False))
@@ -230,13 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         default="float16",
         help="stored weight type (CTranslate2 Whisper models are stored in float16: no loss)",
     )
+    p.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="copy this already exported encoder (an earlier port's frontend/) instead of "
+        "reading the CTranslate2 model",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .model import default_checkpoint_dir
 
     ckpt = default_checkpoint_dir() if args.checkpoint == "default" else Path(args.checkpoint)
     try:
-        out = port_checkpoint(ckpt, args.out, getattr(torch, args.dtype))
+        out = port_checkpoint(ckpt, args.out, getattr(torch, args.dtype), args.encoder)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"rasst port-frontend: {e}", file=sys.stderr)
         return 1

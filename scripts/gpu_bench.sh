@@ -32,17 +32,8 @@ fi
 # The shipped checkpoint with its front-end ported to PyTorch (CTranslate2's CUDA build
 # needs cuBLAS 12; the model package itself is too large to carry).
 CKPT=/tmp/rasst_gpu_ckpt
-rm -rf "$CKPT" && cp -r retriever/default_checkpoint "$CKPT" && cp -r runs/gpu_frontend "$CKPT/frontend"
-$PY - "$CKPT" <<'EOF' || exit 1
-import dataclasses, json, sys
-from pathlib import Path
-from retriever.model import CONFIG_NAME, DualEncoder
-d = Path(sys.argv[1])
-cfg = DualEncoder.load_config(d)
-fe = dataclasses.replace(cfg.frontend, kind="transformers", path="frontend", package="")
-(d / CONFIG_NAME).write_text(json.dumps(dataclasses.replace(cfg, frontend=fe).to_dict(), indent=2))
-print("ported checkpoint at", d)
-EOF
+rm -rf "$CKPT"
+$PY -m client.cli port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exit 1
 
 # The GPU tests (skipped on machines without CUDA; the audio ones need espeak-ng).
 [[ " ${PARTS:-encoder load rpc index} " == *" tests "* ]] &&

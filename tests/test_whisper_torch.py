@@ -82,6 +82,15 @@ def test_ported_checkpoint_loads_with_from_pretrained_and_moves_whole(
     a = model.encode_audio(ours)[0]
     b = DualEncoder.from_pretrained(default_checkpoint).encode_audio(ref)[0]
     assert (a * b).sum(1).min() > 0.99
+    # An exported encoder can be reused where the CTranslate2 model is not installed.
+    again = tmp_path / "again"
+    argv = ["port-frontend", "--out", str(again), "--encoder", str(moved / "frontend")]
+    assert rasst(argv) == 0
+    assert (again / "frontend" / "model.safetensors").read_bytes() == (
+        moved / "frontend" / "model.safetensors"
+    ).read_bytes()
+    assert DualEncoder.load_config(again).frontend.kind == "transformers"
+    assert rasst(["port-frontend", "--out", str(tmp_path / "y"), "--encoder", str(tmp_path)]) == 1
     # A ported checkpoint is not ported again; bad arguments exit 1 with a reason.
     assert rasst(["port-frontend", "--checkpoint", str(moved), "--out", str(tmp_path / "x")]) == 1
     with pytest.raises(ValueError, match="must differ"):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever.index import PRECISIONS
+
 logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 
@@ -68,6 +70,7 @@ def bench_index(
         xq = xb[rng.integers(0, n, nq)] + 0.05 * rng.standard_normal((nq, dim)).astype(np.float32)
         xq /= np.linalg.norm(xq, axis=1, keepdims=True)
         row = {"entries": n}
+        _, Ie = exact_search(xq[:50], xb, k)  # ground truth for the non-float32-flat kinds
         kinds = [
             ("flat", n, False, "float32"),
             ("int8_flat", n, False, "int8"),
@@ -87,12 +90,9 @@ def bench_index(
                 times.append((time.perf_counter() - t0) * 1e3)
             row[f"{kind}_build_s"] = round(build, 3)
             row[f"{kind}_search_ms_p50"] = round(statistics.median(times), 3)
-            if kind in ("gpu_flat", "int8_flat"):
-                _, Ie = exact_search(xq[:50], xb, k)
+            if kind != "flat":
                 row[f"{kind}_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
             if kind == "hnsw":
-                _, Ie = exact_search(xq[:50], xb, k)
-                row[f"hnsw_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
                 row["hnsw_recall@1_vs_exact"] = round(recall_at(I[:50], Ie, 1), 4)
         out.append(row)
         logger.info("index %s", row)
@@ -103,33 +103,34 @@ def bench_index(
 
 
 def bench_encoder(
-    checkpoint: str, talk: np.ndarray, batches: list[int], device: str, repeats: int = 10
+    checkpoint: str,
+    talk: np.ndarray,
+    batches: list[int],
+    device: str,
+    repeats: int = 10,
+    precision: str = "int8",
 ) -> list[dict]:
-    """The engine's encode step alone: front-end, pooling and head for B clips of chunk
-    plus look-back (2.88 s; B streams' chunks in one batch), the windows that reach the
-    new 0.96 s, on ``device``. Median of ``repeats``, after two warm-up batches."""
-    import torch
-
+    """The engine's encode step alone: front-end, pooling and head (``precision`` on a
+    CPU, as the server's) for B clips of chunk plus look-back (2.88 s; B streams' chunks
+    in one batch), the windows that reach the new 0.96 s, on ``device``. Median of
+    ``repeats``, after two warm-up batches."""
     from retriever.engine import _head_on
-    from retriever.model import DualEncoder, build_frontend, pool_windows
+    from retriever.model import DualEncoder, build_frontend, embed_windows
 
     model = DualEncoder.from_pretrained(checkpoint)
     fe = build_frontend(model.config.frontend, device)
-    head = _head_on(model, fe)
+    head = _head_on(model, fe, precision)
     n = int(2.88 * SAMPLE_RATE)
     clips = [np.resize(np.roll(talk, 7919 * i), n).astype(np.float32) for i in range(max(batches))]
     spans = model.windows(n // int(SAMPLE_RATE / fe.frame_rate))
-    spans = torch.from_numpy(spans[spans[:, 1] > int(1.92 * fe.frame_rate)])
+    spans = spans[spans[:, 1] > int(1.92 * fe.frame_rate)]
     rows = []
     for b in batches:
 
         def once(b: int = b) -> float:
             t0 = time.perf_counter()
             frames = fe.frame_tensors(clips[:b])
-            sp = spans.to(frames[0].device)
-            pooled = torch.cat([pool_windows(f, sp, model.config.pool_segments) for f in frames])
-            with torch.no_grad():
-                head(pooled).float().cpu()
+            embed_windows(head, frames, [spans] * b, model.config.pool_segments)
             return (time.perf_counter() - t0) * 1e3
 
         once(), once()
@@ -275,6 +276,7 @@ async def bench_rpc_overhead(
     chunk_s: float = 0.96,
     lookback_s: float = 1.92,
     device: str = "auto",
+    precision: str = "int8",
 ) -> dict:
     """The same audio through the in-process engine and through gRPC, on both data-plane
     paths: unary Retrieve of one chunk-plus-look-back clip, and one chunk on a live
@@ -300,7 +302,7 @@ async def bench_rpc_overhead(
     stream_pcm = audio_pb(np.tile(talk, reps)).pcm
     stream_x = decode_pcm(stream_pcm, "s16le", SAMPLE_RATE)  # what the server decodes
     clip = talk[: chunk + back]
-    server, port, state, tmp = await _start_server(checkpoint, device=device)
+    server, port, state, tmp = await _start_server(checkpoint, device=device, precision=precision)
     req = retrieval_pb2.RetrieveRequest(glossary_id="demo", target_lang="de", audio=audio_pb(clip))
     same = decode_pcm(req.audio.pcm, "s16le", SAMPLE_RATE)
     ctx = mp.get_context("spawn")
@@ -451,7 +453,7 @@ async def bench_load(
     modes: tuple[str, ...] = ("realtime",),
     threads: int = 1,
     device: str = "auto",
-    precision: str = "float32",
+    precision: str = "int8",
 ) -> list[dict]:
     """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time).
 
@@ -899,9 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--precision",
-        choices=["float32", "int8"],
+        choices=list(PRECISIONS),
         default="int8",
-        help="the load-test server's CPU arithmetic (speech head and exact search)",
+        help="CPU arithmetic of the speech head and exact search (encoder, rpc and load parts)",
     )
     p.add_argument(
         "--streams",
@@ -984,10 +986,12 @@ def main(argv: list[str] | None = None) -> int:
     report["frontend_device"] = device
     if "encoder" in parts:
         batches = [1, 8, 32] if device == "cpu" else [1, 8, 32, 128]
-        report["encoder"] = bench_encoder(ckpt, talk, batches, device)
+        report["encoder"] = bench_encoder(ckpt, talk, batches, device, precision=args.precision)
     if "rpc" in parts:
         report["rpc"] = asyncio.run(
-            bench_rpc_overhead(ckpt, talk, n=30 if args.quick else 100, device=device)
+            bench_rpc_overhead(
+                ckpt, talk, n=30 if args.quick else 100, device=device, precision=args.precision
+            )
         )
     if "load" in parts:
         streams = [

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from retriever.index import PRECISIONS
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = Path("data/corpus")
@@ -279,7 +281,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument(
         "--precision",
-        choices=["float32", "int8"],
+        choices=list(PRECISIONS),
         default="int8",
         help="CPU arithmetic of the speech head and exact search (the server setting)",
     )

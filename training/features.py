@@ -109,11 +109,7 @@ def _init(cfg_dict: dict, speed: float = 1.0) -> None:
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """Kaldi-style speed perturbation: play the clip ``factor`` times faster (tempo and
     pitch together), by resampling it as if it had been recorded at ``factor`` x 16 kHz."""
-    if factor == 1.0:
-        return x
-    import soxr
-
-    return soxr.resample(x, A.SAMPLE_RATE * factor, A.SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return x if factor == 1.0 else A.resample(x, A.SAMPLE_RATE * factor)
 
 
 def _one(row: dict):
