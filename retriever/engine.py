@@ -5,10 +5,12 @@ Every request captures the snapshot current at its arrival and is answered from 
 so a glossary change or a model reload (a new snapshot swapped in by one reference
 assignment) never mixes versions inside a request and never fails one.
 
-One worker thread runs the speech encoder and the searches: it takes requests from
+Worker threads run the speech encoder and the searches: a worker takes requests from
 all sessions, batches them (max windows, max wait), drops those whose deadline has
 passed, and hands results back to the asyncio loop. The loop never blocks on torch
-or faiss.
+or faiss. A GPU is best fed by one worker with large batches; on a CPU, one worker per
+core (each with its own CTranslate2 replica) encodes chunks that arrive together side
+by side instead of one after the other.
 """
 
 from __future__ import annotations
@@ -78,8 +80,11 @@ class EngineConfig:
     # CPU arithmetic of the speech head and exact search: "int8" (~2x faster each than
     # "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).
     precision: str = "int8"
-    # torch / CTranslate2 threads of the worker.
+    # torch / CTranslate2 threads of each worker.
     threads: int = 1
+    # Encoder worker threads (each with its own CTranslate2 replica). A worker gathers more
+    # queued requests into its batch only while no other worker is idle.
+    workers: int = 1
     # "cpu" or "cuda" for the front-end, pooling and head; the exact index goes to a GPU
     # whenever one is visible.
     device: str = "cpu"
@@ -133,21 +138,34 @@ class _Job:
 
 
 class _Call:
-    """A function for the worker's thread (``Engine.on_worker``)."""
+    """A function for every worker's thread (``Engine.on_workers``): queued once per
+    worker; a worker that has run its copy waits at the barrier until all have, so no
+    worker runs two copies."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, workers: int):
         self.fn = fn
+        self.barrier = threading.Barrier(workers)
+        self.left = workers
+        self.lock = threading.Lock()
         self.done = threading.Event()
-        self.result = None
+        self.results: list = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = self.fn()
+            result = self.fn()
+            with self.lock:
+                self.results.append(result)
         except BaseException as e:  # handed to the caller, never kills the worker
             self.error = e
-        finally:
-            self.done.set()
+        try:
+            self.barrier.wait(timeout=600)
+        except threading.BrokenBarrierError:
+            pass
+        with self.lock:
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
 
 
 def embed_glossary(
@@ -177,13 +195,21 @@ class Engine:
         self.cfg = cfg or EngineConfig()
         self.store = store
         self._snap = Snapshot(None, None, "", {})
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._worker, name="rasst-encoder", daemon=True)
+        if not 1 <= self.cfg.workers <= 64:
+            raise ValueError(f"workers must be in [1, 64], got {self.cfg.workers}")
+        self._queue: queue.Queue[_Job | _Call | None] = queue.Queue()
         self._running = True
         self._swap_lock = threading.Lock()  # serialises writers; readers just read self._snap
+        self._stats_lock = threading.Lock()
+        self._idle = 0  # workers waiting for work (read without the lock: a hint)
         self.stats = {"requests": 0, "dropped": 0, "batches": 0}
         self.observe_batch = None  # optional callback(n_windows) for metrics
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"rasst-encoder-{i}", daemon=True)
+            for i in range(self.cfg.workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     # -- snapshot
     @property
@@ -197,11 +223,13 @@ class Engine:
         """Load a checkpoint, re-embed every stored glossary, swap. Blocking (call off the loop)."""
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
-        frontend = build_frontend(model.config.frontend, self.cfg.device, self.cfg.threads)
+        frontend = build_frontend(
+            model.config.frontend, self.cfg.device, self.cfg.threads, replicas=self.cfg.workers
+        )
         head = _head_on(model, frontend, self.cfg.precision)
-        # On the worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
+        # On each worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
         # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
-        self.on_worker(lambda: _warm_up(model, frontend, head))
+        self.on_workers(lambda: _warm_up(model, frontend, head))
         served = {g.glossary_id: self._embed(model, g) for g in self.store.list()}
         mid = checkpoint_id(checkpoint)
         with self._swap_lock:
@@ -286,26 +314,33 @@ class Engine:
         )
         return fut
 
-    def on_worker(self, fn, timeout: float = 600.0):
-        """Run ``fn()`` on the batching worker's thread, between batches; return its result."""
-        call = _Call(fn)
-        self._queue.put(call)  # type: ignore[arg-type]
+    def on_workers(self, fn, timeout: float = 600.0) -> list:
+        """Run ``fn()`` once on each worker's thread, between batches; return the results."""
+        call = _Call(fn, len(self._threads))
+        for _ in self._threads:
+            self._queue.put(call)
         if not call.done.wait(timeout):
-            raise TimeoutError(f"the encoder worker did not run a call within {timeout} s")
+            raise TimeoutError(f"the encoder workers did not run a call within {timeout} s")
         if call.error is not None:
             raise call.error
-        return call.result
+        return call.results
 
     def close(self) -> None:
         self._running = False
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
 
     # -- worker
     def _worker(self) -> None:
         torch.set_num_threads(self.cfg.threads)
         while self._running:
+            with self._stats_lock:
+                self._idle += 1
             job = self._queue.get()
+            with self._stats_lock:
+                self._idle -= 1
             if job is None:
                 break
             if isinstance(job, _Call):
@@ -314,7 +349,9 @@ class Engine:
             batch = [job]
             windows = _n_windows(job)
             until = time.monotonic() + self.cfg.max_wait_s
-            while windows < self.cfg.max_batch_windows:
+            # Gather more only while every other worker is busy: an idle one starts on
+            # the next request at once, in parallel, instead of it waiting in this batch.
+            while windows < self.cfg.max_batch_windows and self._idle == 0:
                 remaining = until - time.monotonic()
                 try:
                     nxt = (
@@ -328,8 +365,8 @@ class Engine:
                     self._running = False
                     break
                 if isinstance(nxt, _Call):
-                    nxt.run()  # between jobs: its caller waits, the batch does not care
-                    continue
+                    self._queue.put(nxt)  # a worker runs its copy between batches
+                    break
                 batch.append(nxt)
                 windows += _n_windows(nxt)
             try:
@@ -346,7 +383,8 @@ class Engine:
             if j.future.cancelled():
                 continue
             if t0 > j.deadline:
-                self.stats["dropped"] += 1
+                with self._stats_lock:
+                    self.stats["dropped"] += 1
                 _resolve(
                     j,
                     Result(
@@ -360,7 +398,9 @@ class Engine:
                 live.append(j)
         if not live:
             return
-        self.stats["batches"] += 1
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(live)
         # Encode: one front-end call for all clips of one model, then one head forward.
         by_model: dict[int, list[_Job]] = {}
         for j in live:
@@ -413,7 +453,6 @@ class Engine:
         t2 = time.monotonic()
         share = 1.0 / len(live)
         for j in live:
-            self.stats["requests"] += 1
             _resolve(
                 j,
                 Result(

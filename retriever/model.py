@@ -170,14 +170,21 @@ def validate_config(c: ModelConfig) -> None:
 class CT2WhisperFrontend:
     """Whisper's encoder run by CTranslate2: frozen, ~5 ms of CPU per audio second (int8)."""
 
-    def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
+    def __init__(
+        self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1, replicas: int = 1
+    ):
         import ctranslate2
 
         path = cfg.path or _package_model_dir(cfg.package)
         compute = cfg.compute_type if device == "cpu" else "float16"
         try:
+            # ``replicas``: calls from that many threads run in parallel, one replica each.
             self.model = ctranslate2.models.Whisper(
-                str(path), device=device, compute_type=compute, intra_threads=threads
+                str(path),
+                device=device,
+                compute_type=compute,
+                intra_threads=threads,
+                inter_threads=replicas,
             )
         except Exception as e:
             raise RuntimeError(f"cannot load CTranslate2 Whisper model from {path}: {e}") from e
@@ -309,8 +316,9 @@ def _package_model_dir(package: str) -> Path:
     return Path(mod.__file__).parent / "model"
 
 
-def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
-    """The front-end a config names, on ``device``.
+def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1, replicas: int = 1):
+    """The front-end a config names, on ``device``; a CTranslate2 one keeps ``replicas``
+    copies so that as many threads can encode at once (a PyTorch module needs none).
 
     A CTranslate2 front-end asked to run on CUDA where CTranslate2 cannot (it sees no
     device, or its CUDA build finds no cuBLAS 12, as on a CUDA 13 machine) runs as the
@@ -319,11 +327,11 @@ def build_frontend(cfg: FrontendConfig, device: str = "cpu", threads: int = 1):
     if cfg.kind != "ctranslate2":
         return HFAudioFrontend(cfg, device, threads)
     if not str(device).startswith("cuda"):
-        return CT2WhisperFrontend(cfg, device, threads)
+        return CT2WhisperFrontend(cfg, device, threads, replicas)
     why = "sees no CUDA device"
     if _ct2_cuda_devices() > 0:
         try:
-            fe = CT2WhisperFrontend(cfg, device, threads)
+            fe = CT2WhisperFrontend(cfg, device, threads, replicas)
             fe.frames([np.zeros(A.SAMPLE_RATE // 10, np.float32)])  # loads cuBLAS
             return fe
         except Exception as e:  # e.g. "libcublas.so.12: cannot open shared object file"

@@ -103,8 +103,10 @@ class ServerConfig:
     # than "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md)
     # or "float32". A GPU and HNSW indexes ignore it.
     precision: str = "int8"
-    # torch / CTranslate2 threads for the encoder worker.
+    # torch / CTranslate2 threads of each encoder worker.
     threads: int = 1
+    # Encoder worker threads: 0 = auto (one on a GPU; on a CPU, one per core, at most 4).
+    workers: int = 0
     # Where the speech front-end runs: "auto" (CUDA when CTranslate2/torch see a GPU),
     # "cpu" or "cuda". The exact index goes to a GPU whenever one is visible.
     device: str = "auto"
@@ -134,6 +136,8 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
+    if not 0 <= c.workers <= 64:
+        raise ValueError(f"workers must be in [0, 64] (0 = auto), got {c.workers}")
     if c.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.device not in ("auto", "cpu", "cuda"):
@@ -160,6 +164,16 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
     return device
+
+
+def resolve_workers(workers: int, device: str, threads: int = 1) -> int:
+    """``workers`` = 0: one on a GPU (it wants large batches), else one per ``threads``
+    cores, at most 4."""
+    if workers:
+        return workers
+    if device.startswith("cuda"):
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // threads))
 
 
 def load_config(
@@ -930,6 +944,7 @@ async def create_server(
     """Build and start a server (bound, serving); returns (server, port, state)."""
     validate_server_config(cfg)
     store = GlossaryStore(cfg.data_dir)
+    device = resolve_device(cfg.device)
     engine = Engine(
         store,
         EngineConfig(
@@ -938,8 +953,9 @@ async def create_server(
             exact_max=cfg.exact_max,
             precision=cfg.precision,
             threads=cfg.threads,
+            workers=resolve_workers(cfg.workers, device, cfg.threads),
             window_top=cfg.window_top,
-            device=resolve_device(cfg.device),
+            device=device,
         ),
     )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
@@ -1062,7 +1078,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(PRECISIONS),
         help="CPU arithmetic of the speech head and exact search (int8: ~2x faster each)",
     )
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch / CTranslate2 threads of each worker")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="encoder worker threads (0 = auto: 1 on a GPU, one per core on a CPU, at most 4)",
+    )
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="where the speech front-end runs"
     )

@@ -454,6 +454,7 @@ async def bench_load(
     threads: int = 1,
     device: str = "auto",
     precision: str = "int8",
+    workers: int = 0,
 ) -> list[dict]:
     """N concurrent sessions, each playing audio in 0.96 s chunks (paced at real time).
 
@@ -465,7 +466,9 @@ async def bench_load(
     from client.api import Client
     from retriever.server import drain
 
-    server, port, state, tmp = await _start_server(checkpoint, threads, device, precision=precision)
+    server, port, state, tmp = await _start_server(
+        checkpoint, threads, device, precision=precision, workers=workers
+    )
     address = f"127.0.0.1:{port}"
     admin = Client(address, "bench", timeout=600)
     await asyncio.to_thread(admin.put_glossary, "load", _glossary_entries(glossary_size))
@@ -766,7 +769,8 @@ def markdown(report: dict) -> str:
     if "load" in report:
         L += [
             f"## Load: concurrent streams, 0.96 s chunks, {report['load_glossary']:,}-entry glossary, "
-            f"encoder worker threads {report.get('load_threads', 1)}, "
+            f"encoder workers {report.get('load_workers', 1)} "
+            f"x {report.get('load_threads', 1)} thread(s), "
             f"{report.get('load_precision', 'int8')} head and index",
             "",
             "| streams | mode | chunks | errors | client p50/p95/p99 ms | server p50/p95/p99 ms | server p99 queue / encode / search ms |",
@@ -924,7 +928,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget per chunk")
     p.add_argument(
-        "--threads", type=int, default=1, help="encoder worker threads of the load-test server"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch / CTranslate2 threads of each encoder worker of the load-test server",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="encoder workers of the load-test server (0 = the server's auto choice)",
     )
     p.add_argument("--manifest", type=Path, default=Path("data/corpus/test_heldout/manifest.jsonl"))
     p.add_argument("--limit", type=int, default=None, help="utterances for the quality comparison")
@@ -980,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         spans = model.windows(int(2.88 * rate))
         report["index_queries"] = int((spans[:, 1] > int(1.92 * rate)).sum())
         report["index"] = bench_index(sizes, vecs, nq=report["index_queries"])
-    from retriever.server import resolve_device
+    from retriever.server import resolve_device, resolve_workers
 
     device = resolve_device(args.device)
     report["frontend_device"] = device
@@ -1009,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report["load_glossary"] = 10_000
         report["load_threads"] = args.threads
+        report["load_workers"] = resolve_workers(args.workers, device, args.threads)
         report["load_precision"] = args.precision
         report["load"] = asyncio.run(
             bench_load(
@@ -1022,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.threads,
                 device,
                 args.precision,
+                report["load_workers"],
             )
         )
         report["latency_samples"] = {
