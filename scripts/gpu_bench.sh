@@ -53,8 +53,16 @@ if [[ $PARTS == *" encoder "* ]]; then
   bench encoder_$DEVICE --device "$DEVICE" --only encoder
   [ "$DEVICE" = cuda ] && bench encoder_cpu --device cpu --only encoder
 fi
-[[ $PARTS == *" load "* ]] && bench load_$DEVICE --device "$DEVICE" --only load \
-  --streams "${STREAMS:-1,8,32,64}" --seconds "${SECONDS_PER_STREAM:-8}" --load-modes realtime,max
+# WORKERS: one load part per encoder-worker count (0 = the server's auto choice), the
+# first over STREAMS, the others over WORKER_STREAMS.
+if [[ $PARTS == *" load "* ]]; then
+  streams=${STREAMS:-1,8,32,64}
+  for w in ${WORKERS:-0}; do
+    bench load_${DEVICE}_w$w --device "$DEVICE" --only load --workers "$w" --streams "$streams" \
+      --seconds "${SECONDS_PER_STREAM:-8}" --load-modes realtime,max
+    streams=${WORKER_STREAMS:-$streams}
+  done
+fi
 [[ $PARTS == *" rpc "* ]] && bench rpc_$DEVICE --device "$DEVICE" --only rpc ${RPC_ARGS:---quick}
 [[ $PARTS == *" index "* ]] && RASST_FAISS_THREADS=$(nproc) bench index --only index \
   --index-sizes "$INDEX_SIZES"

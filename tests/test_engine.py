@@ -1,0 +1,133 @@
+"""The engine's encoder workers: per-worker calls, parallel work, batching, shutdown."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from retriever.engine import Engine, EngineConfig
+from retriever.glossary import GlossaryStore, make_entry
+from retriever.server import resolve_workers
+
+
+def test_resolve_workers(monkeypatch):
+    assert resolve_workers(3, "cpu") == 3
+    assert resolve_workers(0, "cuda") == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_workers(0, "cpu") == 2
+    assert resolve_workers(0, "cpu", threads=2) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert resolve_workers(0, "cpu") == 4
+
+
+def test_workers_out_of_range_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"workers must be in \[1, 64\]"):
+        Engine(GlossaryStore(tmp_path), EngineConfig(workers=0))
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_checkpoint, request):
+    e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=request.param))
+    e.load_model(tiny_checkpoint)
+    g = e.store.prepare_put(
+        "g",
+        [
+            make_entry({"term": t, "translations": {"de": t.upper()}}, f"entries[{i}]")
+            for i, t in enumerate(["attention mechanism", "semantic parsing"])
+        ],
+    )
+    e.commit_glossary(g)
+    yield e
+    e.close()
+
+
+def _submit_all(e: Engine, clips: list[np.ndarray]):
+    async def go():
+        futs = [e.submit(c, "g", 5, 0.0, 30.0) for c in clips]
+        return await asyncio.gather(*futs)
+
+    return asyncio.run(go())
+
+
+def _clips(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("engine", [2], indirect=True)
+def test_each_worker_runs_a_call_once_on_its_own_thread(engine):
+    names = engine.on_workers(lambda: threading.current_thread().name)
+    assert sorted(names) == ["rasst-encoder-0", "rasst-encoder-1"]
+
+
+def _wait_idle(e: Engine, n: int) -> None:
+    for _ in range(1000):
+        if e._idle == n:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{n} workers never became idle")
+
+
+@pytest.mark.parametrize("engine", [2], indirect=True)
+def test_idle_workers_take_requests_side_by_side(engine):
+    # Both workers wait: the two requests go one to each, in two batches, in parallel.
+    _wait_idle(engine, 2)
+    before = engine.stats["batches"]
+    started, release = threading.Barrier(3), threading.Event()
+    # Hold both workers inside a batch each by making their first front-end call wait.
+    frontend = engine.snapshot.frontend
+    real = frontend.frame_tensors
+
+    def held(clips):
+        started.wait(10)
+        release.wait(10)
+        return real(clips)
+
+    frontend.frame_tensors = held
+    try:
+        results = {}
+
+        def run():
+            results["r"] = _submit_all(engine, _clips(2))
+
+        t = threading.Thread(target=run)
+        t.start()
+        # Two requests reach two workers at once: neither waits for the other's batch.
+        started.wait(10)
+        release.set()
+        t.join(30)
+    finally:
+        frontend.frame_tensors = real
+    assert len(results["r"]) == 2 and all(r.glossary_version == 1 for r in results["r"])
+    assert engine.stats["batches"] - before == 2
+    assert engine.stats["requests"] >= 2
+
+
+@pytest.mark.parametrize("engine", [1], indirect=True)
+def test_one_busy_worker_batches_what_queued_meanwhile(engine):
+    before = engine.stats["batches"]
+    release = threading.Event()
+    blocker = threading.Thread(target=engine.on_workers, args=(lambda: release.wait(10),))
+    blocker.start()
+    results = {}
+    t = threading.Thread(target=lambda: results.update(r=_submit_all(engine, _clips(3))))
+    t.start()
+    while engine.queue_depth() < 3:
+        threading.Event().wait(0.01)
+    release.set()
+    t.join(30)
+    blocker.join(30)
+    assert len(results["r"]) == 3
+    assert engine.stats["batches"] - before == 1  # the three queued requests, one batch
+    assert max(r.batch_windows for r in results["r"]) == sum(
+        len(engine.snapshot.model.windows(50)) for _ in range(3)
+    )
+
+
+@pytest.mark.parametrize("engine", [3], indirect=True)
+def test_close_stops_every_worker(engine):
+    threads = list(engine._threads)
+    assert all(t.is_alive() for t in threads)
+    engine.close()
+    assert not any(t.is_alive() for t in threads)
