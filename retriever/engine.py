@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ from .glossary import Entry, Glossary, GlossaryStore
 from .index import EXACT_MAX_DEFAULT, TermIndex, int8_matmul_available
 from .model import (
     DualEncoder,
+    batch_bucket,
     build_frontend,
     checkpoint_id,
     embed_windows,
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 # then 1.92 s of look-back. Each new length is a new input shape, whose first run on a GPU
 # selects kernels (~100 ms on an H200): no live chunk should pay for that.
 WARM_UP_CLIPS_S = (0.96, 1.92, 2.88)
+# The largest GPU batch (clips of one length) warmed up before serving.
+WARM_UP_MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,7 @@ class Engine:
         head = _head_on(model, frontend, self.cfg.precision)
         # On each worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
         # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
-        self.on_workers(lambda: _warm_up(model, frontend, head))
+        self.on_workers(lambda: _warm_up(model, frontend, head, self.cfg.max_batch_windows))
         served = {g.glossary_id: self._embed(model, g) for g in self.store.list()}
         mid = checkpoint_id(checkpoint)
         with self._swap_lock:
@@ -240,7 +244,9 @@ class Engine:
                     or served[g.glossary_id].glossary.version != g.version
                 ):
                     served[g.glossary_id] = self._embed(model, g)
+            first = self._snap.model is None
             self._snap = Snapshot(model, frontend, mid, served, head)
+        _settle_heap(collect=first)
         logger.info("model %s serving %d glossaries", mid, len(served))
         return mid, len(served)
 
@@ -259,6 +265,7 @@ class Engine:
             if served is not None:
                 gl[g.glossary_id] = served
             self._snap = replace(self._snap, glossaries=gl)
+        _settle_heap()
 
     def delete_glossary(self, gid: str) -> bool:
         with self._swap_lock:
@@ -466,6 +473,17 @@ class Engine:
             )
 
 
+def _settle_heap(collect: bool = False) -> None:
+    """Move every object alive now (model, glossaries, indexes) out of the cyclic garbage
+    collector's view. A full collection of a serving process with a 10K glossary walks
+    ~240K objects: ~100 ms with the GIL held, which stalls every session at once; after
+    this it walks only what was allocated since. ``collect`` first frees what is already
+    garbage (at start-up, before any query: it costs those ~100 ms once)."""
+    if collect:
+        gc.collect()
+    gc.freeze()
+
+
 def _head_on(model: DualEncoder, frontend, precision: str = "float32") -> torch.nn.Module:
     """The speech head where the front-end's frames are: the model's own on a CPU (an
     int8 copy with ``precision="int8"``), a copy on a GPU (the model itself stays on the
@@ -478,25 +496,48 @@ def _head_on(model: DualEncoder, frontend, precision: str = "float32") -> torch.
     return copy.deepcopy(model.speech).to(device).eval()
 
 
-def _warm_up(model: DualEncoder, frontend, head: torch.nn.Module) -> None:
+def _warm_up(
+    model: DualEncoder, frontend, head: torch.nn.Module, max_batch_windows: int = 2048
+) -> None:
     """A default session's clips through the front-end and the head before the model
-    serves, alone and in small batches: the first CTranslate2 call packs its weights
-    (~0.5 s here), and on a GPU the first call of each shape selects and loads its
-    kernels; no live chunk should wait for either."""
+    serves, alone and in batches: the first CTranslate2 call packs its weights (~0.5 s
+    here), and on a GPU the first call of each input shape loads and selects its kernels
+    (50-100 ms). A GPU front-end runs batches padded to powers of two, so every batch
+    size a full batch can hold is warmed, for each clip length."""
     t0 = time.monotonic()
-    shapes = [(1, s) for s in WARM_UP_CLIPS_S] + [(b, WARM_UP_CLIPS_S[-1]) for b in (2, 8)]
+    shapes = _warm_up_shapes(model, frontend, max_batch_windows)
     for batch, seconds in shapes:
         clips = [np.zeros(int(seconds * SAMPLE_RATE), np.float32)] * batch
         frames = frontend.frame_tensors(clips)
         spans = [model.windows(len(frames[0]))] * batch
         embed_windows(head, frames, spans, model.config.pool_segments)
-    logger.info("model warmed up in %.0f ms", (time.monotonic() - t0) * 1e3)
+    logger.info(
+        "model warmed up in %.0f ms (%d shapes)", (time.monotonic() - t0) * 1e3, len(shapes)
+    )
+
+
+def _warm_up_shapes(
+    model: DualEncoder, frontend, max_batch_windows: int
+) -> list[tuple[int, float]]:
+    """(clips, seconds) pairs to warm up with."""
+    if not str(getattr(frontend, "device", "cpu")).startswith("cuda"):
+        return [(1, s) for s in WARM_UP_CLIPS_S] + [(b, WARM_UP_CLIPS_S[-1]) for b in (2, 8)]
+    shapes = []
+    for s in WARM_UP_CLIPS_S:
+        # A batch takes clips while it holds fewer than max_batch_windows (estimated).
+        per_clip = _clip_windows(int(s * SAMPLE_RATE), model.config)
+        most = min(WARM_UP_MAX_BATCH, batch_bucket(-(-max_batch_windows // per_clip)))
+        shapes += [(1 << k, s) for k in range(most.bit_length())]
+    return shapes
 
 
 def _n_windows(j: _Job) -> int:
+    return _clip_windows(len(j.clip), j.snapshot.model.config)
+
+
+def _clip_windows(n_samples: int, c) -> int:
     # Rough count before encoding, for batch sizing only.
-    frames = max(1, len(j.clip) // 320)
-    c = j.snapshot.model.config
+    frames = max(1, n_samples // 320)
     return max(
         1,
         sum(

@@ -218,7 +218,10 @@ class HFAudioFrontend:
     """A ``transformers`` audio encoder (Whisper encoder or a waveform model such as wav2vec2).
 
     Whisper encoders run on the clip as it is (no padding to 30 s), as CTranslate2 does,
-    and clips of equal length share one batch. On CUDA the encoder runs in float16.
+    and clips of equal length share one batch. On CUDA the encoder runs in float16, and
+    a batch is padded to a power of two (``batch_bucket``): the first run of every new
+    input shape loads and selects kernels (50-100 ms), so the shapes a server meets are
+    kept few enough to be warmed up before it serves.
     """
 
     def __init__(self, cfg: FrontendConfig, device: str = "cpu", threads: int = 1, model=None):
@@ -250,7 +253,11 @@ class HFAudioFrontend:
                 out.append(self.model(x).last_hidden_state[0].float())
             return out
         res: list[torch.Tensor | None] = [None] * len(clips)
+        bucket = str(self.device).startswith("cuda")
         for idx, mel in _mel_batches(clips, self.device):
+            if bucket and batch_bucket(len(idx)) > len(idx):  # rows are independent
+                pad = mel[:1].expand(batch_bucket(len(idx)) - len(idx), *mel.shape[1:])
+                mel = torch.cat([mel, pad])
             h = encode_unpadded(self.model, mel.to(self.dtype)).float()
             for j, i in enumerate(idx):
                 res[i] = h[j]
@@ -279,6 +286,11 @@ def _load_hf_audio_model(cfg: FrontendConfig):
         model_type = hf.pop("model_type")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
     raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size a GPU front-end runs ``n`` equal-length clips as: the next power of two."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _mel_batches(clips: list[np.ndarray], device: str | torch.device = "cpu"):

@@ -38,7 +38,7 @@ $PY -m client.cli port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exi
 # The GPU tests (skipped on machines without CUDA; the audio ones need espeak-ng).
 [[ " ${PARTS:-encoder load rpc index} " == *" tests "* ]] &&
   timeout 300 $PY -m pytest -q -p no:cacheprovider -m requires_cuda tests/test_index.py \
-    tests/test_whisper_torch.py 2>&1 | tail -n 15
+    tests/test_whisper_torch.py > "$OUT/tests.log" 2>&1; tail -n 15 "$OUT/tests.log"
 
 bench() {  # name, then rasst bench arguments; the archive is refreshed after each part
   local name=$1; shift

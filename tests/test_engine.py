@@ -131,3 +131,24 @@ def test_close_stops_every_worker(engine):
     assert all(t.is_alive() for t in threads)
     engine.close()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_gpu_warm_up_covers_every_batch_a_full_batch_can_hold(default_checkpoint):
+    from retriever.engine import WARM_UP_CLIPS_S, _clip_windows, _warm_up_shapes
+    from retriever.model import DualEncoder, batch_bucket
+
+    model = DualEncoder.from_pretrained(default_checkpoint)
+
+    class GpuFrontend:
+        device = "cuda"
+        frame_rate = 50
+
+    for max_windows in (64, 2048, 5000):
+        warmed = set(_warm_up_shapes(model, GpuFrontend(), max_windows))
+        for s in WARM_UP_CLIPS_S:
+            per_clip = _clip_windows(int(s * 16000), model.config)
+            # A batch takes clips while it holds fewer than max_windows.
+            most = 1
+            while most * per_clip < max_windows:
+                most += 1
+            assert all((batch_bucket(n), s) in warmed for n in range(1, min(most, 256) + 1))

@@ -139,3 +139,20 @@ def test_server_on_cuda_finds_the_spoken_term(default_checkpoint, live_server, t
     r = c.retrieve(tts("today we talk about the attention mechanism in more detail"), "demo", "de")
     assert "attention mechanism" in [h.term for h in r.hits]
     c.close()
+
+
+def test_batch_bucket():
+    from retriever.model import batch_bucket
+
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 33)] == [1, 2, 4, 4, 8, 8, 16, 64]
+
+
+@pytest.mark.requires_cuda
+def test_cuda_batches_padded_to_a_power_of_two_give_each_clip_its_own_frames(ct2_dir, tts):
+    # Three equal-length clips run as a batch of four: the padding row changes nothing.
+    gpu = HFAudioFrontend(FrontendConfig(), "cuda", model=whisper_encoder_from_ct2(ct2_dir))
+    clips = [tts(t)[:24000] for t in ("semantic parsing", "attention mechanism", "beam search")]
+    clips = [np.pad(c, (0, 24000 - len(c))) for c in clips]
+    batched = gpu.frames(clips)
+    for c, f in zip(clips, batched, strict=True):
+        assert _cos(gpu.frames([c])[0], f).mean() > 0.999
