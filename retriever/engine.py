@@ -30,10 +30,15 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .glossary import Entry, Glossary, GlossaryStore
-from .index import EXACT_MAX_DEFAULT, TermIndex, int8_matmul_available
+from .index import (
+    EXACT_MAX_DEFAULT,
+    GPU_WARM_QUERIES,
+    TermIndex,
+    int8_matmul_available,
+    pow2_bucket,
+)
 from .model import (
     DualEncoder,
-    batch_bucket,
     build_frontend,
     checkpoint_id,
     embed_windows,
@@ -511,6 +516,12 @@ def _warm_up(
         frames = frontend.frame_tensors(clips)
         spans = [model.windows(len(frames[0]))] * batch
         embed_windows(head, frames, spans, model.config.pool_segments)
+    if str(getattr(frontend, "device", "cpu")).startswith("cuda"):
+        # The head's row counts, padded to powers of two: windows from one to a full batch.
+        frames = frontend.frame_tensors([np.zeros(SAMPLE_RATE, np.float32)])
+        for k in range(GPU_WARM_QUERIES.bit_length()):
+            spans = np.tile([[0, len(frames[0])]], (1 << k, 1))
+            embed_windows(head, frames, [spans], model.config.pool_segments)
     logger.info(
         "model warmed up in %.0f ms (%d shapes)", (time.monotonic() - t0) * 1e3, len(shapes)
     )
@@ -526,7 +537,7 @@ def _warm_up_shapes(
     for s in WARM_UP_CLIPS_S:
         # A batch takes clips while it holds fewer than max_batch_windows (estimated).
         per_clip = _clip_windows(int(s * SAMPLE_RATE), model.config)
-        most = min(WARM_UP_MAX_BATCH, batch_bucket(-(-max_batch_windows // per_clip)))
+        most = min(WARM_UP_MAX_BATCH, pow2_bucket(-(-max_batch_windows // per_clip)))
         shapes += [(1 << k, s) for k in range(most.bit_length())]
     return shapes
 

@@ -24,6 +24,9 @@ PRECISIONS = ("float32", "int8")  # exact search arithmetic on a CPU
 # 0.83 ms per chunk on an H200 where HNSW on 16 cores took 6.9 ms and found 17% of the
 # exact top-10. 5M x 256-d float16 is 2.5 GB of GPU memory.
 GPU_EXACT_MAX = 5_000_000
+# Query rows (padded to powers of two) a GPU index warms up to when built: a batch of
+# the default 2,048 windows plus one clip's.
+GPU_WARM_QUERIES = 4096
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 
@@ -106,10 +109,28 @@ class TorchFlatIndex:
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        n = len(xq)
         with torch.no_grad():
             q = torch.as_tensor(np.ascontiguousarray(xq, dtype=np.float32), device=self.device)
+            if self.device.type == "cuda":  # a few shapes only: each new one loads kernels
+                q = pad_rows(q)
             D, I = (q.to(self.dtype) @ self.xb.T).topk(min(k, self.ntotal), dim=1)
-            return D.float().cpu().numpy(), I.cpu().numpy()
+            return D[:n].float().cpu().numpy(), I[:n].cpu().numpy()
+
+
+def pow2_bucket(n: int) -> int:
+    """The next power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def pad_rows(x):
+    """``x`` (n, ...) with zero rows appended up to ``pow2_bucket(n)``. On a GPU the first
+    product of each new shape loads and selects kernels (up to ~50 ms, measured on an
+    H100); padded, a server meets log2(rows) shapes, all warmed before it serves."""
+    import torch
+
+    n, m = x.shape[0], pow2_bucket(x.shape[0])
+    return x if m == n else torch.cat([x, x.new_zeros((m - n, *x.shape[1:]))])
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,8 +244,8 @@ def build_index(
     if on_gpu and n <= exact_max and not faiss_gpu_available():
         index = TorchFlatIndex(d, "cuda")
         index.add(xb)
-        for nq in (1, 16, 64, 256):  # load the GPU kernels of typical query counts
-            index.search(np.resize(xb, (nq, d)), 2)
+        for k in range(GPU_WARM_QUERIES.bit_length()):  # every padded query count
+            index.search(np.resize(xb, (1 << k, d)), 2)
         return index
     faiss = faiss_module()
     if n <= exact_max:

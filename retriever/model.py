@@ -33,7 +33,7 @@ from torch import nn
 
 from . import audio as A
 from .g2p import units
-from .index import quantize_rows
+from .index import pad_rows, quantize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class HFAudioFrontend:
 
     Whisper encoders run on the clip as it is (no padding to 30 s), as CTranslate2 does,
     and clips of equal length share one batch. On CUDA the encoder runs in float16, and
-    a batch is padded to a power of two (``batch_bucket``): the first run of every new
+    a batch is padded to a power of two (``index.pad_rows``): the first run of every new
     input shape loads and selects kernels (50-100 ms), so the shapes a server meets are
     kept few enough to be warmed up before it serves.
     """
@@ -255,9 +255,8 @@ class HFAudioFrontend:
         res: list[torch.Tensor | None] = [None] * len(clips)
         bucket = str(self.device).startswith("cuda")
         for idx, mel in _mel_batches(clips, self.device):
-            if bucket and batch_bucket(len(idx)) > len(idx):  # rows are independent
-                pad = mel[:1].expand(batch_bucket(len(idx)) - len(idx), *mel.shape[1:])
-                mel = torch.cat([mel, pad])
+            if bucket:  # clips are independent: padding rows change nothing
+                mel = pad_rows(mel)
             h = encode_unpadded(self.model, mel.to(self.dtype)).float()
             for j, i in enumerate(idx):
                 res[i] = h[j]
@@ -286,11 +285,6 @@ def _load_hf_audio_model(cfg: FrontendConfig):
         model_type = hf.pop("model_type")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
     raise ValueError("frontend.kind='transformers' needs frontend.path or frontend.hf_config")
-
-
-def batch_bucket(n: int) -> int:
-    """The batch size a GPU front-end runs ``n`` equal-length clips as: the next power of two."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _mel_batches(clips: list[np.ndarray], device: str | torch.device = "cpu"):
@@ -411,11 +405,16 @@ def embed_windows(
     frames[i]: (T_i, D) on the head's device; spans[i]: (N_i, 2) numpy [start, end).
     Returns (sum N_i, embed_dim) float32, clip by clip.
     """
-    pooled = [
-        pool_windows(f, torch.from_numpy(np.asarray(s)).to(f.device), segments)
-        for f, s in zip(frames, spans, strict=True)
-    ]
-    return head(torch.cat(pooled)).float().cpu().numpy()
+    pooled = torch.cat(
+        [
+            pool_windows(f, torch.from_numpy(np.asarray(s)).to(f.device), segments)
+            for f, s in zip(frames, spans, strict=True)
+        ]
+    )
+    n = len(pooled)
+    if pooled.is_cuda:  # a few shapes only, each warmed up (index.pad_rows)
+        pooled = pad_rows(pooled)
+    return head(pooled)[:n].float().cpu().numpy()
 
 
 def pool_windows(frames: torch.Tensor, spans: torch.Tensor, segments: int = 3) -> torch.Tensor:

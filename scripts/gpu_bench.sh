@@ -35,9 +35,9 @@ CKPT=/tmp/rasst_gpu_ckpt
 rm -rf "$CKPT"
 $PY -m client.cli port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exit 1
 
-# The GPU tests (skipped on machines without CUDA; the audio ones need espeak-ng).
+# The GPU tests (skipped on machines without CUDA), on the ported model and the demo talk.
 [[ " ${PARTS:-encoder load rpc index} " == *" tests "* ]] &&
-  timeout 300 $PY -m pytest -q -p no:cacheprovider -m requires_cuda tests/test_index.py \
+  RASST_TEST_CHECKPOINT=$CKPT RASST_TEST_FRONTEND=runs/gpu_frontend timeout 300 $PY -m pytest -q -p no:cacheprovider -m requires_cuda tests/test_index.py \
     tests/test_whisper_torch.py > "$OUT/tests.log" 2>&1; tail -n 15 "$OUT/tests.log"
 
 bench() {  # name, then rasst bench arguments; the archive is refreshed after each part

@@ -51,6 +51,24 @@ def tts():
 
 
 @pytest.fixture(scope="session")
+def demo_talk() -> np.ndarray:
+    """The demo talk (retriever/demo/talk.txt says what it says), 16 kHz float32."""
+    from retriever.audio import load_audio
+    from retriever.server import DEMO_DIR
+
+    return load_audio(DEMO_DIR / "talk.wav")
+
+
+@pytest.fixture(scope="session")
+def gpu_checkpoint(default_checkpoint) -> Path:
+    """The checkpoint the GPU tests serve: the shipped one, or RASST_TEST_CHECKPOINT where
+    its front-end package is not installed (a lent GPU machine: scripts/gpu_bench.sh sets
+    it to the shipped model with its front-end ported by `rasst port-frontend`)."""
+    path = os.environ.get("RASST_TEST_CHECKPOINT")
+    return Path(path) if path else default_checkpoint
+
+
+@pytest.fixture(scope="session")
 def default_checkpoint() -> Path:
     from retriever.model import default_checkpoint_dir
 

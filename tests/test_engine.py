@@ -135,7 +135,8 @@ def test_close_stops_every_worker(engine):
 
 def test_gpu_warm_up_covers_every_batch_a_full_batch_can_hold(default_checkpoint):
     from retriever.engine import WARM_UP_CLIPS_S, _clip_windows, _warm_up_shapes
-    from retriever.model import DualEncoder, batch_bucket
+    from retriever.index import pow2_bucket
+    from retriever.model import DualEncoder
 
     model = DualEncoder.from_pretrained(default_checkpoint)
 
@@ -151,4 +152,4 @@ def test_gpu_warm_up_covers_every_batch_a_full_batch_can_hold(default_checkpoint
             most = 1
             while most * per_clip < max_windows:
                 most += 1
-            assert all((batch_bucket(n), s) in warmed for n in range(1, min(most, 256) + 1))
+            assert all((pow2_bucket(n), s) in warmed for n in range(1, min(most, 256) + 1))
