@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -146,6 +147,63 @@ class _Job:
     submitted: float = field(default_factory=time.monotonic)
 
 
+class _Slot:
+    """One worker's hand-off point in ``_Dispatch``."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.item = None
+
+
+class _Dispatch:
+    """Work for the encoder workers. A worker that waits gets the next item handed to it,
+    the one that went idle last first: with light load one worker does all the work, on
+    warm caches, instead of the workers taking turns (a plain queue wakes the longest
+    waiter). With every worker busy, items wait in order in the backlog."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._backlog: deque = deque()
+        self._idle: list[_Slot] = []  # a stack: the last to go idle is served first
+
+    def put(self, item) -> None:
+        with self._lock:
+            if self._idle:
+                slot = self._idle.pop()
+                slot.item = item
+                slot.event.set()
+            else:
+                self._backlog.append(item)
+
+    def get(self, slot: _Slot, timeout: float | None = None):
+        """The next item; raises ``queue.Empty`` after ``timeout`` seconds without one."""
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+            slot.event.clear()
+            slot.item = None
+            self._idle.append(slot)
+        if not slot.event.wait(timeout):
+            with self._lock:
+                if slot in self._idle:  # still waiting: nothing came
+                    self._idle.remove(slot)
+                    raise queue.Empty
+            slot.event.wait()  # put() handed an item over just as the wait timed out
+        return slot.item
+
+    def get_nowait(self):
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+        raise queue.Empty
+
+    def qsize(self) -> int:
+        return len(self._backlog)
+
+    def idle(self) -> int:
+        return len(self._idle)
+
+
 class _Call:
     """A function for every worker's thread (``Engine.on_workers``): queued once per
     worker; a worker that has run its copy waits at the barrier until all have, so no
@@ -206,11 +264,10 @@ class Engine:
         self._snap = Snapshot(None, None, "", {})
         if not 1 <= self.cfg.workers <= 64:
             raise ValueError(f"workers must be in [1, 64], got {self.cfg.workers}")
-        self._queue: queue.Queue[_Job | _Call | None] = queue.Queue()
+        self._queue = _Dispatch()
         self._running = True
         self._swap_lock = threading.Lock()  # serialises writers; readers just read self._snap
         self._stats_lock = threading.Lock()
-        self._idle = 0  # workers waiting for work (read without the lock: a hint)
         self.stats = {"requests": 0, "dropped": 0, "batches": 0}
         self.observe_batch = None  # optional callback(n_windows) for metrics
         self._threads = [
@@ -347,12 +404,9 @@ class Engine:
     # -- worker
     def _worker(self) -> None:
         torch.set_num_threads(self.cfg.threads)
+        slot = _Slot()
         while self._running:
-            with self._stats_lock:
-                self._idle += 1
-            job = self._queue.get()
-            with self._stats_lock:
-                self._idle -= 1
+            job = self._queue.get(slot)
             if job is None:
                 break
             if isinstance(job, _Call):
@@ -363,11 +417,11 @@ class Engine:
             until = time.monotonic() + self.cfg.max_wait_s
             # Gather more only while every other worker is busy: an idle one starts on
             # the next request at once, in parallel, instead of it waiting in this batch.
-            while windows < self.cfg.max_batch_windows and self._idle == 0:
+            while windows < self.cfg.max_batch_windows and self._queue.idle() == 0:
                 remaining = until - time.monotonic()
                 try:
                     nxt = (
-                        self._queue.get(timeout=max(0.0, remaining))
+                        self._queue.get(slot, timeout=max(0.0, remaining))
                         if remaining > 0
                         else self._queue.get_nowait()
                     )

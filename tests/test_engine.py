@@ -63,7 +63,7 @@ def test_each_worker_runs_a_call_once_on_its_own_thread(engine):
 
 def _wait_idle(e: Engine, n: int) -> None:
     for _ in range(1000):
-        if e._idle == n:
+        if e._queue.idle() == n:
             return
         threading.Event().wait(0.01)
     raise AssertionError(f"{n} workers never became idle")
@@ -153,3 +153,55 @@ def test_gpu_warm_up_covers_every_batch_a_full_batch_can_hold(default_checkpoint
             while most * per_clip < max_windows:
                 most += 1
             assert all((pow2_bucket(n), s) in warmed for n in range(1, min(most, 256) + 1))
+
+
+@pytest.mark.parametrize("engine", [2], indirect=True)
+def test_light_load_stays_on_one_worker(engine):
+    # One request at a time: the worker that finished last takes the next (warm caches),
+    # instead of the two taking turns.
+    frontend = engine.snapshot.frontend
+    real, names = frontend.frame_tensors, []
+
+    def recording(clips):
+        names.append(threading.current_thread().name)
+        return real(clips)
+
+    frontend.frame_tensors = recording
+    try:
+        for clip in _clips(6):
+            _wait_idle(engine, 2)
+            _submit_all(engine, [clip])
+    finally:
+        frontend.frame_tensors = real
+    assert len(names) == 6 and len(set(names)) == 1, names
+
+
+def test_dispatch_hands_work_to_the_last_idle_worker_and_times_out():
+    import queue
+
+    from retriever.engine import _Dispatch, _Slot
+
+    d, got = _Dispatch(), {}
+    with pytest.raises(queue.Empty):
+        d.get(_Slot(), timeout=0.01)
+    assert d.idle() == 0
+
+    def wait(name):
+        got[name] = d.get(_Slot())
+
+    first = threading.Thread(target=wait, args=("first",), daemon=True)
+    first.start()
+    while d.idle() < 1:
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=wait, args=("second",), daemon=True)
+    second.start()
+    while d.idle() < 2:
+        threading.Event().wait(0.001)
+    d.put("a")
+    second.join(5)
+    assert got == {"second": "a"}
+    d.put("b")
+    first.join(5)
+    assert got["first"] == "b"
+    d.put("c")  # nobody waits: it queues
+    assert d.qsize() == 1 and d.get_nowait() == "c"
