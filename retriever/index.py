@@ -208,7 +208,7 @@ class Int8FlatIndex:
         for start in range(0, self.ntotal, self.BLOCK_ROWS):
             end = min(start + self.BLOCK_ROWS, self.ntotal)
             S = torch._int_mm(q, self.xb_t[:, start:end]).float().mul_(self.scale[start:end])
-            D, I = S.topk(min(k, end - start), dim=1)
+            D, I = topk_rows(S, min(k, end - start))
             Ds.append(D)
             Is.append(I + start)
         D, I = torch.cat(Ds, dim=1), torch.cat(Is, dim=1)
@@ -216,6 +216,28 @@ class Int8FlatIndex:
             D, j = D.topk(k, dim=1)
             I = torch.gather(I, 1, j)
         return (D * scale[:, None]).numpy(), I.numpy()
+
+
+def topk_rows(S, k: int, group: int = 64):
+    """``S.topk(k, dim=1)`` for a 2-D float CPU tensor and a small k, exact and several
+    times faster. A row's k largest values lie in the k column groups (of ``group``) with
+    the largest maxima, so only those groups (and the columns after the last whole group)
+    are ranked. torch's top-k walks every value with an index (0.75 ms for 66 x 10K here);
+    a group maximum is a vectorised reduction (0.03 ms). Equal values may come in another
+    order than ``topk``'s."""
+    import torch
+
+    m, n = S.shape
+    g = n // group
+    if g <= 2 * k or not S.is_contiguous():
+        return S.topk(k, dim=1)
+    gmax = S.as_strided((m, g, group), (n, group, 1)).amax(dim=2)  # (m, g), a view of S
+    top = gmax.topk(k, dim=1).indices  # (m, k): the groups that can hold the top k
+    cols = (top[:, :, None] * group + torch.arange(group)).reshape(m, k * group)
+    if g * group < n:
+        cols = torch.cat([cols, torch.arange(g * group, n).expand(m, -1)], dim=1)
+    D, j = S.gather(1, cols).topk(k, dim=1)
+    return D, cols.gather(1, j)
 
 
 def build_index(

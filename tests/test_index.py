@@ -124,3 +124,21 @@ def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch
     monkeypatch.setattr(index_mod, "int8_matmul_available", lambda: False)
     idx = build_index(_unit(100, 16, 14), use_gpu=False, precision="int8")
     assert "IndexFlat" in type(idx).__name__
+
+
+@pytest.mark.parametrize("n", [50, 1000, 10037, 16384])
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_topk_rows_equals_torch_topk(n, k):
+    import torch
+
+    from retriever.index import topk_rows
+
+    S = torch.randn(66, n, generator=torch.Generator().manual_seed(n + k))
+    D, I = topk_rows(S, k)
+    D0, I0 = S.topk(k, dim=1)
+    assert torch.equal(D, D0) and torch.equal(I, I0)
+    # The best values hiding in one group, and in the columns after the last whole group.
+    S[:, 5 : 5 + k] = 10.0 + torch.arange(k)
+    S[:, -1] = 20.0
+    D, I = topk_rows(S, k)
+    assert I[:, 0].eq(n - 1).all() and D[:, 0].eq(20.0).all()
