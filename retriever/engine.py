@@ -306,9 +306,8 @@ class Engine:
                     or served[g.glossary_id].glossary.version != g.version
                 ):
                     served[g.glossary_id] = self._embed(model, g)
-            first = self._snap.model is None
             self._snap = Snapshot(model, frontend, mid, served, head)
-        _settle_heap(collect=first)
+        _settle_heap(collect=True)
         logger.info("model %s serving %d glossaries", mid, len(served))
         return mid, len(served)
 
@@ -536,9 +535,14 @@ def _settle_heap(collect: bool = False) -> None:
     """Move every object alive now (model, glossaries, indexes) out of the cyclic garbage
     collector's view. A full collection of a serving process with a 10K glossary walks
     ~240K objects: ~100 ms with the GIL held, which stalls every session at once; after
-    this it walks only what was allocated since. ``collect`` first frees what is already
-    garbage (at start-up, before any query: it costs those ~100 ms once)."""
+    this it walks only what was allocated since.
+
+    Frozen objects that later become cyclic garbage are not collected until the next
+    ``collect``: after a model load (start-up, or a reload, which costs seconds anyway),
+    everything is unfrozen and collected once (~100 ms) before freezing again; a glossary
+    change only freezes."""
     if collect:
+        gc.unfreeze()
         gc.collect()
     gc.freeze()
 

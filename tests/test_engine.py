@@ -205,3 +205,15 @@ def test_dispatch_hands_work_to_the_last_idle_worker_and_times_out():
     assert got["first"] == "b"
     d.put("c")  # nobody waits: it queues
     assert d.qsize() == 1 and d.get_nowait() == "c"
+
+
+@pytest.mark.parametrize("engine", [1], indirect=True)
+def test_swaps_freeze_the_heap(engine):
+    import gc
+
+    # load_model froze what it built: a full collection no longer walks the model.
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000
+    entries = [make_entry({"term": f"term {i}", "translations": {}}, "e") for i in range(500)]
+    engine.commit_glossary(engine.store.prepare_put("more", entries))
+    assert gc.get_freeze_count() > frozen  # the new glossary's objects joined them
