@@ -1018,7 +1018,7 @@ async def create_server(
 
 
 async def drain(server: grpc.aio.Server, state: ServerState, grace_s: float) -> None:
-    """Stop taking work: NOT_SERVING, finish in-flight calls for up to grace_s, stop the worker."""
+    """Stop taking work: NOT_SERVING, finish in-flight calls for up to grace_s, stop the workers."""
     state.draining = True
     await state.set_serving()
     await server.stop(grace_s)
@@ -1027,7 +1027,14 @@ async def drain(server: grpc.aio.Server, state: ServerState, grace_s: float) -> 
 
 async def serve(cfg: ServerConfig) -> None:
     server, port, state = await create_server(cfg)
-    logger.info("speech front-end on %s", state.engine.cfg.device)
+    e = state.engine.cfg
+    logger.info(
+        "speech front-end on %s: %d encoder worker(s) x %d thread(s), %s arithmetic",
+        e.device,
+        e.workers,
+        e.threads,
+        e.precision,
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
