@@ -907,6 +907,10 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             queue_depth=e.queue_depth(),
             uptime_s=time.time() - self.s.started,
             index_device="gpu" if gpu_available() else "cpu",
+            encoder_device=e.cfg.device,
+            encoder_workers=e.cfg.workers,
+            encoder_threads=e.cfg.threads,
+            precision=e.cfg.precision,
         )
 
 

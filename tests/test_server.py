@@ -173,6 +173,21 @@ def test_admin_requires_the_token(demo_server):
     assert [g.glossary_id for g in Client(demo_server.address, TOKEN).list_glossaries()] == ["demo"]
 
 
+def test_stats_report_the_engine(demo_server, tts):
+    from retriever.server import resolve_workers
+
+    c = Client(demo_server.address, TOKEN)
+    before = c.stats()
+    c.retrieve(tts("semantic parsing"), "demo", "de")
+    st = c.stats()
+    assert st.model_id and st.requests_total == before.requests_total + 1
+    assert st.encoder_device == demo_server.state.engine.cfg.device
+    assert st.encoder_workers == resolve_workers(0, st.encoder_device) >= 1
+    assert (st.encoder_threads, st.precision) == (1, "int8")
+    assert [g.glossary_id for g in st.glossaries] == ["demo"]
+    c.close()
+
+
 def test_glossary_crud_and_versions(demo_server, tts):
     c = Client(demo_server.address, TOKEN)
     g = c.put_glossary(

@@ -132,7 +132,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "active_sessions", "requests_total", "dropped_total", "glossaries", "queue_depth", "uptime_s", "index_device")
+    __slots__ = ("model_id", "active_sessions", "requests_total", "dropped_total", "glossaries", "queue_depth", "uptime_s", "index_device", "encoder_device", "encoder_workers", "encoder_threads", "precision")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,10 @@ class Stats(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     INDEX_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_THREADS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     active_sessions: int
     requests_total: int
@@ -149,4 +153,8 @@ class Stats(_message.Message):
     queue_depth: int
     uptime_s: float
     index_device: str
-    def __init__(self, model_id: _Optional[str] = ..., active_sessions: _Optional[int] = ..., requests_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., glossaries: _Optional[_Iterable[_Union[Glossary, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., uptime_s: _Optional[float] = ..., index_device: _Optional[str] = ...) -> None: ...
+    encoder_device: str
+    encoder_workers: int
+    encoder_threads: int
+    precision: str
+    def __init__(self, model_id: _Optional[str] = ..., active_sessions: _Optional[int] = ..., requests_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., glossaries: _Optional[_Iterable[_Union[Glossary, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., uptime_s: _Optional[float] = ..., index_device: _Optional[str] = ..., encoder_device: _Optional[str] = ..., encoder_workers: _Optional[int] = ..., encoder_threads: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
