@@ -574,7 +574,7 @@ def _warm_up(
         frames = frontend.frame_tensors(clips)
         spans = [model.windows(len(frames[0]))] * batch
         embed_windows(head, frames, spans, model.config.pool_segments)
-    if str(getattr(frontend, "device", "cpu")).startswith("cuda"):
+    if _on_gpu(frontend):
         # The head's row counts, padded to powers of two: windows from one to a full batch.
         frames = frontend.frame_tensors([np.zeros(SAMPLE_RATE, np.float32)])
         for k in range(GPU_WARM_QUERIES.bit_length()):
@@ -585,11 +585,15 @@ def _warm_up(
     )
 
 
+def _on_gpu(frontend) -> bool:
+    return str(getattr(frontend, "device", "cpu")).startswith("cuda")
+
+
 def _warm_up_shapes(
     model: DualEncoder, frontend, max_batch_windows: int
 ) -> list[tuple[int, float]]:
     """(clips, seconds) pairs to warm up with."""
-    if not str(getattr(frontend, "device", "cpu")).startswith("cuda"):
+    if not _on_gpu(frontend):
         return [(1, s) for s in WARM_UP_CLIPS_S] + [(b, WARM_UP_CLIPS_S[-1]) for b in (2, 8)]
     shapes = []
     for s in WARM_UP_CLIPS_S:

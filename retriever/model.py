@@ -596,8 +596,8 @@ class DualEncoder(nn.Module):
         frames = torch.as_tensor(frames, dtype=torch.float32)
         if spans is None:
             spans = self.windows(frames.shape[0])
-        pooled = pool_windows(frames, torch.as_tensor(spans), self.config.pool_segments)
-        return (self.speech if head is None else head)(pooled).numpy(), spans
+        head = self.speech if head is None else head
+        return embed_windows(head, [frames], [spans], self.config.pool_segments), spans
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:

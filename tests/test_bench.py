@@ -6,6 +6,7 @@ import asyncio
 import math
 
 import numpy as np
+import pytest
 
 from retriever.model import default_checkpoint_dir
 from training.bench import (
@@ -114,3 +115,12 @@ def test_encoder_part_times_batches_on_the_serving_device():
         assert abs(r["ms_per_clip"] * r["batch"] - r["ms_p50"]) < 0.01 * r["batch"]
     md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "encoder": rows})
     assert "## Encode step" in md and "| 2 |" in md
+
+
+@pytest.mark.parametrize("flag", [["--workers", "99"], ["--load-modes", "sometimes"]])
+def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
+    from training.bench import main
+
+    assert main(["--only", "load", "--out", str(tmp_path), *flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rasst bench: ") and flag[0] in err

@@ -1020,6 +1020,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if not 0 <= args.workers <= 64:
+            print(
+                f"rasst bench: --workers must be in [0, 64] (0 = auto), got {args.workers}",
+                file=sys.stderr,
+            )
+            return 2
         report["load_glossary"] = 10_000
         report["load_threads"] = args.threads
         report["load_workers"] = resolve_workers(args.workers, device, args.threads)
