@@ -54,8 +54,10 @@ data: setup
 
 # Reproduces the shipped checkpoint into runs/model (copy it to retriever/default_checkpoint to ship).
 DISTRACTORS := data/corpus/terms/train.txt
+# Training threads: every core (OMP_NUM_THREADS=1 above would otherwise leave torch at one).
+TRAIN_THREADS ?= $(shell nproc)
 train: data
-	$(BIN)/rasst train --corpus data/corpus --out runs/model
+	$(BIN)/rasst train --corpus data/corpus --out runs/model --threads $(TRAIN_THREADS)
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/test_heldout/manifest.jsonl --distractors $(DISTRACTORS) --out runs/model/eval_heldout.json
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/test_seen/manifest.jsonl --distractors $(DISTRACTORS) --out runs/model/eval_seen.json
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/smoke/manifest.jsonl --distractors $(DISTRACTORS) --sizes 1000,10000 --out runs/model/eval_smoke.json

@@ -96,6 +96,36 @@ def test_kokoro_voice_speaks_english_at_its_speed():
         D.render(D.Voice("kokoro", "nobody", 100), "hello")
 
 
+def _median_f0(x: np.ndarray) -> float:
+    """Median pitch (Hz) of the loud 40 ms frames, from the autocorrelation peak in 70-400 Hz."""
+    n, lo, hi = 640, A.SAMPLE_RATE // 400, A.SAMPLE_RATE // 70
+    loud = max(_energy(x[i : i + n]) for i in range(0, len(x) - n, n)) * 0.3
+    f0 = []
+    for i in range(0, len(x) - n, n):
+        f = x[i : i + n] - x[i : i + n].mean()
+        if _energy(f) < loud:
+            continue
+        ac = np.correlate(f, f, "full")[n - 1 :]
+        f0.append(A.SAMPLE_RATE / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(f0))
+
+
+def test_festival_voices_vary_pitch_and_rate():
+    voices = D.festival_voices()
+    assert len({v.id for v in voices}) == len(voices) >= 8
+    assert {v.engine for v in voices} == {"festival"}
+    text = "the hippopotamus wallowed in the river"
+    low, high = (D.render(D.Voice("festival", "ked_diphone", 100, f), text) for f in (85, 160))
+    assert _median_f0(high) > 1.4 * _median_f0(low)
+    fast = D.render(D.Voice("festival", "ked_diphone", 85, 105), text)
+    slow = D.render(D.Voice("festival", "ked_diphone", 120, 105), text)
+    assert len(slow) > 1.2 * len(fast)
+    # The default voice keeps its id (corpora made before pitch existed stay valid).
+    assert D.Voice("festival", "ked_diphone", 100).id == "festival:ked_diphone:d100"
+    with pytest.raises(ValueError, match="no known F0 model"):
+        D.render(D.Voice("festival", "kal_diphone", 100, 120), text)
+
+
 def test_augmentation_scales_spans():
     rng = np.random.default_rng(0)
     x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1

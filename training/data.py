@@ -229,13 +229,14 @@ class Voice:
     name: str
     # espeak words per minute; festival duration stretch in percent; kokoro speed in percent
     rate: int = 0
-    pitch: int = 0  # espeak pitch 0..99
+    # espeak pitch 0..99; festival target F0 mean in Hz (0 = the voice's own)
+    pitch: int = 0
 
     @property
     def id(self) -> str:
         extra = {
             "espeak-ng": f":s{self.rate}:p{self.pitch}",
-            "festival": f":d{self.rate}",
+            "festival": f":d{self.rate}" + (f":f{self.pitch}" if self.pitch else ""),
             "kokoro": f":x{self.rate}",
         }.get(self.engine, "")
         return f"{self.engine}:{self.name}{extra}"
@@ -253,6 +254,23 @@ def training_voices(seed: int, n: int = 60) -> list[Voice]:
     if _have("text2wave") and Path("/usr/share/festival/voices/english/ked_diphone").exists():
         voices += [Voice("festival", "ked_diphone", stretch) for stretch in (90, 100, 115)]
     return voices
+
+
+# Festival voices whose intonation is the linear-regression F0 model (Int_Targets_LR), with
+# that model's own F0 mean and standard deviation (from the voice's festvox .scm): their
+# pitch can be moved by setting the target mean and deviation.
+FESTIVAL_LR_F0 = {"ked_diphone": (170, 34)}
+
+
+def festival_voices(
+    stretches: tuple[int, ...] = (85, 100, 120), f0_means: tuple[int, ...] = (85, 105, 130, 160)
+) -> list[Voice]:
+    """More of the diphone engine for training (``--festival-terms``): its one speaker at
+    several speaking rates and pitches. The default corpus is ~95 % espeak-ng (formant
+    synthesis); most held-out speech is flite's diphone and unit voices."""
+    if not (_have("text2wave") and Path("/usr/share/festival/voices/english/ked_diphone").exists()):
+        return []
+    return [Voice("festival", "ked_diphone", d, f) for d in stretches for f in f0_means]
 
 
 KOKORO_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
@@ -406,15 +424,22 @@ def render(voice: Voice, text: str) -> np.ndarray:
                 cmd = ["flite", "-voice", voice.name, "-t", text, "-o", f.name]
             elif voice.engine == "festival":
                 stretch = f"(Parameter.set 'Duration_Stretch {voice.rate / 100:.2f})"
-                cmd = [
-                    "text2wave",
-                    "-eval",
-                    f"(voice_{voice.name})",
-                    "-eval",
-                    stretch,
-                    "-o",
-                    f.name,
-                ]
+                cmd = ["text2wave", "-eval", f"(voice_{voice.name})", "-eval", stretch]
+                if voice.pitch:
+                    if voice.name not in FESTIVAL_LR_F0:
+                        raise ValueError(
+                            f"festival voice {voice.name!r} has no known F0 model; "
+                            f"pitch works for {sorted(FESTIVAL_LR_F0)}"
+                        )
+                    mean, std = FESTIVAL_LR_F0[voice.name]
+                    target_std = max(5, round(voice.pitch * std / mean))
+                    cmd += [
+                        "-eval",
+                        f"(set! int_lr_params '((target_f0_mean {voice.pitch}) "
+                        f"(target_f0_std {target_std}) (model_f0_mean {mean}) "
+                        f"(model_f0_std {std})))",
+                    ]
+                cmd += ["-o", f.name]
             else:
                 raise ValueError(f"unknown TTS engine {voice.engine!r}")
             stdin = text.encode() if voice.engine == "festival" else None
@@ -828,14 +853,16 @@ def build_corpus(
     workers: int,
     seed: int = 0,
     kokoro_terms: int = 0,
+    festival_terms: int = 0,
 ) -> list[dict]:
     """The standard corpus: train (espeak + festival voices, plus one Kokoro utterance for
-    each of the first ``kokoro_terms`` training terms), dev (training voices, unseen
+    each of the first ``kokoro_terms`` training terms and one festival utterance at a
+    varied rate and pitch for each of the first ``festival_terms``), dev (training voices, unseen
     terms), test_heldout (unseen terms x held-out engines) and test_seen (unseen terms x
     the espeak + festival training voices).
 
-    The Kokoro utterances come after, and do not change, the others: a corpus built
-    without them is a prefix of one built with them."""
+    The Kokoro and festival extras come after, and do not change, the others: a corpus
+    built without them is a prefix of one built with them."""
     import time
 
     terms_dir = out / "terms"
@@ -859,6 +886,15 @@ def build_corpus(
     if kv:
         kokoro_model_path()  # assemble the model once, before the workers fork
         train += plan(pick["train"][: min(kokoro_terms, train_terms)], kv, 1, seed + 4, 0.5, "tk")
+    if festival_terms > 0:
+        fv = festival_voices()
+        if not fv:
+            raise RuntimeError(
+                "festival_terms needs festival's ked_diphone voice: apt-get install festival "
+                "festvox-kdlpc16k (or festival_terms=0)"
+            )
+        n = min(festival_terms, train_terms)
+        train += plan(pick["train"][:n], fv, 1, seed + 5, 0.5, "tf")
     jobs = [
         ("train", train),
         ("dev", plan(pick["dev"][:dev_terms], tv, 1, seed + 1, 0.3, "dv")),
