@@ -32,12 +32,18 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--report", action="append", default=[], help="name=path of a `rasst eval` JSON")
     p.add_argument("--streaming", type=Path, default=None)
+    p.add_argument(
+        "--synth",
+        default="rasst data synth",
+        help="the command that made the training corpus (make train passes its own)",
+    )
     args = p.parse_args(argv)
     cfg = json.loads((args.checkpoint / "config.json").read_text())
     metrics = json.loads((args.checkpoint / "metrics.json").read_text())
     tc = metrics["train_config"]
     # The parsed config: older keys (pool_thirds) mapped as the model loader maps them.
     mc = DualEncoder.load_config(args.checkpoint)
+    voices = metrics.get("train_voices") or {}
     segs = mc.pool_segments
     parts = f" + {segs} equal parts" if segs else ""
     L = [
@@ -60,9 +66,19 @@ def main(argv=None) -> int:
         ),
         "",
         "## Data and recipe",
-        f"- `rasst data synth --train-terms {metrics['n_train_terms']} --per-term {round(metrics['n_train_occurrences'] / metrics['n_train_terms'])}`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",
-        "  (FOLDOC / WordNet / wamerican; ACL glossaries excluded), 60 espeak-ng voices + festival ked at 3 speeds,",
-        "  half augmented. Test terms are disjoint from training terms; test voices (flite, piper) are engines never trained on.",
+        f"- `{args.synth}`: {metrics['n_train_occurrences']:,} training utterances of {metrics['n_train_terms']:,} terms",
+        "  (FOLDOC / WordNet / wamerican; ACL glossaries excluded), half augmented;",
+        "  voices: "
+        + (
+            ", ".join(
+                f"{e} {v['utterances']:,} utterances ({v['voices']} voices)"
+                for e, v in voices.items()
+            )
+            if voices
+            else "espeak-ng and festival (this checkpoint predates the per-engine count)"
+        )
+        + ".",
+        "  Test terms are disjoint from training terms; test voices (flite, piper) are engines never trained on.",
         f"- `rasst train`: {tc['steps']} steps, batch {tc['batch_size']}, AdamW lr {tc['lr']}, temperature {tc['temperature']},",
         f"  {tc['text_negatives']} text-only negatives per step, cross-batch memory {tc['memory_size']},",
         f"  {tc['hard_negatives'] or 'no'} mined phonetic neighbours per seed term, {tc.get('background', 0) or 'no'} background windows per step.",

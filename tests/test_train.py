@@ -103,6 +103,21 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     metrics = json.loads((ck / "metrics.json").read_text())
     assert metrics["n_train_terms"] == len(TERMS)
     assert -1 <= m.config.threshold <= 1 and "calibration" in metrics
+    voices = metrics["train_voices"]  # by TTS engine: what the model heard
+    assert set(voices) <= {"espeak-ng", "festival"} and "espeak-ng" in voices
+    assert sum(v["utterances"] for v in voices.values()) == metrics["n_train_occurrences"]
+    assert all(1 <= v["voices"] <= v["utterances"] for v in voices.values())
+    card = subprocess.run(
+        [sys.executable, "scripts/model_card.py", str(ck), "--synth", "rasst data synth --x 1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert card.returncode == 0, card.stderr[-2000:]
+    text = (ck / "README.md").read_text()
+    assert "`rasst data synth --x 1`" in text
+    assert f"espeak-ng {voices['espeak-ng']['utterances']:,} utterances" in text
     assert (ck / "training_curves.png").stat().st_size > 1000
     hist = json.loads((ck / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3, 4] and "dev_recall@10" in hist[1]

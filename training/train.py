@@ -373,6 +373,20 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def voice_mix(speakers: list[str]) -> dict[str, dict[str, int]]:
+    """Training speech by TTS engine: utterances and distinct voices of each (speaker ids
+    are ``engine:voice[:settings]``, as ``rasst data synth`` writes them)."""
+    out: dict[str, dict[str, int]] = {}
+    seen: dict[str, set[str]] = {}
+    for sp in speakers:
+        engine = sp.split(":", 1)[0] or "unknown"
+        out.setdefault(engine, {"utterances": 0, "voices": 0})["utterances"] += 1
+        seen.setdefault(engine, set()).add(sp)
+    for engine, ids in seen.items():
+        out[engine]["voices"] = len(ids)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["utterances"]))
+
+
 def run(
     train_cache: FeatureCache,
     dev_cache: FeatureCache | None,
@@ -397,6 +411,7 @@ def run(
         "final": history[-1] if history else {},
         "n_train_occurrences": len(train_cache.occ_term),
         "n_train_terms": len(trainer.spoken),
+        "train_voices": voice_mix(train_cache.utt_speaker),
     }
     if calibrate and dev_cache is not None:
         from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
