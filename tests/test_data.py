@@ -223,3 +223,13 @@ def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):
     rows = D.read_manifest(m, check_audio=True)
     assert len(rows) >= 5 and all(r["speaker"].startswith("human:") for r in rows)
     assert sum(len(r["terms"]) for r in rows) >= 10
+
+
+def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
+    from client.cli import main as rasst
+
+    for flag, bad in (("--festival-terms", "-1"), ("--per-term", "0"), ("--workers", "0")):
+        assert rasst(["data", "synth", "--out", str(tmp_path / "c"), flag, bad]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and bad in err
+    assert not (tmp_path / "c").exists()  # nothing was written

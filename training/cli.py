@@ -73,6 +73,23 @@ def data_main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("smoke", help="real human clips from Debian pocketsphinx-testdata, aligned")
     m.add_argument("--out", type=Path, default=DEFAULT_CORPUS / "smoke")
     args = p.parse_args(argv)
+    if args.cmd == "synth":
+        for flag, low in (
+            ("train_terms", 1),
+            ("per_term", 1),
+            ("kokoro_terms", 0),
+            ("festival_terms", 0),
+            ("dev_terms", 1),
+            ("test_terms", 1),
+            ("workers", 1),
+        ):
+            if getattr(args, flag) < low:
+                print(
+                    f"rasst data synth: --{flag.replace('_', '-')} must be >= {low}, "
+                    f"got {getattr(args, flag)}",
+                    file=sys.stderr,
+                )
+                return 2
     _setup()
     from .data import ManifestError, build_corpus, import_corpus, smoke_set, write_terms
 
