@@ -117,7 +117,9 @@ def test_encoder_part_times_batches_on_the_serving_device():
     assert "## Encode step" in md and "| 2 |" in md
 
 
-@pytest.mark.parametrize("flag", [["--workers", "99"], ["--load-modes", "sometimes"]])
+@pytest.mark.parametrize(
+    "flag", [["--workers", "99"], ["--threads", "0"], ["--load-modes", "sometimes"]]
+)
 def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
     from training.bench import main
 

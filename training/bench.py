@@ -942,6 +942,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, default=Path("data/corpus/test_heldout/manifest.jsonl"))
     p.add_argument("--limit", type=int, default=None, help="utterances for the quality comparison")
     args = p.parse_args(argv)
+    parts = set(args.only.split(","))
+    modes = tuple(m for m in args.load_modes.split(",") if m)
+    if "load" in parts:  # checked before any part runs, not after minutes of them
+        unknown = [m for m in modes if m not in LOAD_MODES]
+        if unknown:
+            print(
+                f"rasst bench: --load-modes: unknown {unknown}; allowed: {', '.join(LOAD_MODES)}",
+                file=sys.stderr,
+            )
+            return 2
+        from retriever.server import ServerConfig, validate_server_config
+
+        try:  # the load-test server's own bounds (its messages start with the field name)
+            validate_server_config(ServerConfig(threads=args.threads, workers=args.workers))
+        except ValueError as e:
+            print(f"rasst bench: --{e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -954,7 +971,6 @@ def main(argv: list[str] | None = None) -> int:
     from retriever.model import default_checkpoint_dir
 
     ckpt = str(default_checkpoint_dir()) if args.checkpoint == "default" else args.checkpoint
-    parts = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {
         "device": device_name(),
@@ -1012,20 +1028,6 @@ def main(argv: list[str] | None = None) -> int:
             for s in (args.streams or ("1,4,8" if args.quick else "1,2,4,8,16,32")).split(",")
         ]
         seconds = args.seconds or (8.0 if args.quick else 30.0)
-        modes = tuple(m for m in args.load_modes.split(",") if m)
-        unknown = [m for m in modes if m not in LOAD_MODES]
-        if unknown:
-            print(
-                f"rasst bench: --load-modes: unknown {unknown}; allowed: {', '.join(LOAD_MODES)}",
-                file=sys.stderr,
-            )
-            return 2
-        if not 0 <= args.workers <= 64:
-            print(
-                f"rasst bench: --workers must be in [0, 64] (0 = auto), got {args.workers}",
-                file=sys.stderr,
-            )
-            return 2
         report["load_glossary"] = 10_000
         report["load_threads"] = args.threads
         report["load_workers"] = resolve_workers(args.workers, device, args.threads)
