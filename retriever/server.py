@@ -16,7 +16,6 @@ import secrets
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -547,7 +546,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "the deadline passed before the encoder reached this clip",
             )
-        self._observe("Retrieve", result, t_arrival)
+        self._observe("Retrieve", result, time.monotonic() - t_arrival)
         return retrieval_pb2.RetrieveResponse(
             hits=_hits_pb(result, r.target_lang),
             glossary_version=result.glossary_version,
@@ -555,10 +554,10 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             audio_duration_s=dur,
         )
 
-    def _observe(self, rpc: str, result: Result, t_arrival: float) -> None:
+    def _observe(self, rpc: str, result: Result, seconds: float) -> None:
         m = self.s.metrics
         m.requests.labels(rpc, "OK").inc()
-        m.latency.labels(rpc).observe(time.monotonic() - t_arrival)
+        m.latency.labels(rpc).observe(seconds)
         m.queue_latency.observe(result.queue_ms / 1e3)
         m.queue_depth.set(self.s.engine.queue_depth())
         if result.dropped:
@@ -627,9 +626,9 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         top_k = c.top_k or DEFAULT_TOP_K
         thr = c.score_threshold if c.HasField("score_threshold") else None
         max_chunk = int(4 * chunk_s * A.SAMPLE_RATE)
-        keep = int(lookback_s * A.SAMPLE_RATE)
-        ring: deque[np.ndarray] = deque()
-        ring_len = 0
+        lookback = _Lookback(
+            int(lookback_s * A.SAMPLE_RATE), max_chunk, int(chunk_s * A.SAMPLE_RATE)
+        )
         t_stream = float(c.stream_offset_s)  # stream time of the next chunk's start
         expected = c.first_sequence
         self.s.active_sessions += 1
@@ -667,14 +666,9 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                         "chunk.pcm",
                         f"chunk lasts {len(x) / A.SAMPLE_RATE:.2f} s; at most 4 * chunk_s = {4 * chunk_s:.2f} s",
                     )
-                # Ring buffer: the chunk plus up to lookback_s of audio before it.
-                prev = _tail(ring, keep)
-                clip = np.concatenate([prev, x]) if len(prev) else x
-                clip_start = t_stream - len(prev) / A.SAMPLE_RATE
-                ring.append(x)
-                ring_len += len(x)
-                while ring and ring_len - len(ring[0]) >= keep:
-                    ring_len -= len(ring.popleft())
+                # The chunk plus up to lookback_s of audio before it (a view, not a copy).
+                clip, prev = lookback.push(x)
+                clip_start = t_stream - prev / A.SAMPLE_RATE
                 chunk_start, t_stream = t_stream, t_stream + len(x) / A.SAMPLE_RATE
                 resp = retrieval_pb2.StreamRetrieveResponse(
                     sequence=ch.sequence, chunk_start_s=chunk_start, chunk_end_s=t_stream
@@ -694,7 +688,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                         thr,
                         deadline_ms / 1e3,
                         clip_start,
-                        len(prev) / A.SAMPLE_RATE,  # search only windows reaching the new chunk
+                        prev / A.SAMPLE_RATE,  # search only windows reaching the new chunk
                     )
                 except EngineNotReady as e:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
@@ -704,12 +698,16 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                         f"glossary {c.glossary_id!r} was deleted during the session",
                     )
                 result = await self._await(fut)
-                self._observe("StreamRetrieve", result, t_arrival)
                 resp.hits.extend(_hits_pb(result, c.target_lang))
                 resp.glossary_version = result.glossary_version
                 resp.timings.CopyFrom(_timings(result, t_arrival))
                 resp.dropped = result.dropped
-                yield resp
+                try:
+                    yield resp
+                finally:
+                    # Metrics once the answer is on its way, off the caller's critical path;
+                    # the latency observed is the handler's, up to the answer.
+                    self._observe("StreamRetrieve", result, resp.timings.total_ms / 1e3)
         finally:
             self.s.active_sessions -= 1
             self.s.metrics.sessions.dec()
@@ -720,11 +718,31 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             )
 
 
-def _tail(ring: deque, n: int) -> np.ndarray:
-    if n <= 0 or not ring:
-        return np.zeros(0, np.float32)
-    joined = np.concatenate(list(ring))
-    return joined[-n:]
+class _Lookback:
+    """A session's recent audio in one preallocated array.
+
+    Each chunk is copied in once; the clip handed to the engine (up to ``keep`` samples of
+    look-back, then the chunk) is a view of the array, not a new one. A session awaits each
+    chunk's result before it pushes the next, so a view is never written while the engine
+    reads it. When the array is full, the look-back moves to its front: one copy every few
+    chunks instead of joining the look-back and the chunk anew for each.
+    """
+
+    def __init__(self, keep: int, max_chunk: int, chunk: int):
+        self.keep = keep
+        self.buf = np.empty(keep + max_chunk + 2 * chunk, np.float32)
+        self.end = 0  # audio held: buf[:end], oldest first
+
+    def push(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Append a chunk (at most ``max_chunk`` samples); return the clip, look-back then
+        chunk, and how many look-back samples it starts with."""
+        prev = min(self.end, self.keep)
+        if self.end + len(x) > len(self.buf):
+            self.buf[:prev] = self.buf[self.end - prev : self.end]
+            self.end = prev
+        self.buf[self.end : self.end + len(x)] = x
+        self.end += len(x)
+        return self.buf[self.end - len(x) - prev : self.end], prev
 
 
 # --------------------------------------------------------------------------- admin

@@ -59,6 +59,24 @@ def _chunks(x: np.ndarray, chunk_s: float = 0.96) -> list[bytes]:
 # --------------------------------------------------------------------------- contract
 
 
+def test_lookback_buffer_serves_lookback_then_chunk_as_a_view():
+    from retriever.server import _Lookback
+
+    keep, chunk = 300, 100
+    lb = _Lookback(keep, max_chunk=4 * chunk, chunk=chunk)
+    rng = np.random.default_rng(0)
+    heard = np.zeros(0, np.float32)
+    # Chunks of uneven sizes, enough of them for the buffer to move its look-back many times.
+    for n in [100, 100, 37, 400, 1, 100, 250, 100, 399, 100, 100, 100, 5, 400, 100] * 3:
+        x = rng.standard_normal(n).astype(np.float32)
+        clip, prev = lb.push(x)
+        assert prev == min(len(heard), keep)
+        np.testing.assert_array_equal(clip, np.concatenate([heard[len(heard) - prev :], x]))
+        assert np.shares_memory(clip, lb.buf)  # no copy per chunk
+        heard = np.concatenate([heard, x])
+
+
+
 def test_without_model_answers_failed_precondition_and_not_serving(live_server, tts):
     s = live_server(checkpoint="none")
     c = Client(s.address, TOKEN)
@@ -518,8 +536,12 @@ def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
         port = sock.getsockname()[1]
     s = live_server(checkpoint=str(tiny_checkpoint), metrics_port=port)
     Client(s.address).retrieve(tts("hello there"), "demo", "de")
+    chunks = _chunks(tts("in this talk we study semantic parsing for everyone here"))
+    assert len(_stream(s.address, chunks)) == len(chunks) >= 2
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'rasst_chunk_latency_seconds_count{rpc="Retrieve"} 1.0' in text
+    # A stream's chunks are counted once each, after their answers went out.
+    assert f'rasst_chunk_latency_seconds_count{{rpc="StreamRetrieve"}} {len(chunks)}.0' in text
     assert 'rasst_glossary_entries{glossary="demo"} 253.0' in text
     assert "rasst_batch_windows_bucket" in text
 
