@@ -330,14 +330,18 @@ class Session:
         if self._done.is_set():
             raise RasstError(grpc.StatusCode.CANCELLED, "the session has ended")
         # Flow control: wait for a free slot, but never past the session's end (an error
-        # arriving while we wait must surface here, not leave the caller blocked).
-        acquire = asyncio.ensure_future(self._window.acquire())
-        ended = asyncio.ensure_future(self._done.wait())
-        await asyncio.wait({acquire, ended}, return_when=asyncio.FIRST_COMPLETED)
-        ended.cancel()
-        if not acquire.done() or acquire.cancelled():
-            acquire.cancel()
-            raise self.error or RasstError(grpc.StatusCode.CANCELLED, "the session has ended")
+        # arriving while we wait must surface here, not leave the caller blocked). With a
+        # slot free, as in a real-time session, it is taken at once, with no task to wait on.
+        if self._window.locked():
+            acquire = asyncio.ensure_future(self._window.acquire())
+            ended = asyncio.ensure_future(self._done.wait())
+            await asyncio.wait({acquire, ended}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            if not acquire.done() or acquire.cancelled():
+                acquire.cancel()
+                raise self.error or RasstError(grpc.StatusCode.CANCELLED, "the session has ended")
+        else:
+            await self._window.acquire()
         seq = self._next_seq
         self._next_seq += 1
         pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
