@@ -126,6 +126,51 @@ def test_festival_voices_vary_pitch_and_rate():
         D.render(D.Voice("festival", "kal_diphone", 100, 120), text)
 
 
+def test_festival_interpreter_matches_text2wave_byte_for_byte(tmp_path):
+    """One festival process fed through a pipe renders exactly what text2wave renders, for
+    every setting an earlier request changed (rate, pitch) and for text with quotes."""
+    import subprocess
+
+    f = D.Festival()
+    try:
+        cases = [
+            (D.Voice("festival", "ked_diphone", 120, 160), "the x-ray crystallography"),
+            (D.Voice("festival", "ked_diphone", 100), 'say "hi" to o\'clock \\ now'),
+            (D.Voice("festival", "ked_diphone", 85, 85), "semantic parsing"),
+            (D.Voice("festival", "ked_diphone", 100), "semantic parsing"),
+        ]
+        for i, (voice, text) in enumerate(cases):
+            ours, theirs = tmp_path / f"pipe{i}.wav", tmp_path / f"t2w{i}.wav"
+            f.synth(D._festival_settings(voice), text, str(ours))
+            settings = f"(begin {D._festival_settings(voice)})"
+            cmd = ["text2wave", "-eval", settings, "-o", str(theirs)]
+            subprocess.run(cmd, input=text.encode(), check=True)
+            assert ours.read_bytes() == theirs.read_bytes(), (voice, text)
+        # A bad request fails with festival's own message; the interpreter goes on.
+        with pytest.raises(RuntimeError, match="unbound variable"):
+            f.synth("(voice_no_such_diphone)", "hello", str(tmp_path / "bad.wav"))
+        f.synth(D._festival_settings(cases[0][0]), "hello", str(tmp_path / "after.wav"))
+        assert (tmp_path / "after.wav").stat().st_size > 1000
+    finally:
+        f.close()
+
+
+def test_forked_workers_start_their_own_festival():
+    from multiprocessing import get_context
+
+    here = D._festival()
+    with get_context("fork").Pool(1) as pool:
+        child_pid, child_festival = pool.apply(_festival_owner)
+    assert child_pid != here.pid and child_festival == child_pid
+    assert D._festival() is here
+
+
+def _festival_owner() -> tuple[int, int]:
+    import os
+
+    return os.getpid(), D._festival().pid
+
+
 def test_augmentation_scales_spans():
     rng = np.random.default_rng(0)
     x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
