@@ -626,9 +626,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         top_k = c.top_k or DEFAULT_TOP_K
         thr = c.score_threshold if c.HasField("score_threshold") else None
         max_chunk = int(4 * chunk_s * A.SAMPLE_RATE)
-        lookback = _Lookback(
-            int(lookback_s * A.SAMPLE_RATE), max_chunk, int(chunk_s * A.SAMPLE_RATE)
-        )
+        lookback = _Lookback(int(lookback_s * A.SAMPLE_RATE), int(chunk_s * A.SAMPLE_RATE))
         t_stream = float(c.stream_offset_s)  # stream time of the next chunk's start
         expected = c.first_sequence
         self.s.active_sessions += 1
@@ -724,22 +722,26 @@ class _Lookback:
     Each chunk is copied in once; the clip handed to the engine (up to ``keep`` samples of
     look-back, then the chunk) is a view of the array, not a new one. A session awaits each
     chunk's result before it pushes the next, so a view is never written while the engine
-    reads it. When the array is full, the look-back moves to its front: one copy every few
-    chunks instead of joining the look-back and the chunk anew for each.
+    reads it. When the array is full, the look-back moves to its front: one copy every three
+    chunks of the session's size instead of joining the look-back and the chunk for each.
+    A chunk too long for the array (up to 4x the session's size) makes a larger one.
     """
 
-    def __init__(self, keep: int, max_chunk: int, chunk: int):
+    def __init__(self, keep: int, chunk: int):
         self.keep = keep
-        self.buf = np.empty(keep + max_chunk + 2 * chunk, np.float32)
+        self.buf = np.empty(keep + 3 * chunk, np.float32)
         self.end = 0  # audio held: buf[:end], oldest first
 
     def push(self, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Append a chunk (at most ``max_chunk`` samples); return the clip, look-back then
-        chunk, and how many look-back samples it starts with."""
+        """Append a chunk; return the clip, look-back then chunk, and how many look-back
+        samples it starts with."""
         prev = min(self.end, self.keep)
         if self.end + len(x) > len(self.buf):
-            self.buf[:prev] = self.buf[self.end - prev : self.end]
-            self.end = prev
+            buf = self.buf
+            if prev + len(x) > len(buf):
+                buf = np.empty(prev + 3 * len(x), np.float32)
+            buf[:prev] = self.buf[self.end - prev : self.end]
+            self.buf, self.end = buf, prev
         self.buf[self.end : self.end + len(x)] = x
         self.end += len(x)
         return self.buf[self.end - len(x) - prev : self.end], prev

@@ -63,7 +63,7 @@ def test_lookback_buffer_serves_lookback_then_chunk_as_a_view():
     from retriever.server import _Lookback
 
     keep, chunk = 300, 100
-    lb = _Lookback(keep, max_chunk=4 * chunk, chunk=chunk)
+    lb = _Lookback(keep, chunk)
     rng = np.random.default_rng(0)
     heard = np.zeros(0, np.float32)
     # Chunks of uneven sizes, enough of them for the buffer to move its look-back many times.
@@ -74,7 +74,7 @@ def test_lookback_buffer_serves_lookback_then_chunk_as_a_view():
         np.testing.assert_array_equal(clip, np.concatenate([heard[len(heard) - prev :], x]))
         assert np.shares_memory(clip, lb.buf)  # no copy per chunk
         heard = np.concatenate([heard, x])
-
+    assert len(lb.buf) >= keep + 400  # grew for the 400-sample chunks
 
 
 def test_without_model_answers_failed_precondition_and_not_serving(live_server, tts):
