@@ -72,6 +72,9 @@ def test_rpc_overhead_times_unary_and_stream_paths_from_another_process():
     for path in (r, r["stream"]):
         assert 0 < path["inprocess_ms_p50"] < 5000 and 0 < path["grpc_ms_p50"] < 5000
         assert math.isfinite(path["overhead_ms_p50"]) and path["ratio"] > 0
+        # The server's own timings split the overhead: transport is what it did not see.
+        assert 0 < path["transport_ms_p50"] < path["grpc_ms_p50"]
+        assert math.isfinite(path["server_extra_ms_p50"])
     assert r["empty_rpc_ms_p50"] > 0
     md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "rpc": r})
     assert "| unary Retrieve, 2.88 s clip" in md and "| StreamRetrieve, one 0.96 s chunk" in md

@@ -200,7 +200,8 @@ def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: 
     sends back the milliseconds; anything else stops it. Commands: "retrieve" (unary
     Retrieve of ``request``), "health" (an empty unary call: the floor of any RPC here) and
     "stream" (the next chunk of ``stream_pcm`` on one StreamRetrieve session, request sent
-    to response read)."""
+    to response read). Each answer is (milliseconds, the server's own ``timings.total_ms``
+    for calls that report it, else None)."""
     import queue
 
     import grpc
@@ -237,7 +238,7 @@ def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: 
                 )
             )
             seq += 1
-            next(responses)
+            return next(responses)
 
         calls = {
             "retrieve": lambda: stub.Retrieve(req, timeout=30),
@@ -249,8 +250,9 @@ def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: 
         try:
             while (what := conn.recv()) in calls:
                 t0 = time.perf_counter()
-                calls[what]()
-                conn.send((time.perf_counter() - t0) * 1e3)
+                resp = calls[what]()
+                ms = (time.perf_counter() - t0) * 1e3
+                conn.send((ms, resp.timings.total_ms if hasattr(resp, "timings") else None))
         finally:
             outbox.put(None)
 
@@ -313,9 +315,14 @@ async def bench_rpc_overhead(
     )
     proc.start()
 
+    server_ms: dict[str, list[float]] = {"unary": [], "stream": []}
+
     async def remote(what: str) -> float:
         parent.send(what)
-        return await asyncio.to_thread(parent.recv)
+        ms, total_ms = await asyncio.to_thread(parent.recv)
+        if total_ms is not None:
+            server_ms["unary" if what == "retrieve" else what].append(total_ms)
+        return ms
 
     async def local(x: np.ndarray, new_from_s: float = 0.0) -> float:
         t0 = time.perf_counter()
@@ -344,11 +351,29 @@ async def bench_rpc_overhead(
         await asyncio.to_thread(proc.join, 30)
         await drain(server, state, 0.5)
         tmp.cleanup()
+
+    def split(path: str, inproc: list[float], rpc: list[float]) -> dict:
+        """Where the overhead goes: the server's handler beyond the engine call (its own
+        total_ms minus the in-process call) and the transport (the rest)."""
+        srv = server_ms[path][warm:]
+        return {
+            "server_extra_ms_p50": round(
+                statistics.median([s - a for a, s in zip(inproc, srv, strict=True)]), 3
+            ),
+            "transport_ms_p50": round(
+                statistics.median([b - s for s, b in zip(srv, rpc, strict=True)]), 3
+            ),
+        }
+
     return {
         "clip_s": round(len(clip) / SAMPLE_RATE, 2),
         "chunk_s": chunk_s,
         **_paired(t["in_unary"], t["unary"]),
-        "stream": _paired(t["in_stream"], t["stream"]),
+        **split("unary", t["in_unary"], t["unary"]),
+        "stream": {
+            **_paired(t["in_stream"], t["stream"]),
+            **split("stream", t["in_stream"], t["stream"]),
+        },
         "empty_rpc_ms_p50": round(statistics.median(t["empty"]), 3),
         "n": n,
     }
@@ -752,14 +777,14 @@ def markdown(report: dict) -> str:
         L += [
             "## RPC overhead (in-process engine vs gRPC from another process; median of paired differences)",
             "",
-            "| path | in-process p50 ms | gRPC p50 ms | overhead p50 ms | ratio |",
-            "|---|---:|---:|---:|---:|",
-            f"| unary Retrieve, {r['clip_s']} s clip ({r['clip_s'] * SAMPLE_RATE * 2 / 1000:.0f} KB s16le) | {r['inprocess_ms_p50']} | {r['grpc_ms_p50']} | {r['overhead_ms_p50']} | {r['ratio']} |",
+            "| path | in-process p50 ms | gRPC p50 ms | overhead p50 ms | of which server handler / transport ms | ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| unary Retrieve, {r['clip_s']} s clip ({r['clip_s'] * SAMPLE_RATE * 2 / 1000:.0f} KB s16le) | {r['inprocess_ms_p50']} | {r['grpc_ms_p50']} | {r['overhead_ms_p50']} | {r.get('server_extra_ms_p50', '-')} / {r.get('transport_ms_p50', '-')} | {r['ratio']} |",
         ]
         if "stream" in r:
             st = r["stream"]
             L.append(
-                f"| StreamRetrieve, one {r['chunk_s']} s chunk (server keeps the look-back) | {st['inprocess_ms_p50']} | {st['grpc_ms_p50']} | {st['overhead_ms_p50']} | {st['ratio']} |"
+                f"| StreamRetrieve, one {r['chunk_s']} s chunk (server keeps the look-back) | {st['inprocess_ms_p50']} | {st['grpc_ms_p50']} | {st['overhead_ms_p50']} | {st.get('server_extra_ms_p50', '-')} / {st.get('transport_ms_p50', '-')} | {st['ratio']} |"
             )
         L += [
             "",
