@@ -138,6 +138,8 @@ def test_festival_interpreter_matches_text2wave_byte_for_byte(tmp_path):
             (D.Voice("festival", "ked_diphone", 100), 'say "hi" to o\'clock \\ now'),
             (D.Voice("festival", "ked_diphone", 85, 85), "semantic parsing"),
             (D.Voice("festival", "ked_diphone", 100), "semantic parsing"),
+            # Several sentences: split into utterances and joined, as text2wave does.
+            (D.Voice("festival", "ked_diphone", 115), "what? now! a. e. housman."),
         ]
         for i, (voice, text) in enumerate(cases):
             ours, theirs = tmp_path / f"pipe{i}.wav", tmp_path / f"t2w{i}.wav"
