@@ -315,47 +315,41 @@ async def bench_rpc_overhead(
     )
     proc.start()
 
-    server_ms: dict[str, list[float]] = {"unary": [], "stream": []}
-
-    async def remote(what: str) -> float:
+    async def remote(what: str) -> tuple[float, float | None]:
+        """Client-observed ms and the server's own total_ms (None for the empty call)."""
         parent.send(what)
-        ms, total_ms = await asyncio.to_thread(parent.recv)
-        if total_ms is not None:
-            server_ms["unary" if what == "retrieve" else what].append(total_ms)
-        return ms
+        return await asyncio.to_thread(parent.recv)
 
     async def local(x: np.ndarray, new_from_s: float = 0.0) -> float:
         t0 = time.perf_counter()
         await state.engine.submit(x, "demo", 10, None, 30.0, 0.0, new_from_s)
         return (time.perf_counter() - t0) * 1e3
 
-    t = {k: [] for k in ("in_unary", "unary", "empty", "in_stream", "stream")}
+    t: dict[str, list[float]] = {}
     try:
         for i in range(n + warm):
             start = max(0, i * chunk - back)
-            row = {
-                "in_unary": await local(same),
-                "unary": await remote("retrieve"),
-                "empty": await remote("health"),
-                # The clip the server's ring buffer holds for chunk i: chunk plus look-back.
-                "in_stream": await local(
-                    stream_x[start : (i + 1) * chunk], (i * chunk - start) / SAMPLE_RATE
-                ),
-                "stream": await remote("stream"),
-            }
+            row = {"in_unary": await local(same)}
+            row["unary"], row["srv_unary"] = await remote("retrieve")
+            row["empty"] = (await remote("health"))[0]
+            # The clip the server's ring buffer holds for chunk i: chunk plus look-back.
+            row["in_stream"] = await local(
+                stream_x[start : (i + 1) * chunk], (i * chunk - start) / SAMPLE_RATE
+            )
+            row["stream"], row["srv_stream"] = await remote("stream")
             if i >= warm:  # the first chunks also fill the session's look-back
                 for k, v in row.items():
-                    t[k].append(v)
+                    t.setdefault(k, []).append(v)
     finally:
         parent.send("stop")
         await asyncio.to_thread(proc.join, 30)
         await drain(server, state, 0.5)
         tmp.cleanup()
 
-    def split(path: str, inproc: list[float], rpc: list[float]) -> dict:
+    def split(path: str) -> dict:
         """Where the overhead goes: the server's handler beyond the engine call (its own
         total_ms minus the in-process call) and the transport (the rest)."""
-        srv = server_ms[path][warm:]
+        inproc, rpc, srv = t[f"in_{path}"], t[path], t[f"srv_{path}"]
         return {
             "server_extra_ms_p50": round(
                 statistics.median([s - a for a, s in zip(inproc, srv, strict=True)]), 3
@@ -369,11 +363,8 @@ async def bench_rpc_overhead(
         "clip_s": round(len(clip) / SAMPLE_RATE, 2),
         "chunk_s": chunk_s,
         **_paired(t["in_unary"], t["unary"]),
-        **split("unary", t["in_unary"], t["unary"]),
-        "stream": {
-            **_paired(t["in_stream"], t["stream"]),
-            **split("stream", t["in_stream"], t["stream"]),
-        },
+        **split("unary"),
+        "stream": {**_paired(t["in_stream"], t["stream"]), **split("stream")},
         "empty_rpc_ms_p50": round(statistics.median(t["empty"]), 3),
         "n": n,
     }
