@@ -513,6 +513,16 @@ def _festival() -> Festival:
     return f
 
 
+def _tts_command(voice: Voice, text: str, out: str) -> list[str]:
+    """The command line that renders ``text`` to the WAV file ``out`` (one process each)."""
+    if voice.engine == "espeak-ng":
+        rate, pitch = str(voice.rate), str(voice.pitch)
+        return ["espeak-ng", "-v", voice.name, "-s", rate, "-p", pitch, "-w", out, text]
+    if voice.engine == "flite":
+        return ["flite", "-voice", voice.name, "-t", text, "-o", out]
+    raise ValueError(f"unknown TTS engine {voice.engine!r}")
+
+
 @functools.lru_cache(maxsize=2048)
 def render(voice: Voice, text: str) -> np.ndarray:
     """One piece of speech, 16 kHz float32, leading/trailing silence trimmed."""
@@ -526,16 +536,10 @@ def render(voice: Voice, text: str) -> np.ndarray:
         with tempfile.NamedTemporaryFile(suffix=".wav") as f:
             if voice.engine == "festival":
                 _festival().synth(_festival_settings(voice), text, f.name)
-            elif voice.engine == "espeak-ng":
-                cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch)]
-                subprocess.run(
-                    [*cmd, "-w", f.name, text], check=True, capture_output=True, timeout=60
-                )
-            elif voice.engine == "flite":
-                cmd = ["flite", "-voice", voice.name, "-t", text, "-o", f.name]
-                subprocess.run(cmd, check=True, capture_output=True, timeout=60)
             else:
-                raise ValueError(f"unknown TTS engine {voice.engine!r}")
+                subprocess.run(
+                    _tts_command(voice, text, f.name), check=True, capture_output=True, timeout=60
+                )
             import soundfile as sf
 
             x, sr = sf.read(f.name, dtype="float32")
