@@ -61,6 +61,8 @@ class ServedGlossary:
     glossary: Glossary
     index: TermIndex
     row_form: tuple[str, ...]  # spoken form (term or alias) of each index row
+    # Each row's phonemes as the phone head's labels (empty when the model has none).
+    row_phones: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -248,13 +250,15 @@ def embed_glossary(
         for f in e.forms():
             forms.append(f)
             row_entry.append(i)
+    unit_strings = model.term_units(forms) if forms else []
     xb = (
-        model.encode_terms(forms, progress=progress)
+        model.encode_units(unit_strings, progress=progress)
         if forms
         else np.zeros((0, model.config.embed_dim), np.float32)
     )
+    phones = tuple(model.phone_labels(unit_strings)) if model.phone is not None else ()
     index = TermIndex(xb, np.asarray(row_entry), exact_max, precision=precision)
-    return ServedGlossary(g, index, tuple(forms))
+    return ServedGlossary(g, index, tuple(forms), phones)
 
 
 class Engine:
@@ -470,7 +474,7 @@ class Engine:
         by_model: dict[int, list[_Job]] = {}
         for j in live:
             by_model.setdefault(id(j.snapshot.model), []).append(j)
-        vectors: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        vectors: dict[int, tuple[np.ndarray, np.ndarray, int, torch.Tensor]] = {}
         for jobs in by_model.values():
             snap = jobs[0].snapshot
             model, frontend = snap.model, snap.frontend
@@ -483,7 +487,12 @@ class Engine:
             vec = embed_windows(snap.head, frames, span_list, model.config.pool_segments)
             bounds = np.cumsum([0] + [len(s) for s in span_list])
             for k, j in enumerate(jobs):
-                vectors[id(j)] = (vec[bounds[k] : bounds[k + 1]], span_list[k], frontend.frame_rate)
+                vectors[id(j)] = (
+                    vec[bounds[k] : bounds[k + 1]],
+                    span_list[k],
+                    frontend.frame_rate,
+                    frames[k],
+                )
         t1 = time.monotonic()
         n_windows = sum(len(v[0]) for v in vectors.values())
         if self.observe_batch:
@@ -499,21 +508,39 @@ class Engine:
             D, I = served.index.search(xq, self.cfg.window_top)
             off = 0
             for j in jobs:
-                v, spans, rate = vectors[id(j)]
+                v, spans, rate, frames = vectors[id(j)]
                 n = len(v)
+                model = j.snapshot.model
+                second = model.phone is not None and len(served.row_phones) > 0
+                # Entries above the threshold on cosine alone are the only ones whose fused
+                # score (never above their cosine) can pass it: those are rescored.
                 hits = served.index.best_entries(
-                    D[off : off + n], I[off : off + n], j.threshold, j.top_k
+                    D[off : off + n],
+                    I[off : off + n],
+                    j.threshold,
+                    max(j.top_k, model.config.rescore_top) if second else j.top_k,
                 )
                 off += n
+                scores = [h.score for h in hits]
+                if second and hits:
+                    fused = model.rescore(
+                        model.phone_logprobs(frames),
+                        [served.row_phones[h.row] for h in hits],
+                        np.array([spans[h.window] for h in hits]),
+                        np.array(scores),
+                    )
+                    keep = [k for k in np.argsort(-fused, kind="stable") if fused[k] >= j.threshold]
+                    hits = [hits[k] for k in keep[: j.top_k]]
+                    scores = [float(fused[k]) for k in keep[: j.top_k]]
                 results[id(j)] = [
                     HitOut(
                         served.glossary.entries[h.entry],
                         served.row_form[h.row],
-                        h.score,
+                        score,
                         j.clip_start_s + spans[h.window][0] / rate,
                         j.clip_start_s + spans[h.window][1] / rate,
                     )
-                    for h in hits
+                    for h, score in zip(hits, scores, strict=True)
                 ]
         t2 = time.monotonic()
         share = 1.0 / len(live)

@@ -34,6 +34,7 @@ from torch import nn
 from . import audio as A
 from .g2p import units
 from .index import pad_rows, quantize_rows
+from .rescore import PhoneHead, phone_labels, phone_symbols, relative_logprobs, rescore
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,15 @@ class ModelConfig:
     # served one is interpolated in log size between these points and clamped at the
     # ends. Empty: ``threshold`` at every size.
     thresholds: tuple[tuple[int, float], ...] = ()
+    # Second stage (retriever/rescore.py): width of the phone head that reads the frames
+    # and gives per-frame phoneme posteriors; 0 = no phone head, cosine scores only.
+    phone_hidden: int = 0
+    # fused = cosine + rescore_weight * keyword score / phonemes (set on the dev split).
+    rescore_weight: float = 0.1
+    # Candidates (entries above the threshold, best cosine first) rescored per query.
+    rescore_top: int = 64
+    # Frames added on each side of a candidate's window before aligning its phonemes.
+    rescore_margin: int = 5
 
     def __post_init__(self):
         validate_config(self)
@@ -162,6 +172,14 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"thresholds must have increasing sizes >= 1, got {c.thresholds}")
     if any(not -1.0 <= t <= 1.0 for _, t in c.thresholds):
         raise ValueError(f"thresholds must lie in [-1, 1], got {c.thresholds}")
+    if not 0 <= c.phone_hidden <= 4096 or c.phone_hidden % 2:
+        raise ValueError(f"phone_hidden must be an even number in [0, 4096], got {c.phone_hidden}")
+    if not 0.0 <= c.rescore_weight <= 10.0:
+        raise ValueError(f"rescore_weight must be in [0, 10], got {c.rescore_weight}")
+    if not 1 <= c.rescore_top <= 1024:
+        raise ValueError(f"rescore_top must be in [1, 1024], got {c.rescore_top}")
+    if not 0 <= c.rescore_margin <= 100:
+        raise ValueError(f"rescore_margin must be in [0, 100] frames, got {c.rescore_margin}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -528,6 +546,13 @@ class DualEncoder(nn.Module):
         self.speech = SpeechHead(in_dim, c.head_hidden, c.embed_dim)
         self.text = TermEncoder(len(c.text_vocab) + 2, c.text_embed, c.text_hidden, c.embed_dim)
         self._sym = {s: i + 2 for i, s in enumerate(c.text_vocab)}
+        self._phone_sym = phone_symbols(c.text_vocab)
+        # The second stage (None without one): per-frame phoneme log-probs for rescoring.
+        self.phone = (
+            PhoneHead(c.frontend.dim, c.phone_hidden, len(self._phone_sym) + 1)
+            if c.phone_hidden
+            else None
+        )
 
     def forward(
         self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
@@ -552,20 +577,38 @@ class DualEncoder(nn.Module):
     def term_units(self, terms: list[str]) -> list[str]:
         return units(terms, self.config.text_unit, self.config.g2p_language)
 
+    def phone_labels(self, unit_strings: list[str]) -> list[np.ndarray]:
+        """Unit strings (``term_units``) as the phone head's CTC labels."""
+        return phone_labels(unit_strings, self._phone_sym)
+
     @torch.no_grad()
     def encode_terms(
         self, terms: list[str], batch_size: int = 512, progress: bool = False
     ) -> np.ndarray:
         """Terms (surface forms) -> (n, embed_dim) float32 unit vectors."""
+        return self.encode_units(terms, batch_size, progress, g2p=True)
+
+    @torch.no_grad()
+    def encode_units(
+        self,
+        unit_strings: list[str],
+        batch_size: int = 512,
+        progress: bool = False,
+        g2p: bool = False,
+    ) -> np.ndarray:
+        """Unit strings (``term_units``; surface forms with ``g2p``) -> (n, embed_dim)
+        float32 unit vectors."""
         self.eval()
-        out = np.zeros((len(terms), self.config.embed_dim), dtype=np.float32)
-        it = range(0, len(terms), batch_size)
+        out = np.zeros((len(unit_strings), self.config.embed_dim), dtype=np.float32)
+        it = range(0, len(unit_strings), batch_size)
         if progress:
             from tqdm import tqdm
 
             it = tqdm(it, desc="embed terms", unit="batch")
         for i in it:
-            u = self.term_units(terms[i : i + batch_size])
+            u = unit_strings[i : i + batch_size]
+            if g2p:
+                u = self.term_units(u)
             # Sorting by length keeps padding (and GRU work) small.
             order = np.argsort([len(s) for s in u])
             ids, lengths = self.tokenize([u[j] for j in order])
@@ -598,6 +641,26 @@ class DualEncoder(nn.Module):
             spans = self.windows(frames.shape[0])
         head = self.speech if head is None else head
         return embed_windows(head, [frames], [spans], self.config.pool_segments), spans
+
+    # -- second stage
+    def attach_phone_head(self, hidden: int) -> None:
+        """Give the model a fresh (untrained) phone head of width ``hidden``."""
+        self.config = dataclasses.replace(self.config, phone_hidden=hidden)
+        self.phone = PhoneHead(self.config.frontend.dim, hidden, len(self._phone_sym) + 1)
+
+    def phone_logprobs(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | None:
+        """(T, D) frames of one clip -> (T, labels) log-probs relative to each frame's best,
+        for ``rescore``; None when the model has no phone head."""
+        if self.phone is None:
+            return None
+        return relative_logprobs(self.phone, torch.as_tensor(frames).float().cpu())
+
+    def rescore(
+        self, rel: np.ndarray, labels: list[np.ndarray], windows: np.ndarray, cosine: np.ndarray
+    ) -> np.ndarray:
+        """Fused scores (<= ``cosine``) of candidates found by their best ``windows``."""
+        c = self.config
+        return rescore(rel, labels, windows, cosine, c.rescore_weight, c.rescore_margin)
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:

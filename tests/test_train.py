@@ -51,7 +51,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(corpus: Path, out: Path, nproc: int = 1, steps: int = 4) -> subprocess.CompletedProcess:
+def _train(
+    corpus: Path, out: Path, nproc: int = 1, steps: int = 4, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     args = [
         "train",
         "--corpus",
@@ -75,6 +77,11 @@ def _train(corpus: Path, out: Path, nproc: int = 1, steps: int = 4) -> subproces
         "2",
         "--background",
         "4",
+        "--phone-steps",
+        "3",
+        "--phone-hidden",
+        "16",
+        *extra,
     ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "client.cli", *args]
@@ -121,6 +128,31 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert (ck / "training_curves.png").stat().st_size > 1000
     hist = json.loads((ck / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3, 4] and "dev_recall@10" in hist[1]
+    # The second stage: a phone head trained after the encoder, its weight chosen on dev.
+    assert m.config.phone_hidden == 16 and m.phone is not None
+    assert [h["step"] for h in metrics["phone_history"]] == [1, 2, 3]
+    assert "dev_per" in metrics["phone_history"][-1]
+    assert m.config.rescore_weight == metrics["rescore_weight"]
+    assert {r["weight"] for r in metrics["rescore_weights_dev"]} >= {metrics["rescore_weight"]}
+    assert (ck / "phone_curves.png").stat().st_size > 1000
+    assert not (ck / "phone_state.pt").exists() and not (ck / "train_state.pt").exists()
+
+
+def test_phones_only_adds_a_second_stage_to_a_trained_checkpoint(tiny_corpus, tmp_path):
+    r = _train(tiny_corpus, tmp_path / "plain", extra=("--phone-steps", "0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = DualEncoder.from_pretrained(tmp_path / "plain")
+    assert plain.phone is None
+    r = _train(tiny_corpus, tmp_path / "two", extra=("--phones-only", str(tmp_path / "plain")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = DualEncoder.from_pretrained(tmp_path / "two")
+    assert two.phone is not None
+    # The dual encoder is the plain checkpoint's, untouched.
+    assert np.array_equal(two.encode_terms(TERMS), plain.encode_terms(TERMS))
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["phone_stage_on"] == str(tmp_path / "plain") and "calibration" in metrics
+    again = _train(tiny_corpus, tmp_path / "x", extra=("--phones-only", str(tmp_path / "two")))
+    assert again.returncode == 2 and "already has a phone head" in again.stderr
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):
@@ -246,3 +278,4 @@ def test_train_cli_rejects_bad_speed_factors(tiny_corpus, tmp_path):
 
     for bad in ("1.0", "0.2", "fast"):
         assert rasst(["train", "--corpus", str(tiny_corpus), "--speed-perturb", bad]) == 2
+    assert rasst(["train", "--corpus", str(tiny_corpus), "--phone-steps", "-1"]) == 2

@@ -134,9 +134,11 @@ def data_main(argv: list[str] | None = None) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from .phones import PhoneTrainConfig
     from .train import TrainConfig
 
     d = TrainConfig()
+    pd = PhoneTrainConfig()
     p = argparse.ArgumentParser(
         prog="rasst train",
         description="Train the dual encoder on a corpus made by `rasst data synth`.",
@@ -184,9 +186,29 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--frontend-dim", type=int, default=384, help="its frame width (512 for whisper base)"
     )
+    p.add_argument(
+        "--phone-steps",
+        type=int,
+        default=pd.steps,
+        help="steps of the second stage's phone head (CTC on the term spans); 0 = none",
+    )
+    p.add_argument("--phone-hidden", type=int, default=pd.hidden, help="phone head width")
+    p.add_argument(
+        "--phones-only",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="keep this checkpoint's dual encoder and train only the phone head (written to --out)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.phone_steps < 0 or (args.phones_only and args.phone_steps < 1):
+        print(
+            f"rasst train: --phone-steps must be >= 0 (>= 1 with --phones-only), got {args.phone_steps}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         speeds = [float(x) for x in args.speed_perturb.split(",") if x.strip()]
     except ValueError:
@@ -204,9 +226,13 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from .data import read_lines
     from .features import FeatureCache, cached
-    from .train import TrainConfig, run
+    from .phones import PhoneTrainConfig
+    from .train import TrainConfig, add_phone_stage, run
 
     ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if ddp and args.phones_only:
+        print("rasst train: --phones-only runs in one process, not under torchrun", file=sys.stderr)
+        return 2
     if ddp:
         import torch
 
@@ -252,8 +278,18 @@ def train_main(argv: list[str] | None = None) -> int:
             eval_size=args.eval_size,
             seed=args.seed,
         )
+        phone_cfg = PhoneTrainConfig(
+            steps=args.phone_steps, hidden=args.phone_hidden, seed=args.seed
+        )
         t0 = time.time()
-        out = run(train_c, dev_c, distractors, args.out, ModelConfig(**mkw), cfg)
+        if args.phones_only:
+            out = add_phone_stage(
+                args.phones_only, train_c, dev_c, distractors, args.out, phone_cfg, args.eval_size
+            )
+        else:
+            out = run(
+                train_c, dev_c, distractors, args.out, ModelConfig(**mkw), cfg, phone_cfg=phone_cfg
+            )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())
             print(
@@ -261,7 +297,8 @@ def train_main(argv: list[str] | None = None) -> int:
                     {
                         "checkpoint": str(out),
                         "minutes": round((time.time() - t0) / 60, 1),
-                        "final": m["final"],
+                        "final": m.get("final"),
+                        "rescore_weight": m.get("rescore_weight"),
                         "calibration": m.get("calibration"),
                     },
                     indent=2,

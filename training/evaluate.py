@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,43 @@ class OccurrenceVectors:
     all_vectors: list[np.ndarray]  # per utterance: (n_windows, E) every window
     terms: list[str]
     occ_utt: np.ndarray
+    # For the second stage (empty without a phone head): per occurrence, its covering
+    # windows' [start, end) frames; per utterance, every window's, and the phone head's
+    # relative log-probs.
+    spans: list[np.ndarray] = field(default_factory=list)
+    all_spans: list[np.ndarray] = field(default_factory=list)
+    phone_logprobs: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Rescorer:
+    """A model's second stage over one glossary: each row's phoneme labels."""
+
+    model: DualEncoder
+    row_phones: list[np.ndarray]
+
+    @classmethod
+    def of(cls, model: DualEncoder, terms: list[str]) -> Rescorer | None:
+        if model.phone is None:
+            return None
+        return cls(model, model.phone_labels(model.term_units(terms)))
+
+    def hits(self, index: TermIndex, vectors, spans, rel, threshold: float, top_k: int):
+        """(entry, score) of a query's best ``top_k`` entries, rescored: its windows'
+        ``vectors`` and their ``spans`` over a clip whose phone log-probs are ``rel``."""
+        top = self.model.config.rescore_top
+        D, I = index.search(vectors, min(top, index.ntotal))
+        hits = index.best_entries(D, I, threshold=threshold, top_k=max(top, top_k))
+        if not hits:
+            return []
+        fused = self.model.rescore(
+            rel,
+            [self.row_phones[h.row] for h in hits],
+            np.array([spans[h.window] for h in hits]),
+            np.array([h.score for h in hits]),
+        )
+        order = np.argsort(-fused, kind="stable")[:top_k]
+        return [(hits[k].entry, float(fused[k])) for k in order if fused[k] >= threshold]
 
 
 @torch.no_grad()
@@ -53,16 +90,29 @@ def encode_occurrences(
     head = int8_speech_head(model.speech) if precision == "int8" else None
     per_utt: list[np.ndarray] = []
     per_utt_spans: list[np.ndarray] = []
+    rel: list[np.ndarray] = []
     for u in range(len(cache.offsets) - 1):
         fr = torch.from_numpy(cache.utt_frames(u).astype(np.float32))
         v, spans = model.encode_audio(fr, head=head)
         per_utt.append(v)
         per_utt_spans.append(spans)
-    vecs = []
+        if model.phone is not None:
+            rel.append(model.phone_logprobs(fr))
+    vecs, occ_spans = [], []
     for i, u in enumerate(cache.occ_utt):
         a, b = cache.occ_span[i]
-        vecs.append(per_utt[u][covering_windows(per_utt_spans[u], a, b)])
-    return OccurrenceVectors(vecs, per_utt, list(cache.occ_term), cache.occ_utt)
+        cover = covering_windows(per_utt_spans[u], a, b)
+        vecs.append(per_utt[u][cover])
+        occ_spans.append(per_utt_spans[u][cover])
+    return OccurrenceVectors(
+        vecs,
+        per_utt,
+        list(cache.occ_term),
+        cache.occ_utt,
+        occ_spans if rel else [],
+        per_utt_spans if rel else [],
+        rel,
+    )
 
 
 def build_glossary(
@@ -89,17 +139,22 @@ def retrieval_metrics(
     ks=(1, 5, 10),
     groups: list[str] | None = None,
     precision: str = "float32",
+    rescorer: Rescorer | None = None,
 ) -> dict:
     """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
-    the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic."""
+    the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic;
+    ``rescorer``: the second stage, over the same glossary (needs ``occ`` with spans)."""
     index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)), precision=precision)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
     ranks = []
-    for v, term in zip(occ.vectors, occ.terms, strict=True):
-        D, I = index.search(v, min(64, len(glossary_terms)))
-        hits = index.best_entries(D, I, threshold=-2.0, top_k=64)
-        order = [h.entry for h in hits]
+    for i, (v, term) in enumerate(zip(occ.vectors, occ.terms, strict=True)):
+        if rescorer is not None:
+            rel = occ.phone_logprobs[occ.occ_utt[i]]
+            order = [e for e, _ in rescorer.hits(index, v, occ.spans[i], rel, -2.0, 64)]
+        else:
+            D, I = index.search(v, min(64, len(glossary_terms)))
+            order = [h.entry for h in index.best_entries(D, I, threshold=-2.0, top_k=64)]
         target = pos[normalize_term(term).lower()]
         ranks.append(order.index(target) + 1 if target in order else 10**9)
     r = np.asarray(ranks)
@@ -135,10 +190,16 @@ def evaluate(
     engines = [cache.utt_speaker[u].split(":")[0] or "?" for u in occ.occ_utt]
     biggest = build_glossary(test_terms, distractors, max(sizes), seed)
     vecs = model.encode_terms(biggest, progress=progress)
+    rescorer = Rescorer.of(model, biggest)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
         report["sizes"][str(size)] = retrieval_metrics(
-            occ, vecs[:size], biggest[:size], groups=engines, precision=precision
+            occ,
+            vecs[:size],
+            biggest[:size],
+            groups=engines,
+            precision=precision,
+            rescorer=rescorer,
         )
     return report
 
@@ -169,6 +230,7 @@ def calibrate_thresholds(
         return []
     biggest = build_glossary(terms, distractors, sizes[-1], seed)
     vecs = model.encode_terms(biggest)
+    rescorer = Rescorer.of(model, biggest)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(biggest)}
     spoken: dict[int, set[int]] = {}
     for u, t in zip(occ.occ_utt, occ.terms, strict=True):
@@ -179,9 +241,14 @@ def calibrate_thresholds(
         index = TermIndex(vecs[:size], np.arange(size))
         scored = []  # (score, correct)
         for u, want in spoken.items():
-            D, I = index.search(occ.all_vectors[u], 16)
-            for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k):
-                scored.append((h.score, h.entry in want))
+            if rescorer is not None:
+                found = rescorer.hits(
+                    index, occ.all_vectors[u], occ.all_spans[u], occ.phone_logprobs[u], -2.0, top_k
+                )
+            else:
+                D, I = index.search(occ.all_vectors[u], 16)
+                found = [(h.entry, h.score) for h in index.best_entries(D, I, -2.0, top_k)]
+            scored += [(score, entry in want) for entry, score in found]
         scored.sort(key=lambda x: -x[0])
         tp = fp = 0
         best = (0.0, 0.5, 0.0, 0.0)

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,8 +29,10 @@ import torch.distributed as dist
 from retriever.g2p import units
 from retriever.model import DualEncoder, FrontendConfig, ModelConfig
 
+from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
 from .features import FeatureCache
 from .loss import DualContrastiveLoss
+from .phones import PhoneTrainConfig, train_phone_head
 
 logger = logging.getLogger(__name__)
 
@@ -396,8 +399,14 @@ def run(
     cfg: TrainConfig | None = None,
     progress: bool = True,
     calibrate: bool = True,
+    phone_cfg: PhoneTrainConfig | None = None,
 ) -> Path:
-    """Train and write a checkpoint directory (rank 0); returns its path."""
+    """Train and write a checkpoint directory (rank 0); returns its path.
+
+    The dual encoder first (under DDP when initialised), then on rank 0 the second
+    stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
+    none), then the threshold calibration.
+    """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
     out_dir = Path(out_dir)
@@ -405,7 +414,9 @@ def run(
     history = trainer.fit(progress)
     if not _is_main():
         return out_dir
-    model = trainer.module.eval()
+    # The dual encoder's last state stays on disk until the checkpoint is written, so an
+    # interrupted phone stage resumes without training the encoder again.
+    trainer.save_state()
     metrics = {
         "train_config": asdict(cfg),
         "final": history[-1] if history else {},
@@ -413,18 +424,47 @@ def run(
         "n_train_terms": len(trainer.spoken),
         "train_voices": voice_mix(train_cache.utt_speaker),
     }
-    if calibrate and dev_cache is not None:
-        from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
+    finish(
+        trainer.module.eval(),
+        train_cache,
+        dev_cache,
+        trainer.text_only or trainer.spoken,
+        out_dir,
+        metrics,
+        phone_cfg or PhoneTrainConfig(),
+        calibrate_sizes=(cfg.eval_size, *CALIBRATION_SIZES) if calibrate else (),
+        progress=progress,
+    )
+    (out_dir / "history.json").write_text(json.dumps(history))
+    plot_history(history, out_dir / "training_curves.png")
+    (out_dir / "train_state.pt").unlink(missing_ok=True)
+    return out_dir
 
-        cals = calibrate_thresholds(
-            model,
-            dev_cache,
-            trainer.text_only or trainer.spoken,
-            sizes=(cfg.eval_size, *CALIBRATION_SIZES),
+
+def finish(
+    model: DualEncoder,
+    train_cache: FeatureCache,
+    dev_cache: FeatureCache | None,
+    distractors: list[str],
+    out_dir: Path,
+    metrics: dict,
+    phone_cfg: PhoneTrainConfig,
+    calibrate_sizes: tuple[int, ...] = CALIBRATION_SIZES,
+    progress: bool = True,
+) -> Path:
+    """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
+    is 0), calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint."""
+    if phone_cfg.steps:
+        metrics.update(
+            train_phone_head(
+                model, train_cache, dev_cache, distractors, phone_cfg, out_dir, progress
+            )
         )
+    if calibrate_sizes and dev_cache is not None:
+        cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
         if cals:
             metrics["calibration"] = next(
-                (c for c in cals if c["glossary_size"] == cfg.eval_size), cals[0]
+                (c for c in cals if c["glossary_size"] == calibrate_sizes[0]), cals[0]
             )
             metrics["calibration_by_size"] = cals
             model.config = replace(
@@ -433,7 +473,66 @@ def run(
                 thresholds=tuple((c["glossary_size"], c["threshold"]) for c in cals),
             )
     model.save_pretrained(out_dir, metrics=metrics)
-    (out_dir / "history.json").write_text(json.dumps(history))
-    plot_history(history, out_dir / "training_curves.png")
-    (out_dir / "train_state.pt").unlink(missing_ok=True)
+    if "phone_history" in metrics:
+        plot_phone_history(metrics["phone_history"], out_dir / "phone_curves.png")
     return out_dir
+
+
+def add_phone_stage(
+    checkpoint: Path,
+    train_cache: FeatureCache,
+    dev_cache: FeatureCache | None,
+    distractors: list[str],
+    out_dir: Path,
+    phone_cfg: PhoneTrainConfig,
+    eval_size: int = 1000,
+    progress: bool = True,
+) -> Path:
+    """A trained checkpoint's dual encoder, unchanged, with a newly trained phone head (and
+    thresholds calibrated again for the fused scores) written to ``out_dir``."""
+    model = DualEncoder.from_pretrained(checkpoint)
+    metrics_path = Path(checkpoint) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["phone_stage_on"] = str(checkpoint)
+    if model.phone is not None:
+        raise ValueError(f"{checkpoint} already has a phone head")
+    spoken = set(train_cache.occ_term)
+    finish(
+        model,
+        train_cache,
+        dev_cache,
+        [d for d in distractors if d not in spoken] or sorted(spoken),
+        out_dir,
+        metrics,
+        phone_cfg,
+        calibrate_sizes=(eval_size, *CALIBRATION_SIZES),
+        progress=progress,
+    )
+    for name in ("history.json", "training_curves.png"):
+        src = Path(checkpoint) / name
+        if src.is_file() and Path(checkpoint).resolve() != Path(out_dir).resolve():
+            shutil.copyfile(src, Path(out_dir) / name)
+    return Path(out_dir)
+
+
+def plot_phone_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot([h["step"] for h in history], [h["ctc_loss"] for h in history], lw=0.6)
+    ev = [h for h in history if "dev_per" in h]
+    ax[0].plot([h["step"] for h in ev], [h["dev_ctc_loss"] for h in ev], marker="o", label="dev")
+    ax[0].set_title("phone head CTC loss")
+    ax[0].legend()
+    ax[1].plot([h["step"] for h in ev], [h["dev_per"] for h in ev], marker="o")
+    ax[1].set_title("dev phoneme error rate (greedy)")
+    ax[1].set_ylim(0, None)
+    for a in ax:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,139 @@
+"""Second stage: rescore the dual encoder's candidates by how well their phonemes align.
+
+The dual encoder compresses a window into one vector, so near misses at 100K entries
+("parsing" / "sparing", "nepheline" / "Nephilim") sit close in its space. The phone
+head reads the same front-end frames and gives per-frame phoneme posteriors (trained
+with CTC on the term spans). A candidate's keyword score is the best CTC alignment of
+its phoneme string to any stretch of frames inside its window, each frame scored
+against the best label there (so the score is <= 0: 0 means the frames say exactly
+these phonemes). The served score is
+
+    fused = cosine + weight * keyword_score / n_phonemes
+
+which is never above the cosine: a threshold on the fused score can first be applied to
+the cosine, so only entries that could pass are rescored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Log-probability of an impossible path; finite so that sums stay finite.
+_NEG = -1e9
+
+
+class PhoneHead(nn.Module):
+    """Front-end frames (B, T, D) -> per-frame phoneme log-probabilities (B, T, V + 1).
+
+    Label 0 is CTC's blank; label i >= 1 is the text vocabulary's symbol i - 1 (spaces
+    excluded, see ``phone_symbols``).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, n_labels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.inp = nn.Linear(in_dim, hidden)
+        self.rnn = nn.GRU(
+            hidden, hidden // 2, num_layers=2, batch_first=True, bidirectional=True, dropout=0.1
+        )
+        self.out = nn.Linear(hidden, n_labels)
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.gelu(self.inp(self.norm(frames)))
+        if lengths is None:
+            y, _ = self.rnn(x)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            y, _ = self.rnn(packed)
+            y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return self.out(y).log_softmax(-1)
+
+
+def phone_symbols(text_vocab: tuple[str, ...]) -> dict[str, int]:
+    """Symbol -> CTC label (1-based; word spaces are not sounds, so they get none)."""
+    return {s: i + 1 for i, s in enumerate(s for s in text_vocab if not s.isspace())}
+
+
+def phone_labels(unit_strings: list[str], symbols: dict[str, int]) -> list[np.ndarray]:
+    """Each unit string as CTC labels; unknown symbols are dropped (at least one label)."""
+    out = []
+    for s in unit_strings:
+        ids = [symbols[c] for c in s if c in symbols]
+        out.append(np.asarray(ids or [1], dtype=np.int64))
+    return out
+
+
+@torch.no_grad()
+def relative_logprobs(head: PhoneHead, frames: torch.Tensor) -> np.ndarray:
+    """(T, D) frames of one clip -> (T, V + 1) log-probs minus each frame's best (<= 0)."""
+    head.eval()
+    lp = head(frames.float()[None])[0]
+    return (lp - lp.max(dim=1, keepdim=True).values).cpu().numpy()
+
+
+def keyword_scores(rel: np.ndarray, labels: list[np.ndarray], regions: np.ndarray) -> np.ndarray:
+    """Best free-boundary CTC alignment of each label string inside its frame region.
+
+    rel: (T, V + 1) from ``relative_logprobs``; labels: n label arrays; regions: (n, 2)
+    [start, end) frames. The alignment may start and end on any frame of the region; blank
+    frames may sit between phonemes, not before the first or after the last. Returns (n,)
+    scores <= 0 (``_NEG`` when a string has more phonemes than its region has frames).
+    """
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    states = [np.insert(lab, np.arange(1, len(lab)), 0) for lab in labels]  # p1 0 p2 0 .. pL
+    S = max(len(s) for s in states)
+    lab = np.zeros((n, S), np.int64)
+    valid = np.zeros((n, S), bool)
+    skip = np.zeros((n, S), bool)  # p_{k-1} -> p_k without a blank between (labels differ)
+    for i, s in enumerate(states):
+        lab[i, : len(s)] = s
+        valid[i, : len(s)] = True
+        skip[i, 2 : len(s)] = (s[2:] != 0) & (s[2:] != s[:-2])
+    last = np.array([len(s) - 1 for s in states])
+    regions = np.asarray(regions, dtype=np.int64)
+    t0, t1 = int(regions[:, 0].min()), int(regions[:, 1].max())
+    rows = np.arange(n)
+    alpha = np.full((n, S), _NEG)
+    best = np.full(n, _NEG)
+    for t in range(t0, t1):
+        inside = (regions[:, 0] <= t) & (t < regions[:, 1])
+        emit = rel[t][lab]  # (n, S)
+        stay = alpha
+        step = np.concatenate([np.full((n, 1), _NEG), alpha[:, :-1]], axis=1)
+        jump = np.where(skip, np.concatenate([np.full((n, 2), _NEG), alpha[:, :-2]], axis=1), _NEG)
+        prev = np.maximum(np.maximum(stay, step), jump)
+        prev[:, 0] = np.maximum(prev[:, 0], 0.0)  # a fresh start on this frame
+        alpha = np.where(valid & inside[:, None], np.maximum(prev + emit, _NEG), _NEG)
+        best = np.maximum(best, alpha[rows, last])
+    return best.astype(np.float32)
+
+
+def fuse(
+    cosine: np.ndarray, keyword: np.ndarray, n_labels: np.ndarray, weight: float
+) -> np.ndarray:
+    """The served score: cosine plus the per-phoneme keyword score, weighted (<= cosine)."""
+    return (cosine + weight * keyword / np.maximum(n_labels, 1)).astype(np.float32)
+
+
+def rescore(
+    rel: np.ndarray,
+    labels: list[np.ndarray],
+    windows: np.ndarray,
+    cosine: np.ndarray,
+    weight: float,
+    margin: int,
+) -> np.ndarray:
+    """Fused scores of candidates, each aligned inside its best window (start, end frames
+    of the clip ``rel`` was computed on) widened by ``margin`` frames on each side."""
+    if len(labels) == 0:
+        return np.zeros(0, np.float32)
+    regions = np.clip(np.asarray(windows, np.int64) + [-margin, margin], 0, len(rel))
+    keyword = keyword_scores(rel, labels, regions)
+    return fuse(np.asarray(cosine), keyword, np.array([len(x) for x in labels]), weight)

@@ -1,0 +1,108 @@
+"""The second stage: keyword alignment scores, fusion, and the phone head in checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retriever.model import DualEncoder, ModelConfig
+from retriever.rescore import fuse, keyword_scores, phone_labels, phone_symbols, rescore
+
+V = 6  # labels 0 (blank) .. 5
+
+
+def posteriorgram(path: list[int], confidence: float = 0.9) -> np.ndarray:
+    """Relative log-probs (<= 0) whose best label on frame t is path[t]."""
+    p = np.full((len(path), V), (1 - confidence) / (V - 1))
+    p[np.arange(len(path)), path] = confidence
+    lp = np.log(p)
+    return lp - lp.max(1, keepdims=True)
+
+
+def test_a_spoken_sequence_scores_zero_anywhere_in_its_region():
+    rel = posteriorgram([0, 0, 3, 3, 0, 5, 5, 0, 0, 1])
+    whole = [[0, len(rel)]]
+    assert keyword_scores(rel, [np.array([3, 5])], whole)[0] == pytest.approx(0.0)
+    # Blank frames between the phonemes are free; before and after they are outside it.
+    assert keyword_scores(rel, [np.array([3])], whole)[0] == pytest.approx(0.0)
+    other = keyword_scores(rel, [np.array([4, 2])], whole)[0]
+    assert other < -2 * np.log(0.9 / 0.02) + 1e-3  # two frames each at least that far off
+
+
+def test_scores_order_candidates_by_how_well_they_match():
+    rel = posteriorgram([0, 2, 2, 3, 0, 4, 4, 0])
+    seqs = [np.array([2, 3, 4]), np.array([2, 3, 5]), np.array([1, 1, 1]), np.array([2, 4])]
+    s = keyword_scores(rel, seqs, np.tile([0, len(rel)], (len(seqs), 1)))
+    assert s[0] == pytest.approx(0.0)
+    assert s[0] > s[1] > s[2]
+    # [2, 4] skips the 3: one frame of 3 must then go to 2, 4 or blank; costs something.
+    assert s[3] < 0
+
+
+def test_a_repeated_phoneme_needs_a_blank_or_another_frame_between():
+    rel = posteriorgram([0, 3, 0, 3, 0])
+    assert keyword_scores(rel, [np.array([3, 3])], [[0, 5]])[0] == pytest.approx(0.0)
+    merged = posteriorgram([0, 3, 3, 0])
+    # Two frames of 3 with no blank read as one 3: "3 3" has to pay for a blank.
+    assert keyword_scores(merged, [np.array([3, 3])], [[0, 4]])[0] < -1.0
+
+
+def test_regions_limit_where_a_candidate_may_align():
+    rel = posteriorgram([3, 5, 0, 0, 0, 0, 1, 2])
+    seqs = [np.array([3, 5]), np.array([3, 5]), np.array([1, 2])]
+    s = keyword_scores(rel, seqs, np.array([[0, 3], [3, 8], [5, 8]]))
+    assert s[0] == pytest.approx(0.0) and s[2] == pytest.approx(0.0)
+    assert s[1] < -2.0
+    # More phonemes than frames in the region: impossible.
+    assert keyword_scores(rel, [np.array([3, 5, 1])], [[0, 2]])[0] < -1e6
+
+
+def test_fused_scores_never_exceed_the_cosine():
+    rel = posteriorgram([0, 2, 3, 0, 4, 1])
+    labels = [np.array([2, 3]), np.array([4, 4, 4, 4]), np.array([1])]
+    cos = np.array([0.9, 0.95, 0.5])
+    f = rescore(rel, labels, np.array([[0, 4], [2, 6], [0, 2]]), cos, 0.2, 1)
+    assert np.all(f <= cos + 1e-6)
+    assert f[0] == pytest.approx(0.9, abs=1e-5)  # a perfect match keeps its cosine
+    assert f[1] < f[0]  # the better cosine with the wrong phonemes now ranks below
+    assert fuse(np.array([0.8]), np.array([-1.0]), np.array([4]), 0.4)[0] == pytest.approx(0.7)
+    assert rescore(rel, [], np.zeros((0, 2)), np.zeros(0), 0.2, 1).shape == (0,)
+
+
+def test_phone_labels_skip_spaces_and_unknown_symbols():
+    sym = phone_symbols((" ", "a", "b", "ə"))
+    assert sym == {"a": 1, "b": 2, "ə": 3}
+    assert [x.tolist() for x in phone_labels(["ab ə", "zz", ""], sym)] == [[1, 2, 3], [1], [1]]
+
+
+def test_a_phone_head_round_trips_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(text_vocab=(" ", "a", "b"), embed_dim=16, head_hidden=32, text_hidden=16)
+    model = DualEncoder(cfg)
+    assert model.phone is None and model.phone_logprobs(np.zeros((5, 384))) is None
+    model.attach_phone_head(8)
+    model.save_pretrained(tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["phone_hidden"] == 8
+    back = DualEncoder.from_pretrained(tmp_path / "ck")
+    frames = torch.randn(40, 384)
+    rel = back.phone_logprobs(frames)
+    assert rel.shape == (40, 3)  # blank + "a" + "b"
+    assert np.allclose(rel.max(1), 0.0) and np.all(rel <= 0)
+    assert np.allclose(rel, model.phone_logprobs(frames), atol=1e-5)
+    # A checkpoint written before the second stage existed loads without one.
+    d = json.loads((tmp_path / "ck" / "config.json").read_text())
+    for key in ("phone_hidden", "rescore_weight", "rescore_top", "rescore_margin"):
+        d.pop(key)
+    assert ModelConfig.from_dict(d).phone_hidden == 0
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("phone_hidden", 7), ("phone_hidden", -2), ("rescore_weight", -0.1), ("rescore_top", 0)],
+)
+def test_bad_second_stage_settings_are_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**{field: value})
