@@ -56,6 +56,16 @@ def main(argv=None) -> int:
         f"- Speech: Whisper tiny.en encoder, frozen, CTranslate2 int8 from the PyPI package `{cfg['frontend']['package']}`;",
         f"  windows pooled from its 50 frames/s (mean{parts}), MLP {cfg['frontend']['dim'] * (1 + segs)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
         f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
+        *(
+            [
+                f"- Second stage: a phone head (LayerNorm, linear {cfg['frontend']['dim']}→{mc.phone_hidden}, 2-layer BiGRU, CTC over the",
+                f"  text side's {len(cfg['text_vocab'])} symbols less spaces) reads the same frames; the best {mc.rescore_top} candidates above the",
+                "  threshold are rescored by aligning their phonemes inside their window ("
+                + f"±{mc.rescore_margin} frames): score = cosine + {mc.rescore_weight} × alignment log-prob / phonemes.",
+            ]
+            if mc.phone_hidden
+            else []
+        ),
         f"- Windows: {cfg['window_frames']} frames, hop {cfg['window_stride']} (50 frames = 1 s). Calibrated threshold: {cfg['threshold']}"
         + (
             " (by glossary size: "
@@ -83,6 +93,26 @@ def main(argv=None) -> int:
         f"  {tc['text_negatives']} text-only negatives per step, cross-batch memory {tc['memory_size']},",
         f"  {tc['hard_negatives'] or 'no'} mined phonetic neighbours per seed term, {tc.get('background', 0) or 'no'} background windows per step.",
         f"- Final dev (unseen terms, training voices, 1K glossary): R@1 {metrics['final'].get('dev_recall@1', float('nan')):.3f}, R@10 {metrics['final'].get('dev_recall@10', float('nan')):.3f}.",
+        *(
+            [
+                f"- Phone head: {metrics['phone_config']['steps']} steps of CTC, batch {metrics['phone_config']['batch_size']}, lr {metrics['phone_config']['lr']},"
+                f" on each term span ±{metrics['phone_config']['margin']} frames; dev phoneme error rate (greedy)"
+                f" {metrics['phone_history'][-1].get('dev_per', float('nan')):.3f}. Rescore weight chosen on dev (MRR at"
+                f" {metrics['rescore_weights_dev'][0]['glossary_size']:,} entries): "
+                + ", ".join(
+                    f"{r['weight']}: R@1 {r['recall@1']:.3f} MRR {r['mrr']:.3f}"
+                    for r in metrics["rescore_weights_dev"]
+                )
+                + "."
+                + (
+                    f" Trained on the dual encoder of `{metrics['phone_stage_on']}` (`rasst train --phones-only`)."
+                    if metrics.get("phone_stage_on")
+                    else ""
+                ),
+            ]
+            if metrics.get("rescore_weights_dev")
+            else []
+        ),
         f"- Threshold calibration on dev (max hit F1 at 1K): {json.dumps(metrics.get('calibration'))}",
         "",
         "Reproduce: `make train` (data, frames, training and held-out evaluation; see the root README for timings).",

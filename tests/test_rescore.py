@@ -106,3 +106,53 @@ def test_a_phone_head_round_trips_through_a_checkpoint(tmp_path):
 def test_bad_second_stage_settings_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         ModelConfig(**{field: value})
+
+
+def _plain_copy(checkpoint, out):
+    """The checkpoint's dual encoder alone: its config and weights less the phone head."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    cfg["phone_hidden"] = 0
+    (out / "config.json").write_text(json.dumps(cfg))
+    w = load_file(str(checkpoint / "model.safetensors"))
+    save_file(
+        {k: v for k, v in w.items() if not k.startswith("phone.")}, str(out / "model.safetensors")
+    )
+    return out
+
+
+def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp_path, tts):
+    """The shipped model has a second stage: served scores are the fused ones, each at most
+    the cosine the same entry gets from the dual encoder alone, and a term that was not
+    said loses more than the one that was."""
+    import asyncio
+
+    from retriever.engine import Engine, EngineConfig
+    from retriever.glossary import GlossaryStore, make_entry
+
+    assert DualEncoder.load_config(default_checkpoint).phone_hidden > 0
+    terms = ["semantic parsing", "semantic pairing", "mantic parsing", "beam search"]
+    clip = tts("today we look at semantic parsing in detail")
+    scores = []
+    for ck in (default_checkpoint, _plain_copy(default_checkpoint, tmp_path / "plain")):
+        e = Engine(GlossaryStore(tmp_path / ck.name), EngineConfig(precision="float32"))
+        try:
+            e.load_model(ck)
+            entries = [make_entry({"term": t}, f"entries[{i}]") for i, t in enumerate(terms)]
+            e.commit_glossary(e.store.prepare_put("g", entries))
+
+            async def ask(engine=e):
+                return await engine.submit(clip, "g", 10, -1.0, 30.0)
+
+            result = asyncio.run(ask())
+            scores.append({h.entry.term: h.score for h in result.hits})
+        finally:
+            e.close()
+    fused, cosine = scores
+    assert max(fused, key=fused.get) == "semantic parsing"
+    for term, s in fused.items():
+        assert s <= cosine[term] + 1e-5
+    drop = {t: cosine[t] - fused[t] for t in fused}
+    assert drop["semantic parsing"] < min(drop[t] for t in fused if t != "semantic parsing")

@@ -63,11 +63,21 @@ class Rescorer:
             return None
         return cls(model, model.phone_labels(model.term_units(terms)))
 
-    def hits(self, index: TermIndex, vectors, spans, rel, threshold: float, top_k: int):
+    def hits(
+        self,
+        index: TermIndex,
+        vectors,
+        spans,
+        rel,
+        threshold: float,
+        top_k: int,
+        per_window: int | None = None,
+    ):
         """(entry, score) of a query's best ``top_k`` entries, rescored: its windows'
-        ``vectors`` and their ``spans`` over a clip whose phone log-probs are ``rel``."""
+        ``vectors`` and their ``spans`` over a clip whose phone log-probs are ``rel``; each
+        window votes for its ``per_window`` nearest rows (default: ``rescore_top``)."""
         top = self.model.config.rescore_top
-        D, I = index.search(vectors, min(top, index.ntotal))
+        D, I = index.search(vectors, min(per_window or top, index.ntotal))
         hits = index.best_entries(D, I, threshold=threshold, top_k=max(top, top_k))
         if not hits:
             return []

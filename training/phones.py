@@ -42,7 +42,7 @@ class PhoneTrainConfig:
     margin: int = 4
     jitter: int = 3
     # Rescore weights tried on dev, and the glossary size they are compared at (MRR).
-    weights: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    weights: tuple[float, ...] = (0.03, 0.05, 0.1, 0.2)
     tune_size: int = 10_000
     # Evaluate dev phoneme error rate / save a resumable state every this many steps.
     eval_every: int = 500

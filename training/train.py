@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from retriever.g2p import units
-from retriever.model import DualEncoder, FrontendConfig, ModelConfig
+from retriever.model import DualEncoder, FrontendConfig, ModelConfig, checkpoint_id
 
 from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
 from .features import FeatureCache
@@ -493,7 +493,7 @@ def add_phone_stage(
     model = DualEncoder.from_pretrained(checkpoint)
     metrics_path = Path(checkpoint) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["phone_stage_on"] = str(checkpoint)
+    metrics["phone_stage_on"] = checkpoint_id(checkpoint)
     if model.phone is not None:
         raise ValueError(f"{checkpoint} already has a phone head")
     spoken = set(train_cache.occ_term)
