@@ -100,6 +100,8 @@ class ModelConfig:
     # Second stage (retriever/rescore.py): width of the phone head that reads the frames
     # and gives per-frame phoneme posteriors; 0 = no phone head, cosine scores only.
     phone_hidden: int = 0
+    # Its layers: "conv" (depthwise convolutions, fast) or "gru" (a BiGRU, 10x slower).
+    phone_kind: str = "conv"
     # fused = cosine + rescore_weight * keyword score / phonemes (set on the dev split).
     rescore_weight: float = 0.1
     # Candidates (entries above the threshold, best cosine first) rescored per query. At
@@ -133,6 +135,8 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["frontend"] = FrontendConfig(**d.get("frontend", {}))
+        if d.get("phone_hidden") and "phone_kind" not in d:
+            d["phone_kind"] = "gru"  # the first phone heads (2026-11-26) were BiGRUs
         if "pool_thirds" in d and "pool_segments" not in d:
             d["pool_segments"] = 3 if d.pop("pool_thirds") else 0
         for key in ("text_vocab", "window_frames"):
@@ -177,6 +181,8 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"thresholds must lie in [-1, 1], got {c.thresholds}")
     if not 0 <= c.phone_hidden <= 4096 or c.phone_hidden % 2:
         raise ValueError(f"phone_hidden must be an even number in [0, 4096], got {c.phone_hidden}")
+    if c.phone_kind not in ("conv", "gru"):
+        raise ValueError(f"phone_kind must be 'conv' or 'gru', got {c.phone_kind!r}")
     if not 0.0 <= c.rescore_weight <= 10.0:
         raise ValueError(f"rescore_weight must be in [0, 10], got {c.rescore_weight}")
     if not 1 <= c.rescore_top <= 1024:
@@ -552,7 +558,7 @@ class DualEncoder(nn.Module):
         self._phone_sym = phone_symbols(c.text_vocab)
         # The second stage (None without one): per-frame phoneme log-probs for rescoring.
         self.phone = (
-            PhoneHead(c.frontend.dim, c.phone_hidden, len(self._phone_sym) + 1)
+            PhoneHead(c.frontend.dim, c.phone_hidden, len(self._phone_sym) + 1, c.phone_kind)
             if c.phone_hidden
             else None
         )
@@ -646,10 +652,11 @@ class DualEncoder(nn.Module):
         return embed_windows(head, [frames], [spans], self.config.pool_segments), spans
 
     # -- second stage
-    def attach_phone_head(self, hidden: int) -> None:
+    def attach_phone_head(self, hidden: int, kind: str = "conv") -> None:
         """Give the model a fresh (untrained) phone head of width ``hidden``."""
-        self.config = dataclasses.replace(self.config, phone_hidden=hidden)
-        self.phone = PhoneHead(self.config.frontend.dim, hidden, len(self._phone_sym) + 1)
+        self.config = dataclasses.replace(self.config, phone_hidden=hidden, phone_kind=kind)
+        validate_config(self.config)
+        self.phone = PhoneHead(self.config.frontend.dim, hidden, len(self._phone_sym) + 1, kind)
 
     def phone_logprobs(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | None:
         """(T, D) frames of one clip -> (T, labels) log-probs relative to each frame's best,

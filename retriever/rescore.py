@@ -29,20 +29,36 @@ class PhoneHead(nn.Module):
     """Front-end frames (B, T, D) -> per-frame phoneme log-probabilities (B, T, V + 1).
 
     Label 0 is CTC's blank; label i >= 1 is the text vocabulary's symbol i - 1 (spaces
-    excluded, see ``phone_symbols``).
+    excluded, see ``phone_symbols``). ``kind``: "conv" (two residual blocks of depthwise
+    convolution over 5 frames + pointwise mixing: no step-by-step recurrence, ~1 ms for a
+    3 s clip on one CPU thread) or "gru" (a 2-layer BiGRU, ~10 ms for the same clip).
     """
 
-    def __init__(self, in_dim: int, hidden: int, n_labels: int):
+    def __init__(self, in_dim: int, hidden: int, n_labels: int, kind: str = "conv"):
         super().__init__()
+        self.kind = kind
         self.norm = nn.LayerNorm(in_dim)
         self.inp = nn.Linear(in_dim, hidden)
-        self.rnn = nn.GRU(
-            hidden, hidden // 2, num_layers=2, batch_first=True, bidirectional=True, dropout=0.1
-        )
+        if kind == "gru":
+            self.rnn = nn.GRU(
+                hidden, hidden // 2, num_layers=2, batch_first=True, bidirectional=True, dropout=0.1
+            )
+        elif kind == "conv":
+            self.blocks = nn.ModuleList(_ConvBlock(hidden) for _ in range(2))
+        else:
+            raise ValueError(f"phone head kind must be 'conv' or 'gru', got {kind!r}")
         self.out = nn.Linear(hidden, n_labels)
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = F.gelu(self.inp(self.norm(frames)))
+        if self.kind == "conv":
+            keep = None
+            if lengths is not None:  # padding must not reach real frames' context
+                t = torch.arange(x.shape[1], device=x.device)
+                keep = (t[None] < lengths.to(x.device)[:, None]).unsqueeze(-1).to(x.dtype)
+            for block in self.blocks:
+                x = block(x, keep)
+            return self.out(x).log_softmax(-1)
         if lengths is None:
             y, _ = self.rnn(x)
         else:
@@ -52,6 +68,34 @@ class PhoneHead(nn.Module):
             y, _ = self.rnn(packed)
             y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         return self.out(y).log_softmax(-1)
+
+
+class _ConvBlock(nn.Module):
+    """x + pointwise(GELU(depthwise conv over 5 frames(LayerNorm(x)))), on (B, T, C).
+
+    The depthwise convolution is written as a weighted sum of shifted copies: the same
+    arithmetic as ``nn.Conv1d(groups=C)``, whose backward pass is several times slower
+    on a CPU.
+    """
+
+    def __init__(self, channels: int, kernel: int = 5):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.taps = nn.Parameter(torch.randn(kernel, channels) / kernel**0.5)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.pointwise = nn.Linear(channels, channels)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep`` (B, T, 1): 1 on real frames, 0 on padding (seen as silence-free zeros,
+        as a clip's own edges are)."""
+        k, T = len(self.taps), x.shape[1]
+        h = self.norm(x)
+        if keep is not None:
+            h = h * keep
+        h = F.pad(h, (0, 0, k // 2, k // 2))
+        y = self.bias + sum(self.taps[i] * h[:, i : i + T] for i in range(k))
+        return x + self.drop(self.pointwise(F.gelu(y)))
 
 
 def phone_symbols(text_vocab: tuple[str, ...]) -> dict[str, int]:

@@ -156,3 +156,26 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
         assert s <= cosine[term] + 1e-5
     drop = {t: cosine[t] - fused[t] for t in fused}
     assert drop["semantic parsing"] < min(drop[t] for t in fused if t != "semantic parsing")
+
+
+@pytest.mark.parametrize("kind", ["conv", "gru"])
+def test_padding_in_a_batch_does_not_change_a_clips_posteriors(kind):
+    from retriever.rescore import PhoneHead
+
+    torch.manual_seed(0)
+    head = PhoneHead(12, 8, 5, kind).eval()
+    short, long = torch.randn(7, 12), torch.randn(11, 12)
+    batch = torch.nn.utils.rnn.pad_sequence([short, long], batch_first=True)
+    with torch.no_grad():
+        both = head(batch, torch.tensor([7, 11]))
+        alone = head(short[None])[0]
+    assert torch.allclose(both[0, :7], alone, atol=1e-5)
+    assert torch.allclose(both[1], head(long[None])[0], atol=1e-5)
+
+
+def test_the_first_phone_heads_load_as_grus():
+    d = ModelConfig(text_vocab=("a",), phone_hidden=8).to_dict()
+    d.pop("phone_kind")
+    assert ModelConfig.from_dict(d).phone_kind == "gru"
+    with pytest.raises(ValueError, match="phone_kind"):
+        ModelConfig(phone_kind="lstm")

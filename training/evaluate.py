@@ -19,6 +19,7 @@ import torch
 from retriever.g2p import normalize_term
 from retriever.index import TermIndex
 from retriever.model import DualEncoder, int8_speech_head
+from retriever.rescore import fuse, keyword_scores
 
 from .features import FeatureCache
 
@@ -63,32 +64,45 @@ class Rescorer:
             return None
         return cls(model, model.phone_labels(model.term_units(terms)))
 
-    def hits(
+    def candidates(
         self,
         index: TermIndex,
         vectors,
         spans,
         rel,
         threshold: float,
-        top_k: int,
+        top_k: int = 0,
         per_window: int | None = None,
-    ):
-        """(entry, score) of a query's best ``top_k`` entries, rescored: its windows'
-        ``vectors`` and their ``spans`` over a clip whose phone log-probs are ``rel``; each
-        window votes for its ``per_window`` nearest rows (default: ``rescore_top``)."""
-        top = self.model.config.rescore_top
-        D, I = index.search(vectors, min(per_window or top, index.ntotal))
-        hits = index.best_entries(D, I, threshold=threshold, top_k=max(top, top_k))
-        if not hits:
-            return []
-        fused = self.model.rescore(
-            rel,
-            [self.row_phones[h.row] for h in hits],
-            np.array([spans[h.window] for h in hits]),
-            np.array([h.score for h in hits]),
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A query's best ``max(rescore_top, top_k)`` entries above ``threshold`` by cosine,
+        with what fusing needs: (entries, cosines, keyword scores, phoneme counts). The
+        query is its windows' ``vectors`` and ``spans`` over a clip whose phone log-probs
+        are ``rel``; each window votes for its ``per_window`` nearest rows (default:
+        ``rescore_top``)."""
+        c = self.model.config
+        D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
+        hits = index.best_entries(D, I, threshold=threshold, top_k=max(c.rescore_top, top_k))
+        labels = [self.row_phones[h.row] for h in hits]
+        windows = np.array([spans[h.window] for h in hits], np.int64).reshape(-1, 2)
+        regions = np.clip(windows + [-c.rescore_margin, c.rescore_margin], 0, len(rel))
+        return (
+            np.array([h.entry for h in hits], np.int64),
+            np.array([h.score for h in hits], np.float32),
+            keyword_scores(rel, labels, regions),
+            np.array([len(x) for x in labels], np.int64),
         )
+
+    def hits(
+        self, index: TermIndex, vectors, spans, rel, threshold: float, top_k: int, per_window=None
+    ):
+        """(entry, fused score) of a query's best ``top_k`` entries after rescoring (see
+        ``candidates``), those at or above ``threshold``."""
+        entries, cos, kw, n = self.candidates(
+            index, vectors, spans, rel, threshold, top_k, per_window
+        )
+        fused = fuse(cos, kw, n, self.model.config.rescore_weight)
         order = np.argsort(-fused, kind="stable")[:top_k]
-        return [(hits[k].entry, float(fused[k])) for k in order if fused[k] >= threshold]
+        return [(int(entries[k]), float(fused[k])) for k in order if fused[k] >= threshold]
 
 
 @torch.no_grad()

@@ -34,8 +34,9 @@ class PhoneTrainConfig:
     # Optimisation steps (0 = no phone head, cosine scores only).
     steps: int = 2500
     batch_size: int = 64
-    # Width of the phone head (its BiGRU has two layers of hidden / 2 each way).
+    # Width of the phone head, and its layers ("conv" or "gru": retriever/rescore.py).
     hidden: int = 256
+    kind: str = "conv"
     lr: float = 2e-3
     weight_decay: float = 0.01
     # Frames kept on each side of a term span, and the most its edges move at random.
@@ -92,7 +93,7 @@ class PhoneTrainer:
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
         if model.phone is None:
-            model.attach_phone_head(cfg.hidden)
+            model.attach_phone_head(cfg.hidden, cfg.kind)
         self.head = model.phone
         self.train = train
         self.dev = dev
@@ -243,17 +244,42 @@ def tune_rescore_weight(
     size: int = 10_000,
 ) -> tuple[float, list[dict]]:
     """The weight with the best dev MRR at ``size`` entries (fewer if the terms and
-    distractors cannot fill it), and every weight's dev figures."""
-    from .evaluate import evaluate
+    distractors cannot fill it), and every weight's dev figures. The candidates and their
+    alignment scores are computed once; each weight only fuses them again."""
+    from retriever.g2p import normalize_term
+    from retriever.index import TermIndex
+    from retriever.rescore import fuse
 
-    terms = list(dict.fromkeys(dev.occ_term))
-    size = min(size, len(terms) + len(distractors))
+    from .evaluate import Rescorer, build_glossary, encode_occurrences
+
+    occ = encode_occurrences(model, dev)
+    terms = list(dict.fromkeys(occ.terms))
+    glossary = build_glossary(terms, distractors, min(size, len(terms) + len(distractors)))
+    index = TermIndex(model.encode_terms(glossary), np.arange(len(glossary)))
+    rescorer = Rescorer.of(model, glossary)
+    pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
+    found = [
+        rescorer.candidates(index, v, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]], -2.0)
+        for i, v in enumerate(occ.vectors)
+    ]
+    targets = [pos[normalize_term(t).lower()] for t in occ.terms]
     rows = []
     for w in weights:
-        model.config = replace(model.config, rescore_weight=float(w))
-        r = evaluate(model, dev, distractors, [size])["sizes"][str(size)]
-        rows.append({"weight": float(w), "glossary_size": size, **r})
-        logger.info("rescore weight %.3g: dev R@1 %.3f MRR %.3f", w, r["recall@1"], r["mrr"])
+        ranks = []
+        for (entries, cos, kw, n), target in zip(found, targets, strict=True):
+            order = entries[np.argsort(-fuse(cos, kw, n, w), kind="stable")]
+            hit = np.nonzero(order == target)[0]
+            ranks.append(int(hit[0]) + 1 if len(hit) else 10**9)
+        r = np.asarray(ranks)
+        row = {
+            "weight": float(w),
+            "glossary_size": len(glossary),
+            "recall@1": float((r <= 1).mean()),
+            "recall@10": float((r <= 10).mean()),
+            "mrr": float(np.where(r < 10**9, 1.0 / r, 0.0).mean()),
+        }
+        rows.append(row)
+        logger.info("rescore weight %.3g: dev R@1 %.3f MRR %.3f", w, row["recall@1"], row["mrr"])
     best = max(rows, key=lambda r: (r["mrr"], r["recall@1"]))
     model.config = replace(model.config, rescore_weight=best["weight"])
     return best["weight"], rows
