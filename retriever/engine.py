@@ -104,6 +104,8 @@ class EngineConfig:
     # is no glossary term still has near neighbours; letting only its best few count
     # keeps those from flooding the hints.
     window_top: int = 2
+    # Rescore candidates with the model's second stage when it has one (retriever/rescore.py).
+    rescore: bool = True
 
 
 @dataclass
@@ -511,7 +513,7 @@ class Engine:
                 v, spans, rate, frames = vectors[id(j)]
                 n = len(v)
                 model = j.snapshot.model
-                second = model.phone is not None and len(served.row_phones) > 0
+                second = self.cfg.rescore and model.phone is not None and len(served.row_phones) > 0
                 # Entries above the threshold on cosine alone are the only ones whose fused
                 # score (never above their cosine) can pass it: those are rescored.
                 hits = served.index.best_entries(

@@ -102,6 +102,10 @@ class ServerConfig:
     # than "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md)
     # or "float32". A GPU and HNSW indexes ignore it.
     precision: str = "int8"
+    # Rescore candidates with the model's second stage (phone alignment) when it has one.
+    # False serves the dual encoder's cosine scores alone (the model's thresholds were
+    # calibrated on fused scores: pass a threshold per request then).
+    rescore: bool = True
     # torch / CTranslate2 threads of each encoder worker.
     threads: int = 1
     # Encoder worker threads: 0 = auto (one on a GPU; on a CPU, one per core, at most 4).
@@ -980,6 +984,7 @@ async def create_server(
             workers=resolve_workers(cfg.workers, device, cfg.threads),
             window_top=cfg.window_top,
             device=device,
+            rescore=cfg.rescore,
         ),
     )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
@@ -1053,11 +1058,12 @@ async def serve(cfg: ServerConfig) -> None:
     server, port, state = await create_server(cfg)
     e = state.engine.cfg
     logger.info(
-        "speech front-end on %s: %d encoder worker(s) x %d thread(s), %s arithmetic",
+        "speech front-end on %s: %d encoder worker(s) x %d thread(s), %s arithmetic, second stage %s",
         e.device,
         e.workers,
         e.threads,
         e.precision,
+        "on" if e.rescore else "off",
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -1108,6 +1114,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="precision",
         choices=list(PRECISIONS),
         help="CPU arithmetic of the speech head and exact search (int8: ~2x faster each)",
+    )
+    p.add_argument(
+        "--no-rescore",
+        dest="rescore",
+        action="store_const",
+        const=False,
+        help="serve cosine scores only, without the model's phone-alignment second stage",
     )
     p.add_argument("--threads", type=int, help="torch / CTranslate2 threads of each worker")
     p.add_argument(

@@ -136,8 +136,15 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
     terms = ["semantic parsing", "semantic pairing", "mantic parsing", "beam search"]
     clip = tts("today we look at semantic parsing in detail")
     scores = []
-    for ck in (default_checkpoint, _plain_copy(default_checkpoint, tmp_path / "plain")):
-        e = Engine(GlossaryStore(tmp_path / ck.name), EngineConfig(precision="float32"))
+    plain = _plain_copy(default_checkpoint, tmp_path / "plain")
+    for name, ck, second_stage in (
+        ("two", default_checkpoint, True),
+        ("plain", plain, True),
+        ("switched-off", default_checkpoint, False),  # rasst serve --no-rescore
+    ):
+        e = Engine(
+            GlossaryStore(tmp_path / name), EngineConfig(precision="float32", rescore=second_stage)
+        )
         try:
             e.load_model(ck)
             entries = [make_entry({"term": t}, f"entries[{i}]") for i, t in enumerate(terms)]
@@ -150,6 +157,8 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
             scores.append({h.entry.term: h.score for h in result.hits})
         finally:
             e.close()
+    assert scores[2] == pytest.approx(scores[1], abs=1e-6)
+    scores = scores[:2]
     fused, cosine = scores
     assert max(fused, key=fused.get) == "semantic parsing"
     for term, s in fused.items():
