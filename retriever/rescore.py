@@ -142,20 +142,24 @@ def keyword_scores(rel: np.ndarray, labels: list[np.ndarray], regions: np.ndarra
         skip[i, 2 : len(s)] = (s[2:] != 0) & (s[2:] != s[:-2])
     last = np.array([len(s) - 1 for s in states])
     regions = np.asarray(regions, dtype=np.int64)
-    t0, t1 = int(regions[:, 0].min()), int(regions[:, 1].max())
+    t0, t1 = int(regions[:, 0].min()), max(int(regions[:, 1].max()), int(regions[:, 0].min()))
+    t = np.arange(t0, t1)[:, None]
+    inside = (regions[:, 0] <= t) & (t < regions[:, 1])  # (T, n)
+    # Every frame's emissions at once; a state that is padding, or a frame outside its
+    # candidate's region, emits _NEG (so nothing passes through it).
+    emit = np.where(valid[None] & inside[..., None], rel[t0:t1][:, lab], _NEG)  # (T, n, S)
+    jump_cost = np.where(skip, 0.0, _NEG)
+    ext = np.full((n, S + 2), _NEG)  # two _NEG columns in front: alpha[j-1], alpha[j-2]
+    alpha = ext[:, 2:]
     rows = np.arange(n)
-    alpha = np.full((n, S), _NEG)
     best = np.full(n, _NEG)
-    for t in range(t0, t1):
-        inside = (regions[:, 0] <= t) & (t < regions[:, 1])
-        emit = rel[t][lab]  # (n, S)
-        stay = alpha
-        step = np.concatenate([np.full((n, 1), _NEG), alpha[:, :-1]], axis=1)
-        jump = np.where(skip, np.concatenate([np.full((n, 2), _NEG), alpha[:, :-2]], axis=1), _NEG)
-        prev = np.maximum(np.maximum(stay, step), jump)
-        prev[:, 0] = np.maximum(prev[:, 0], 0.0)  # a fresh start on this frame
-        alpha = np.where(valid & inside[:, None], np.maximum(prev + emit, _NEG), _NEG)
-        best = np.maximum(best, alpha[rows, last])
+    for k in range(t1 - t0):
+        m = np.maximum(alpha, ext[:, 1:-1])
+        np.maximum(m, ext[:, :-2] + jump_cost, out=m)
+        np.maximum(m[:, 0], 0.0, out=m[:, 0])  # a fresh start on this frame
+        m += emit[k]
+        np.maximum(m, _NEG, out=alpha)
+        np.maximum(best, alpha[rows, last], out=best)
     return best.astype(np.float32)
 
 
