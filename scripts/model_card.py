@@ -11,6 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+PHONE_LAYERS = {
+    "conv": "two residual blocks of depthwise convolution over 5 frames",
+    "gru": "a 2-layer BiGRU",
+}
+
 
 def table(report: dict) -> str:
     from training.evaluate import print_table
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
         f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
         *(
             [
-                f"- Second stage: a phone head (LayerNorm, linear {cfg['frontend']['dim']}→{mc.phone_hidden}, 2-layer BiGRU, CTC over the",
+                f"- Second stage: a phone head (LayerNorm, linear {cfg['frontend']['dim']}→{mc.phone_hidden}, {PHONE_LAYERS[mc.phone_kind]}, CTC over the",
                 f"  text side's {len(cfg['text_vocab'])} symbols less spaces) reads the same frames; the best {mc.rescore_top} candidates above the",
                 "  threshold are rescored by aligning their phonemes inside their window ("
                 + f"±{mc.rescore_margin} frames): score = cosine + {mc.rescore_weight} × alignment log-prob / phonemes.",
