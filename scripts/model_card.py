@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             [
                 f"- Phone head: {metrics['phone_config']['steps']} steps of CTC, batch {metrics['phone_config']['batch_size']}, lr {metrics['phone_config']['lr']},"
                 f" on each term span ±{metrics['phone_config']['margin']} frames; dev phoneme error rate (greedy)"
-                f" {metrics['phone_history'][-1].get('dev_per', float('nan')):.3f}. Rescore weight chosen on dev (MRR at"
+                f" {metrics['phone_final'].get('dev_per', float('nan')):.3f}. Rescore weight chosen on dev (MRR at"
                 f" {metrics['rescore_weights_dev'][0]['glossary_size']:,} entries): "
                 + ", ".join(
                     f"{r['weight']}: R@1 {r['recall@1']:.3f} MRR {r['mrr']:.3f}"

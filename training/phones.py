@@ -298,7 +298,8 @@ def train_phone_head(
     Returns the figures for metrics.json (history, dev PER, weight table)."""
     trainer = PhoneTrainer(model, train, dev, cfg, out_dir)
     history = trainer.fit(progress)
-    out: dict = {"phone_config": asdict(cfg), "phone_history": history}
+    # The per-step history goes to its own file (train.finish); metrics keep the last step.
+    out: dict = {"phone_config": asdict(cfg), "phone_history": history, "phone_final": history[-1]}
     if dev is not None:
         weight, table = tune_rescore_weight(model, dev, distractors, cfg.weights, cfg.tune_size)
         out["rescore_weight"] = weight

@@ -472,9 +472,11 @@ def finish(
                 threshold=metrics["calibration"]["threshold"],
                 thresholds=tuple((c["glossary_size"], c["threshold"]) for c in cals),
             )
+    phone_history = metrics.pop("phone_history", None)
     model.save_pretrained(out_dir, metrics=metrics)
-    if "phone_history" in metrics:
-        plot_phone_history(metrics["phone_history"], out_dir / "phone_curves.png")
+    if phone_history:
+        (Path(out_dir) / "phone_history.json").write_text(json.dumps(phone_history))
+        plot_phone_history(phone_history, Path(out_dir) / "phone_curves.png")
     return out_dir
 
 
