@@ -525,8 +525,8 @@ class Engine:
                 off += n
                 scores = [h.score for h in hits]
                 if second and hits:
-                    fused = model.rescore(
-                        model.phone_logprobs(frames),
+                    fused = model.rescore_clip(
+                        frames,
                         [served.row_phones[h.row] for h in hits],
                         np.array([spans[h.window] for h in hits]),
                         np.array(scores),

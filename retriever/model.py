@@ -34,7 +34,15 @@ from torch import nn
 from . import audio as A
 from .g2p import units
 from .index import pad_rows, quantize_rows
-from .rescore import PhoneHead, phone_labels, phone_symbols, relative_logprobs, rescore
+from .rescore import (
+    PhoneHead,
+    fuse,
+    keyword_scores,
+    phone_labels,
+    phone_symbols,
+    relative_logprobs,
+    rescore,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -664,6 +672,32 @@ class DualEncoder(nn.Module):
         if self.phone is None:
             return None
         return relative_logprobs(self.phone, torch.as_tensor(frames).float().cpu())
+
+    def rescore_clip(
+        self,
+        frames: np.ndarray | torch.Tensor,
+        labels: list[np.ndarray],
+        windows: np.ndarray,
+        cosine: np.ndarray,
+    ) -> np.ndarray:
+        """Fused scores of candidates found by their best ``windows`` over a clip's
+        ``frames`` (the serving path). A convolution phone head runs only on the frames
+        the alignments can reach plus its context on each side, which gives the same
+        posteriors there as the whole clip would; a GRU head reads the whole clip."""
+        c = self.config
+        n = len(frames)
+        regions = np.clip(
+            np.asarray(windows, np.int64) + [-c.rescore_margin, c.rescore_margin], 0, n
+        )
+        lo, hi = 0, n
+        if self.phone.context is not None:
+            lo = max(0, int(regions[:, 0].min()) - self.phone.context)
+            hi = min(n, int(regions[:, 1].max()) + self.phone.context)
+        rel = self.phone_logprobs(frames[lo:hi])
+        keyword = keyword_scores(rel, labels, regions - lo)
+        return fuse(
+            np.asarray(cosine), keyword, np.array([len(x) for x in labels]), c.rescore_weight
+        )
 
     def rescore(
         self, rel: np.ndarray, labels: list[np.ndarray], windows: np.ndarray, cosine: np.ndarray

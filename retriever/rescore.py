@@ -49,6 +49,11 @@ class PhoneHead(nn.Module):
             raise ValueError(f"phone head kind must be 'conv' or 'gru', got {kind!r}")
         self.out = nn.Linear(hidden, n_labels)
 
+    @property
+    def context(self) -> int | None:
+        """Frames on each side an output frame depends on (None: the whole clip, a GRU)."""
+        return 2 * len(self.blocks) if self.kind == "conv" else None
+
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = F.gelu(self.inp(self.norm(frames)))
         if self.kind == "conv":

@@ -133,7 +133,8 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
     from retriever.glossary import GlossaryStore, make_entry
 
     assert DualEncoder.load_config(default_checkpoint).phone_hidden > 0
-    terms = ["semantic parsing", "semantic pairing", "mantic parsing", "beam search"]
+    # Not "mantic parsing": a term said inside a longer one aligns as well (free boundaries).
+    terms = ["semantic parsing", "semantic pairing", "romantic passing", "beam search"]
     clip = tts("today we look at semantic parsing in detail")
     scores = []
     plain = _plain_copy(default_checkpoint, tmp_path / "plain")
@@ -188,3 +189,20 @@ def test_the_first_phone_heads_load_as_grus():
     assert ModelConfig.from_dict(d).phone_kind == "gru"
     with pytest.raises(ValueError, match="phone_kind"):
         ModelConfig(phone_kind="lstm")
+
+
+def test_serving_crops_a_convolution_head_to_what_the_alignments_reach(tmp_path):
+    """rescore_clip runs the head on the candidates' regions plus its context only, and
+    gives the scores the whole clip gives."""
+    torch.manual_seed(0)
+    model = DualEncoder(
+        ModelConfig(text_vocab=(" ", "a", "b", "c"), embed_dim=16, head_hidden=32, text_hidden=16)
+    )
+    model.attach_phone_head(16, "conv")
+    assert model.phone.context == 4
+    frames = torch.randn(144, 384)
+    labels = [np.array([1, 2]), np.array([3, 1, 3]), np.array([2])]
+    windows = np.array([[100, 130], [90, 144], [110, 125]])
+    cos = np.array([0.9, 0.8, 0.7])
+    full = model.rescore(model.phone_logprobs(frames), labels, windows, cos)
+    assert np.allclose(model.rescore_clip(frames, labels, windows, cos), full, atol=1e-5)
