@@ -36,8 +36,7 @@ from .g2p import units
 from .index import pad_rows, quantize_rows
 from .rescore import (
     PhoneHead,
-    fuse,
-    keyword_scores,
+    alignment_regions,
     phone_labels,
     phone_symbols,
     relative_logprobs,
@@ -684,19 +683,15 @@ class DualEncoder(nn.Module):
         ``frames`` (the serving path). A convolution phone head runs only on the frames
         the alignments can reach plus its context on each side, which gives the same
         posteriors there as the whole clip would; a GRU head reads the whole clip."""
-        c = self.config
         n = len(frames)
-        regions = np.clip(
-            np.asarray(windows, np.int64) + [-c.rescore_margin, c.rescore_margin], 0, n
-        )
         lo, hi = 0, n
         if self.phone.context is not None:
+            regions = alignment_regions(windows, self.config.rescore_margin, n)
             lo = max(0, int(regions[:, 0].min()) - self.phone.context)
             hi = min(n, int(regions[:, 1].max()) + self.phone.context)
-        rel = self.phone_logprobs(frames[lo:hi])
-        keyword = keyword_scores(rel, labels, regions - lo)
-        return fuse(
-            np.asarray(cosine), keyword, np.array([len(x) for x in labels]), c.rescore_weight
+        # In the crop the same regions, shifted by lo, lie inside [0, hi - lo).
+        return self.rescore(
+            self.phone_logprobs(frames[lo:hi]), labels, np.asarray(windows) - lo, cosine
         )
 
     def rescore(

@@ -175,6 +175,12 @@ def fuse(
     return (cosine + weight * keyword / np.maximum(n_labels, 1)).astype(np.float32)
 
 
+def alignment_regions(windows: np.ndarray, margin: int, n_frames: int) -> np.ndarray:
+    """(n, 2) [start, end) frames where each candidate may align: its best window widened
+    by ``margin`` frames on each side, inside the clip's ``n_frames``."""
+    return np.clip(np.asarray(windows, np.int64).reshape(-1, 2) + [-margin, margin], 0, n_frames)
+
+
 def rescore(
     rel: np.ndarray,
     labels: list[np.ndarray],
@@ -187,6 +193,5 @@ def rescore(
     of the clip ``rel`` was computed on) widened by ``margin`` frames on each side."""
     if len(labels) == 0:
         return np.zeros(0, np.float32)
-    regions = np.clip(np.asarray(windows, np.int64) + [-margin, margin], 0, len(rel))
-    keyword = keyword_scores(rel, labels, regions)
+    keyword = keyword_scores(rel, labels, alignment_regions(windows, margin, len(rel)))
     return fuse(np.asarray(cosine), keyword, np.array([len(x) for x in labels]), weight)

@@ -607,7 +607,7 @@ def bench_quality(
     from retriever.model import DualEncoder, _package_model_dir, build_frontend
 
     from .data import read_manifest
-    from .evaluate import Rescorer, build_glossary, covering_windows
+    from .evaluate import Rescorer, build_glossary, covering_windows, ranked_entries
 
     rows = read_manifest(manifest)[:limit]
     audios = [load_audio(r["audio_path"]) for r in rows]
@@ -620,7 +620,8 @@ def bench_quality(
     torch.set_num_threads(1)
     model = DualEncoder.from_pretrained(checkpoint)
     fe = build_frontend(model.config.frontend, threads=1)
-    term_vecs = model.encode_terms(glossary)
+    unit_strings = model.term_units(glossary)
+    term_vecs = model.encode_units(unit_strings)
     from retriever.index import TermIndex
 
     c0 = time.process_time()
@@ -637,7 +638,7 @@ def bench_quality(
         rels.append(model.phone_logprobs(fr))  # None without a second stage
     rasst_cpu = time.process_time() - c0
     res = {"cpu_s_per_audio_s": round(rasst_cpu / audio_s, 5)}
-    rescorer = Rescorer.of(model, glossary)
+    rescorer = Rescorer.of(model, unit_strings)
     if rescorer is not None:
         # The second stage's search-time part as served: candidates above the calibrated
         # threshold (1K entries), each window voting for its 2 nearest rows.
@@ -655,12 +656,7 @@ def bench_quality(
         index = TermIndex(term_vecs[:size], np.arange(size), use_gpu=False)
         ranks = []
         for i, (v, target) in enumerate(zip(occ_vecs, targets, strict=True)):
-            if rescorer is not None:
-                found = rescorer.hits(index, v, occ_spans[i], rels[i], -2.0, 64)
-                order = [e for e, _ in found]
-            else:
-                D, I = index.search(v, 64)
-                order = [h.entry for h in index.best_entries(D, I, -2.0, 64)]
+            order = ranked_entries(index, v, rescorer, occ_spans[i], rels[i])
             ranks.append(order.index(target) + 1 if target in order else 10**9)
         res[str(size)] = {f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)}
         # Hints from every window of the utterance, each window voting for its 2 nearest

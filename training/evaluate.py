@@ -19,7 +19,7 @@ import torch
 from retriever.g2p import normalize_term
 from retriever.index import TermIndex
 from retriever.model import DualEncoder, int8_speech_head
-from retriever.rescore import fuse, keyword_scores
+from retriever.rescore import alignment_regions, fuse, keyword_scores
 
 from .features import FeatureCache
 
@@ -59,10 +59,12 @@ class Rescorer:
     row_phones: list[np.ndarray]
 
     @classmethod
-    def of(cls, model: DualEncoder, terms: list[str]) -> Rescorer | None:
+    def of(cls, model: DualEncoder, unit_strings: list[str]) -> Rescorer | None:
+        """Over a glossary given as ``model.term_units`` of its rows (None without a phone
+        head)."""
         if model.phone is None:
             return None
-        return cls(model, model.phone_labels(model.term_units(terms)))
+        return cls(model, model.phone_labels(unit_strings))
 
     def candidates(
         self,
@@ -83,8 +85,8 @@ class Rescorer:
         D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
         hits = index.best_entries(D, I, threshold=threshold, top_k=max(c.rescore_top, top_k))
         labels = [self.row_phones[h.row] for h in hits]
-        windows = np.array([spans[h.window] for h in hits], np.int64).reshape(-1, 2)
-        regions = np.clip(windows + [-c.rescore_margin, c.rescore_margin], 0, len(rel))
+        windows = np.array([spans[h.window] for h in hits], np.int64)
+        regions = alignment_regions(windows, c.rescore_margin, len(rel))
         return (
             np.array([h.entry for h in hits], np.int64),
             np.array([h.score for h in hits], np.float32),
@@ -156,6 +158,23 @@ def build_glossary(
     return uniq + [pool[i] for i in sorted(pick)]
 
 
+def ranked_entries(
+    index: TermIndex,
+    vectors: np.ndarray,
+    rescorer: Rescorer | None = None,
+    spans: np.ndarray | None = None,
+    rel: np.ndarray | None = None,
+    top_k: int = 64,
+) -> list[int]:
+    """A term occurrence's best ``top_k`` entries, best first, from its covering windows'
+    ``vectors``: by cosine, or by fused score with ``rescorer`` (which needs the windows'
+    ``spans`` and the clip's phone log-probs ``rel``)."""
+    if rescorer is not None:
+        return [e for e, _ in rescorer.hits(index, vectors, spans, rel, -2.0, top_k)]
+    D, I = index.search(vectors, min(top_k, index.ntotal))
+    return [h.entry for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k)]
+
+
 def retrieval_metrics(
     occ: OccurrenceVectors,
     glossary_vecs: np.ndarray,
@@ -174,11 +193,11 @@ def retrieval_metrics(
     ranks = []
     for i, (v, term) in enumerate(zip(occ.vectors, occ.terms, strict=True)):
         if rescorer is not None:
-            rel = occ.phone_logprobs[occ.occ_utt[i]]
-            order = [e for e, _ in rescorer.hits(index, v, occ.spans[i], rel, -2.0, 64)]
+            order = ranked_entries(
+                index, v, rescorer, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]]
+            )
         else:
-            D, I = index.search(v, min(64, len(glossary_terms)))
-            order = [h.entry for h in index.best_entries(D, I, threshold=-2.0, top_k=64)]
+            order = ranked_entries(index, v)
         target = pos[normalize_term(term).lower()]
         ranks.append(order.index(target) + 1 if target in order else 10**9)
     r = np.asarray(ranks)
@@ -213,8 +232,9 @@ def evaluate(
     # Group occurrences by speech source ("flite", "piper", "espeak-ng", "human"...).
     engines = [cache.utt_speaker[u].split(":")[0] or "?" for u in occ.occ_utt]
     biggest = build_glossary(test_terms, distractors, max(sizes), seed)
-    vecs = model.encode_terms(biggest, progress=progress)
-    rescorer = Rescorer.of(model, biggest)
+    unit_strings = model.term_units(biggest)
+    vecs = model.encode_units(unit_strings, progress=progress)
+    rescorer = Rescorer.of(model, unit_strings)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
         report["sizes"][str(size)] = retrieval_metrics(
@@ -253,8 +273,9 @@ def calibrate_thresholds(
     if not sizes:
         return []
     biggest = build_glossary(terms, distractors, sizes[-1], seed)
-    vecs = model.encode_terms(biggest)
-    rescorer = Rescorer.of(model, biggest)
+    unit_strings = model.term_units(biggest)
+    vecs = model.encode_units(unit_strings)
+    rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(biggest)}
     spoken: dict[int, set[int]] = {}
     for u, t in zip(occ.occ_utt, occ.terms, strict=True):

@@ -255,8 +255,9 @@ def tune_rescore_weight(
     occ = encode_occurrences(model, dev)
     terms = list(dict.fromkeys(occ.terms))
     glossary = build_glossary(terms, distractors, min(size, len(terms) + len(distractors)))
-    index = TermIndex(model.encode_terms(glossary), np.arange(len(glossary)))
-    rescorer = Rescorer.of(model, glossary)
+    unit_strings = model.term_units(glossary)
+    index = TermIndex(model.encode_units(unit_strings), np.arange(len(glossary)))
+    rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
     found = [
         rescorer.candidates(index, v, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]], -2.0)
