@@ -259,7 +259,9 @@ def embed_glossary(
         else np.zeros((0, model.config.embed_dim), np.float32)
     )
     phones = tuple(model.phone_labels(unit_strings)) if model.phone is not None else ()
-    index = TermIndex(xb, np.asarray(row_entry), exact_max, precision=precision)
+    index = TermIndex(
+        xb, np.asarray(row_entry), exact_max, precision=precision, row_prior=model.entry_prior(xb)
+    )
     return ServedGlossary(g, index, tuple(forms), phones)
 
 

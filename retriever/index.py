@@ -314,9 +314,14 @@ class TermIndex:
         exact_max: int = EXACT_MAX_DEFAULT,
         use_gpu: bool | None = None,
         precision: str = "float32",
+        row_prior: np.ndarray | None = None,
     ):
         self.ntotal = int(xb.shape[0])
         self.row_entry = np.asarray(row_entry, dtype=np.int64)
+        # Per-row penalty (>= 0) subtracted from every score of the row (``entry_prior``).
+        self.row_prior = None if row_prior is None else np.asarray(row_prior, np.float32)
+        if self.row_prior is not None and self.row_prior.shape != (self.ntotal,):
+            raise ValueError(f"row_prior must be ({self.ntotal},), got {self.row_prior.shape}")
         self.index = build_index(xb, exact_max, use_gpu, precision) if self.ntotal else None
         self.kind = type(self.index).__name__ if self.index is not None else "empty"
 
@@ -329,7 +334,10 @@ class TermIndex:
     def best_entries(
         self, D: np.ndarray, I: np.ndarray, threshold: float, top_k: int
     ) -> list[EntryHit]:
-        """Max over windows per entry, keep score >= threshold, best ``top_k`` first."""
+        """Max over windows per entry, keep score >= threshold, best ``top_k`` first.
+        Scores are the index's less the row's prior, if any."""
+        if self.row_prior is not None:
+            D = D - self.row_prior[np.maximum(I, 0)]
         valid = (I >= 0) & (threshold <= D)
         if not valid.any():
             return []

@@ -118,6 +118,15 @@ class ModelConfig:
     # Frames added on each side of a candidate's window before aligning its phonemes (a
     # window may cut a term short; 15 did as well as the whole clip, 3 lost 0.03 R@10).
     rescore_margin: int = 15
+    # Specificity prior (``entry_prior``): speech windows with no term in them, kept in the
+    # checkpoint (0 = none). An entry whose vector sits close to ordinary speech (short
+    # words, hubs) matches it everywhere; its scores lose
+    # ``prior_weight * max(0, hubness - prior_ref)``, hubness being the mean cosine of its
+    # ``prior_k`` nearest background windows. The weight is chosen on dev.
+    background_size: int = 0
+    prior_k: int = 10
+    prior_weight: float = 0.0
+    prior_ref: float = 0.0
 
     def __post_init__(self):
         validate_config(self)
@@ -196,6 +205,16 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"rescore_top must be in [1, 1024], got {c.rescore_top}")
     if not 0 <= c.rescore_margin <= 100:
         raise ValueError(f"rescore_margin must be in [0, 100] frames, got {c.rescore_margin}")
+    if not 0 <= c.background_size <= 1_000_000:
+        raise ValueError(f"background_size must be in [0, 1000000], got {c.background_size}")
+    if c.prior_k < 1 or (c.background_size and c.prior_k > c.background_size):
+        raise ValueError(
+            f"prior_k must be in [1, background_size={c.background_size}], got {c.prior_k}"
+        )
+    if not 0.0 <= c.prior_weight <= 10.0:
+        raise ValueError(f"prior_weight must be in [0, 10], got {c.prior_weight}")
+    if not -1.0 <= c.prior_ref <= 1.0:
+        raise ValueError(f"prior_ref must be in [-1, 1], got {c.prior_ref}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -569,6 +588,10 @@ class DualEncoder(nn.Module):
             if c.phone_hidden
             else None
         )
+        # Background speech windows for the specificity prior (float16 unit vectors).
+        self.register_buffer(
+            "background", torch.zeros(c.background_size, c.embed_dim, dtype=torch.float16)
+        )
 
     def forward(
         self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor
@@ -701,6 +724,41 @@ class DualEncoder(nn.Module):
         c = self.config
         return rescore(rel, labels, windows, cosine, c.rescore_weight, c.rescore_margin)
 
+    # -- specificity prior
+    def set_background(self, windows: np.ndarray, k: int | None = None) -> None:
+        """Keep ``windows`` (n, embed_dim) unit vectors of speech without terms as the
+        background of ``entry_prior`` (its weight is left as it is)."""
+        w = torch.as_tensor(np.asarray(windows, np.float32)).to(torch.float16)
+        if w.ndim != 2 or w.shape[1] != self.config.embed_dim or len(w) < 1:
+            raise ValueError(
+                f"background must be (n >= 1, {self.config.embed_dim}), got {tuple(w.shape)}"
+            )
+        k = min(k or self.config.prior_k, len(w))
+        self.config = dataclasses.replace(self.config, background_size=len(w), prior_k=k)
+        validate_config(self.config)
+        self.background = w
+
+    @torch.no_grad()
+    def hubness(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """Mean cosine of each of ``vectors`` (n, embed_dim) to its ``prior_k`` nearest
+        background windows, (n,) float32."""
+        bank = self.background.float().T
+        k = self.config.prior_k
+        out = np.zeros(len(vectors), np.float32)
+        for i in range(0, len(vectors), batch):
+            s = torch.as_tensor(vectors[i : i + batch], dtype=torch.float32) @ bank
+            out[i : i + batch] = s.topk(k, dim=1).values.mean(1).numpy()
+        return out
+
+    def entry_prior(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Per-row score penalty (>= 0) of glossary rows embedded as ``vectors``; None when
+        the model has no background or a zero weight."""
+        c = self.config
+        if not c.background_size or c.prior_weight == 0 or len(vectors) == 0:
+            return None
+        h = self.hubness(vectors)
+        return (c.prior_weight * np.maximum(0.0, h - c.prior_ref)).astype(np.float32)
+
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -740,7 +798,10 @@ class DualEncoder(nn.Module):
         d = Path(directory)
         model = cls(cls.load_config(d))
         try:
-            model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+            state = load_file(str(d / WEIGHTS_NAME))
+            # Checkpoints from before the specificity prior have no background.
+            state.setdefault("background", model.background)
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"{d / WEIGHTS_NAME} does not match {d / CONFIG_NAME}: {e}") from e
         return model.eval()

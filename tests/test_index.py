@@ -41,6 +41,22 @@ def test_best_entries_max_pools_over_windows_and_aliases():
     assert len(ti.best_entries(D, I, threshold=0.0, top_k=1)) == 1
 
 
+def test_row_prior_is_subtracted_before_the_threshold_and_the_ranking():
+    xb = np.eye(3, dtype=np.float32)
+    xq = np.array([[0.9, 0.8, 0.0]], dtype=np.float32)
+    plain = TermIndex(xb, np.arange(3), use_gpu=False)
+    D, I = plain.search(xq, 3)
+    assert [h.entry for h in plain.best_entries(D, I, 0.5, 5)] == [0, 1]
+    # Entry 0 is a hub: its penalty puts entry 1 first and keeps it under 0.75.
+    ti = TermIndex(xb, np.arange(3), use_gpu=False, row_prior=np.array([0.2, 0.0, 0.0]))
+    hits = ti.best_entries(D, I, 0.5, 5)
+    assert [h.entry for h in hits] == [1, 0]
+    assert abs(hits[1].score - 0.7) < 1e-6
+    assert [h.entry for h in ti.best_entries(D, I, 0.75, 5)] == [1]
+    with pytest.raises(ValueError, match=r"row_prior must be \(3,\)"):
+        TermIndex(xb, np.arange(3), use_gpu=False, row_prior=np.zeros(2))
+
+
 def test_empty_index():
     ti = TermIndex(np.zeros((0, 8), np.float32), np.zeros(0))
     D, I = ti.search(_unit(3, 8, 0), 5)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -77,6 +78,45 @@ def test_checkpoint_roundtrip_is_exact(tiny_checkpoint, tmp_path):
     assert np.allclose(m.encode_terms(terms), again.encode_terms(terms))
     cfg = json.loads((tmp_path / "copy" / "config.json").read_text())
     assert cfg["frontend"]["kind"] == "ctranslate2"
+
+
+def test_specificity_prior_penalises_entries_near_background_speech(tiny_checkpoint, tmp_path):
+    m = DualEncoder.from_pretrained(tiny_checkpoint)
+    vecs = m.encode_terms(["attention mechanism", "semantic parsing", "fox"])
+    # A checkpoint from before the prior has no background: no penalty.
+    assert m.config.background_size == 0 and m.entry_prior(vecs) is None
+    # Background: near "fox" (a hub), far from the other two.
+    rng = np.random.default_rng(0)
+    bank = vecs[2] + 0.05 * rng.standard_normal((20, vecs.shape[1])).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    m.set_background(bank, k=5)
+    h = m.hubness(vecs)
+    exact = np.sort(vecs @ bank.astype(np.float16).astype(np.float32).T, axis=1)[:, -5:].mean(1)
+    assert np.allclose(h, exact, atol=1e-4) and h[2] > 0.9
+    assert m.entry_prior(vecs) is None  # weight 0 until one is chosen
+    m.config = dataclasses.replace(m.config, prior_weight=0.5, prior_ref=float(h[:2].max()))
+    prior = m.entry_prior(vecs)
+    assert prior[0] == prior[1] == 0.0 and abs(prior[2] - 0.5 * (h[2] - h[:2].max())) < 1e-5
+    # The background travels with the checkpoint.
+    again = DualEncoder.from_pretrained(m.save_pretrained(tmp_path / "with_prior"))
+    assert again.config.background_size == 20 and np.allclose(again.entry_prior(vecs), prior)
+    # A served glossary's index carries the penalty of each row (term and alias alike).
+    from retriever.engine import embed_glossary
+    from retriever.glossary import Entry, Glossary
+
+    g = Glossary(
+        "g",
+        1,
+        (Entry("a", "attention mechanism"), Entry("f", "semantic parsing", aliases=("fox",))),
+        0.0,
+    )
+    served = embed_glossary(again, g)
+    assert served.row_form == ("attention mechanism", "semantic parsing", "fox")
+    assert np.allclose(served.index.row_prior, prior, atol=1e-5)
+    with pytest.raises(ValueError, match="background must be"):
+        m.set_background(np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match="prior_k"):
+        ModelConfig(background_size=4, prior_k=5)
 
 
 def test_bad_checkpoints_fail_clearly(tiny_checkpoint, tmp_path):

@@ -137,9 +137,15 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert {r["weight"] for r in metrics["rescore_weights_dev"]} >= {metrics["rescore_weight"]}
     assert (ck / "phone_curves.png").stat().st_size > 1000
     assert not (ck / "phone_state.pt").exists() and not (ck / "train_state.pt").exists()
+    # The specificity prior: background windows from train, its weight chosen on dev.
+    assert m.config.background_size == m.background.shape[0] >= m.config.prior_k
+    assert m.config.prior_weight == metrics["prior_weight"]
+    assert [r["weight"] for r in metrics["prior_weights_dev"]] == [0.0, 0.5, 1.0, 1.5]
 
 
-def test_phones_only_adds_a_second_stage_to_a_trained_checkpoint(tiny_corpus, tmp_path):
+def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoint(
+    tiny_corpus, tmp_path
+):
     r = _train(tiny_corpus, tmp_path / "plain", extra=("--phone-steps", "0"))
     assert r.returncode == 0, r.stderr[-2000:]
     plain = DualEncoder.from_pretrained(tmp_path / "plain")
@@ -158,6 +164,30 @@ def test_phones_only_adds_a_second_stage_to_a_trained_checkpoint(tiny_corpus, tm
     )
     again = _train(tiny_corpus, tmp_path / "x", extra=("--phones-only", str(tmp_path / "two")))
     assert again.returncode == 2 and "already has a phone head" in again.stderr
+    # --prior-only keeps the encoder and the phone head and fits the prior again.
+    r = _train(
+        tiny_corpus,
+        tmp_path / "three",
+        extra=("--prior-only", str(tmp_path / "two"), "--prior-size", "12"),
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    three = DualEncoder.from_pretrained(tmp_path / "three")
+    assert 10 <= three.config.background_size <= 12
+    for a, b in zip(three.phone.parameters(), two.phone.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert np.array_equal(three.encode_terms(TERMS), plain.encode_terms(TERMS))
+    m3 = json.loads((tmp_path / "three" / "metrics.json").read_text())
+    assert m3["prior_stage_on"] == checkpoint_id(tmp_path / "two")
+    assert m3["phone_stage_on"] == metrics["phone_stage_on"]
+    assert (tmp_path / "three" / "phone_curves.png").is_file()
+    bad = _train(
+        tiny_corpus,
+        tmp_path / "y",
+        extra=("--prior-only", str(tmp_path / "two"), "--prior-size", "0"),
+    )
+    assert (
+        bad.returncode == 2 and "--prior-size must be >= 0 (>= 1 with --prior-only)" in bad.stderr
+    )
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):

@@ -607,7 +607,7 @@ def bench_quality(
     from retriever.model import DualEncoder, _package_model_dir, build_frontend
 
     from .data import read_manifest
-    from .evaluate import Rescorer, build_glossary, covering_windows, ranked_entries
+    from .evaluate import Rescorer, build_glossary, covering_windows, prefix, ranked_entries
 
     rows = read_manifest(manifest)[:limit]
     audios = [load_audio(r["audio_path"]) for r in rows]
@@ -622,6 +622,7 @@ def bench_quality(
     fe = build_frontend(model.config.frontend, threads=1)
     unit_strings = model.term_units(glossary)
     term_vecs = model.encode_units(unit_strings)
+    prior = model.entry_prior(term_vecs)
     from retriever.index import TermIndex
 
     c0 = time.process_time()
@@ -643,7 +644,9 @@ def bench_quality(
         # The second stage's search-time part as served: candidates above the calibrated
         # threshold (1K entries), each window voting for its 2 nearest rows.
         size = min(sizes)
-        index = TermIndex(term_vecs[:size], np.arange(size), use_gpu=False)
+        index = TermIndex(
+            term_vecs[:size], np.arange(size), use_gpu=False, row_prior=prefix(prior, size)
+        )
         thr = model.config.threshold_for(size)
         c0 = time.process_time()
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
@@ -653,7 +656,9 @@ def bench_quality(
         res["cpu_s_per_audio_s"] = round((rasst_cpu + rescore_cpu) / audio_s, 5)
     targets = [glossary.index(t) for t in occ_terms]
     for size in sizes:
-        index = TermIndex(term_vecs[:size], np.arange(size), use_gpu=False)
+        index = TermIndex(
+            term_vecs[:size], np.arange(size), use_gpu=False, row_prior=prefix(prior, size)
+        )
         ranks = []
         for i, (v, target) in enumerate(zip(occ_vecs, targets, strict=True)):
             order = ranked_entries(index, v, rescorer, occ_spans[i], rels[i])

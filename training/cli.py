@@ -134,7 +134,10 @@ def data_main(argv: list[str] | None = None) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from dataclasses import replace
+
     from .phones import PhoneTrainConfig
+    from .prior import PriorConfig
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -194,11 +197,27 @@ def train_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--phone-hidden", type=int, default=pd.hidden, help="phone head width")
     p.add_argument(
+        "--prior-size",
+        type=int,
+        default=PriorConfig.size,
+        help="background speech windows kept for the specificity prior; 0 = no prior",
+    )
+    only = p.add_mutually_exclusive_group()
+    only.add_argument(
         "--phones-only",
         type=Path,
         default=None,
         metavar="CHECKPOINT",
-        help="keep this checkpoint's dual encoder and train only the phone head (written to --out)",
+        help="keep this checkpoint's dual encoder; train the phone head, then fit the prior "
+        "and calibrate (written to --out)",
+    )
+    only.add_argument(
+        "--prior-only",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="keep this checkpoint's dual encoder and phone head; fit the prior and calibrate "
+        "(written to --out)",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -206,6 +225,12 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.phone_steps < 0 or (args.phones_only and args.phone_steps < 1):
         print(
             f"rasst train: --phone-steps must be >= 0 (>= 1 with --phones-only), got {args.phone_steps}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.prior_size < 0 or (args.prior_only and args.prior_size < 1):
+        print(
+            f"rasst train: --prior-size must be >= 0 (>= 1 with --prior-only), got {args.prior_size}",
             file=sys.stderr,
         )
         return 2
@@ -226,12 +251,12 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from .data import read_lines
     from .features import FeatureCache, cached
-    from .phones import PhoneTrainConfig
-    from .train import TrainConfig, add_phone_stage, run
+    from .train import add_stages, run
 
     ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if ddp and args.phones_only:
-        print("rasst train: --phones-only runs in one process, not under torchrun", file=sys.stderr)
+    if ddp and (args.phones_only or args.prior_only):
+        flag = "--phones-only" if args.phones_only else "--prior-only"
+        print(f"rasst train: {flag} runs in one process, not under torchrun", file=sys.stderr)
         return 2
     if ddp:
         import torch
@@ -281,14 +306,35 @@ def train_main(argv: list[str] | None = None) -> int:
         phone_cfg = PhoneTrainConfig(
             steps=args.phone_steps, hidden=args.phone_hidden, seed=args.seed
         )
+        prior_cfg = (
+            PriorConfig(size=args.prior_size, k=min(PriorConfig.k, args.prior_size), seed=args.seed)
+            if args.prior_size
+            else None
+        )
         t0 = time.time()
-        if args.phones_only:
-            out = add_phone_stage(
-                args.phones_only, train_c, dev_c, distractors, args.out, phone_cfg, args.eval_size
+        if args.phones_only or args.prior_only:
+            if args.prior_only:
+                phone_cfg = replace(phone_cfg, steps=0)
+            out = add_stages(
+                args.phones_only or args.prior_only,
+                train_c,
+                dev_c,
+                distractors,
+                args.out,
+                phone_cfg,
+                prior_cfg,
+                args.eval_size,
             )
         else:
             out = run(
-                train_c, dev_c, distractors, args.out, ModelConfig(**mkw), cfg, phone_cfg=phone_cfg
+                train_c,
+                dev_c,
+                distractors,
+                args.out,
+                ModelConfig(**mkw),
+                cfg,
+                phone_cfg=phone_cfg,
+                prior_cfg=prior_cfg,
             )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())

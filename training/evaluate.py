@@ -141,6 +141,12 @@ def encode_occurrences(
     )
 
 
+def prefix(prior: np.ndarray | None, size: int) -> np.ndarray | None:
+    """The rows of a nested glossary's prior (``DualEncoder.entry_prior``) for its first
+    ``size`` entries."""
+    return None if prior is None else prior[:size]
+
+
 def build_glossary(
     test_terms: list[str], distractors: list[str], size: int, seed: int = 0
 ) -> list[str]:
@@ -183,11 +189,15 @@ def retrieval_metrics(
     groups: list[str] | None = None,
     precision: str = "float32",
     rescorer: Rescorer | None = None,
+    row_prior: np.ndarray | None = None,
 ) -> dict:
     """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
     the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic;
-    ``rescorer``: the second stage, over the same glossary (needs ``occ`` with spans)."""
-    index = TermIndex(glossary_vecs, np.arange(len(glossary_terms)), precision=precision)
+    ``rescorer``: the second stage, over the same glossary (needs ``occ`` with spans);
+    ``row_prior``: the model's specificity prior of each glossary row."""
+    index = TermIndex(
+        glossary_vecs, np.arange(len(glossary_terms)), precision=precision, row_prior=row_prior
+    )
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
     ranks = []
@@ -235,6 +245,7 @@ def evaluate(
     unit_strings = model.term_units(biggest)
     vecs = model.encode_units(unit_strings, progress=progress)
     rescorer = Rescorer.of(model, unit_strings)
+    prior = model.entry_prior(vecs)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
         report["sizes"][str(size)] = retrieval_metrics(
@@ -244,6 +255,7 @@ def evaluate(
             groups=engines,
             precision=precision,
             rescorer=rescorer,
+            row_prior=prefix(prior, size),
         )
     return report
 
@@ -258,16 +270,20 @@ def calibrate_thresholds(
     sizes: tuple[int, ...] = CALIBRATION_SIZES,
     top_k: int = 10,
     seed: int = 0,
+    occ: OccurrenceVectors | None = None,
+    precision_target: float = 0.9,
 ) -> list[dict]:
     """Per glossary size, the score threshold that maximises hit F1 on held-in (dev)
-    utterances. Sizes the terms and distractors cannot fill are skipped.
+    utterances, and the best recall at ``precision_target`` or above (``recall_at_p``).
+    Sizes the terms and distractors cannot fill are skipped. ``occ``: the cache's
+    ``encode_occurrences``, when already computed.
 
     Per utterance, every window is searched; an entry is returned when its best window
     scores above the threshold (at most top_k). A returned entry is correct when it was
     spoken in the utterance. Glossaries are nested (each a prefix of the largest), so a
     larger size only adds near misses; its threshold is kept at least the smaller one's.
     """
-    occ = encode_occurrences(model, cache)
+    occ = occ or encode_occurrences(model, cache)
     terms = list(dict.fromkeys(occ.terms))
     sizes = tuple(s for s in sorted(set(sizes)) if s <= len(terms) + len(distractors))
     if not sizes:
@@ -276,6 +292,7 @@ def calibrate_thresholds(
     unit_strings = model.term_units(biggest)
     vecs = model.encode_units(unit_strings)
     rescorer = Rescorer.of(model, unit_strings)
+    prior = model.entry_prior(vecs)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(biggest)}
     spoken: dict[int, set[int]] = {}
     for u, t in zip(occ.occ_utt, occ.terms, strict=True):
@@ -283,7 +300,7 @@ def calibrate_thresholds(
     n_pos = sum(len(w) for w in spoken.values())
     out = []
     for size in sizes:
-        index = TermIndex(vecs[:size], np.arange(size))
+        index = TermIndex(vecs[:size], np.arange(size), row_prior=prefix(prior, size))
         scored = []  # (score, correct)
         for u, want in spoken.items():
             if rescorer is not None:
@@ -297,6 +314,7 @@ def calibrate_thresholds(
         scored.sort(key=lambda x: -x[0])
         tp = fp = 0
         best = (0.0, 0.5, 0.0, 0.0)
+        recall_at_p = 0.0
         for s, ok in scored:
             tp += ok
             fp += not ok
@@ -304,6 +322,8 @@ def calibrate_thresholds(
             f1 = 2 * p * r / (p + r) if p + r else 0.0
             if f1 > best[0]:
                 best = (f1, s, p, r)
+            if p >= precision_target:
+                recall_at_p = max(recall_at_p, r)
         thr = round(float(best[1]) - 1e-4, 4)
         if out:
             thr = max(thr, out[-1]["threshold"])
@@ -313,6 +333,8 @@ def calibrate_thresholds(
                 "f1": best[0],
                 "precision": best[2],
                 "recall": best[3],
+                "recall_at_p": recall_at_p,
+                "precision_target": precision_target,
                 "glossary_size": size,
             }
         )

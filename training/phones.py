@@ -256,7 +256,8 @@ def tune_rescore_weight(
     terms = list(dict.fromkeys(occ.terms))
     glossary = build_glossary(terms, distractors, min(size, len(terms) + len(distractors)))
     unit_strings = model.term_units(glossary)
-    index = TermIndex(model.encode_units(unit_strings), np.arange(len(glossary)))
+    vecs = model.encode_units(unit_strings)
+    index = TermIndex(vecs, np.arange(len(glossary)), row_prior=model.entry_prior(vecs))
     rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
     found = [

@@ -33,6 +33,7 @@ from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
 from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
+from .prior import PriorConfig, fit_prior
 
 logger = logging.getLogger(__name__)
 
@@ -400,12 +401,14 @@ def run(
     progress: bool = True,
     calibrate: bool = True,
     phone_cfg: PhoneTrainConfig | None = None,
+    prior_cfg: PriorConfig | None = None,
 ) -> Path:
     """Train and write a checkpoint directory (rank 0); returns its path.
 
     The dual encoder first (under DDP when initialised), then on rank 0 the second
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
-    none), then the threshold calibration.
+    none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, needs dev),
+    then the threshold calibration.
     """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
@@ -432,6 +435,7 @@ def run(
         out_dir,
         metrics,
         phone_cfg or PhoneTrainConfig(),
+        prior_cfg or PriorConfig(),
         calibrate_sizes=(cfg.eval_size, *CALIBRATION_SIZES) if calibrate else (),
         progress=progress,
     )
@@ -449,17 +453,21 @@ def finish(
     out_dir: Path,
     metrics: dict,
     phone_cfg: PhoneTrainConfig,
+    prior_cfg: PriorConfig | None,
     calibrate_sizes: tuple[int, ...] = CALIBRATION_SIZES,
     progress: bool = True,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
-    is 0), calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint."""
+    is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None),
+    calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint."""
     if phone_cfg.steps:
         metrics.update(
             train_phone_head(
                 model, train_cache, dev_cache, distractors, phone_cfg, out_dir, progress
             )
         )
+    if prior_cfg is not None and dev_cache is not None:
+        metrics.update(fit_prior(model, train_cache, dev_cache, distractors, prior_cfg))
     if calibrate_sizes and dev_cache is not None:
         cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
         if cals:
@@ -480,24 +488,30 @@ def finish(
     return out_dir
 
 
-def add_phone_stage(
+def add_stages(
     checkpoint: Path,
     train_cache: FeatureCache,
     dev_cache: FeatureCache | None,
     distractors: list[str],
     out_dir: Path,
     phone_cfg: PhoneTrainConfig,
+    prior_cfg: PriorConfig | None = None,
     eval_size: int = 1000,
     progress: bool = True,
 ) -> Path:
-    """A trained checkpoint's dual encoder, unchanged, with a newly trained phone head (and
-    thresholds calibrated again for the fused scores) written to ``out_dir``."""
+    """A trained checkpoint's dual encoder, unchanged, with the later stages fitted again
+    and written to ``out_dir``: a newly trained phone head (``phone_cfg.steps`` > 0; the
+    checkpoint must have none) or its own one kept, the specificity prior, and thresholds
+    calibrated again for the final scores."""
     model = DualEncoder.from_pretrained(checkpoint)
     metrics_path = Path(checkpoint) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["phone_stage_on"] = checkpoint_id(checkpoint)
-    if model.phone is not None:
-        raise ValueError(f"{checkpoint} already has a phone head")
+    if phone_cfg.steps:
+        if model.phone is not None:
+            raise ValueError(f"{checkpoint} already has a phone head")
+        metrics["phone_stage_on"] = checkpoint_id(checkpoint)
+    if prior_cfg is not None:
+        metrics["prior_stage_on"] = checkpoint_id(checkpoint)
     spoken = set(train_cache.occ_term)
     finish(
         model,
@@ -507,10 +521,14 @@ def add_phone_stage(
         out_dir,
         metrics,
         phone_cfg,
+        prior_cfg,
         calibrate_sizes=(eval_size, *CALIBRATION_SIZES),
         progress=progress,
     )
-    for name in ("history.json", "training_curves.png"):
+    names = ["history.json", "training_curves.png"]
+    if not phone_cfg.steps:
+        names += ["phone_history.json", "phone_curves.png"]
+    for name in names:
         src = Path(checkpoint) / name
         if src.is_file() and Path(checkpoint).resolve() != Path(out_dir).resolve():
             shutil.copyfile(src, Path(out_dir) / name)
