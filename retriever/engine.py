@@ -516,13 +516,15 @@ class Engine:
                 n = len(v)
                 model = j.snapshot.model
                 second = self.cfg.rescore and model.phone is not None and len(served.row_phones) > 0
-                # Entries above the threshold on cosine alone are the only ones whose fused
-                # score (never above their cosine) can pass it: those are rescored.
+                # Entries whose cosine less their prior passes the threshold are the only
+                # ones whose fused score (never above that) can pass it: those are rescored,
+                # the best by cosine, their prior subtracted before fusing.
                 hits = served.index.best_entries(
                     D[off : off + n],
                     I[off : off + n],
                     j.threshold,
                     max(j.top_k, model.config.rescore_top) if second else j.top_k,
+                    prior=not second,
                 )
                 off += n
                 scores = [h.score for h in hits]
@@ -531,7 +533,7 @@ class Engine:
                         frames,
                         [served.row_phones[h.row] for h in hits],
                         np.array([spans[h.window] for h in hits]),
-                        np.array(scores),
+                        np.array(scores) - served.index.penalty([h.row for h in hits]),
                     )
                     keep = [k for k in np.argsort(-fused, kind="stable") if fused[k] >= j.threshold]
                     hits = [hits[k] for k in keep[: j.top_k]]

@@ -331,14 +331,28 @@ class TermIndex:
             return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         return self.index.search(np.ascontiguousarray(xq, dtype=np.float32), min(k, self.ntotal))
 
+    def penalty(self, rows) -> np.ndarray:
+        """The prior of ``rows`` (zeros without one), float32."""
+        rows = np.asarray(rows, np.int64)
+        if self.row_prior is None:
+            return np.zeros(rows.shape, np.float32)
+        return self.row_prior[rows]
+
     def best_entries(
-        self, D: np.ndarray, I: np.ndarray, threshold: float, top_k: int
+        self, D: np.ndarray, I: np.ndarray, threshold: float, top_k: int, prior: bool = True
     ) -> list[EntryHit]:
         """Max over windows per entry, keep score >= threshold, best ``top_k`` first.
-        Scores are the index's less the row's prior, if any."""
+        Scores are the index's less the row's prior, if any. With ``prior`` False the
+        threshold still applies to that, but entries are ranked and scored by the index's
+        own score: a second stage gathers its candidates by cosine and subtracts
+        ``penalty`` itself."""
         if self.row_prior is not None:
-            D = D - self.row_prior[np.maximum(I, 0)]
-        valid = (I >= 0) & (threshold <= D)
+            penalised = D - self.row_prior[np.maximum(I, 0)]
+            valid = (I >= 0) & (threshold <= penalised)
+            if prior:
+                D = penalised
+        else:
+            valid = (I >= 0) & (threshold <= D)
         if not valid.any():
             return []
         w, j = np.nonzero(valid)

@@ -118,7 +118,42 @@ def main(argv=None) -> int:
             if metrics.get("rescore_weights_dev")
             else []
         ),
+        *(
+            [
+                f"- Specificity prior: {metrics['prior_config']['size']:,} background windows (no term in them) from"
+                f" {metrics['prior_config']['utterances']:,} training utterances; an entry's hubness is the mean cosine of its"
+                f" {metrics['prior_config']['k']} nearest, and its scores lose weight × (hubness − {metrics['prior_ref']:.3f})."
+                f" Weight chosen on dev (recall at hint precision {metrics['prior_config']['precision']}, mean over"
+                f" {', '.join(f'{s:,}' for s in metrics['prior_config']['tune_sizes'])} entries): "
+                + ", ".join(
+                    f"{r['weight']}: {r['recall_at_p']:.3f}" for r in metrics["prior_weights_dev"]
+                )
+                + f"; chosen {metrics['prior_weight']}."
+                + (
+                    f" Fitted on `{metrics['prior_stage_on']}` (`rasst train --prior-only`)."
+                    if metrics.get("prior_stage_on")
+                    else ""
+                ),
+            ]
+            if metrics.get("prior_weights_dev")
+            else []
+        ),
         f"- Threshold calibration on dev (max hit F1 at 1K): {json.dumps(metrics.get('calibration'))}",
+        *(
+            [
+                "- Served thresholds: dev streamed through the client and an in-process server (0.96 s chunks,"
+                " 1.92 s look-back), the most hint recall at hint precision 0.9 per glossary size: "
+                + ", ".join(
+                    f"{c['glossary_size']:,}: {c['threshold']} (P {c['hint_precision']:.3f}, R {c['hint_recall']:.3f}"
+                    + (", best F1: 0.9 not reached" if c["rule"] == "best F1" else "")
+                    + ")"
+                    for c in metrics["streaming_calibration"]
+                )
+                + "."
+            ]
+            if metrics.get("streaming_calibration")
+            else []
+        ),
         "",
         "Reproduce: `make train` (data, frames, training and held-out evaluation; see the root README for timings).",
         "",

@@ -67,3 +67,34 @@ def test_replay_applies_the_threshold_and_keeps_step_times():
     assert [r.chunk_end_s for r in out] == [0.96, 0.0, 2.88]  # step 1 had no response
     assert out[0].fresh == ["a"] and out[1].fresh == [] and out[2].fresh == ["c"]
     assert replay(recorded, 3, 0.96, 1.92, 0.4)[0].fresh == ["a", "b"]
+
+
+def test_operating_point_takes_the_most_recall_at_the_precision_target():
+    from client.v1 import retrieval_pb2
+    from training.streaming_eval import Played, StreamOptions, operating_point
+
+    def resp(seq, hits):
+        end = 0.96 * (seq + 1)
+        r = retrieval_pb2.StreamRetrieveResponse(sequence=seq, chunk_end_s=end)
+        for eid, s in hits:
+            r.hits.add(entry_id=eid, term=eid, score=s, start_s=end - 0.5, end_s=end)
+        return r
+
+    # Ten talks, each with one term spoken in its first chunk. The spoken entry scores
+    # 0.5 + 0.04 * talk; a never-spoken entry scores 0.6 in talks 0-4 and 0.3 elsewhere.
+    raw, occs = [], []
+    for k in range(10):
+        raw.append([resp(0, [(f"t{k}", 0.5 + 0.04 * k), ("d", 0.6 if k < 5 else 0.3)])])
+        occs.append([{"term": f"t{k}", "start": 0.1, "end": 0.6}])
+    id_of = {f"t{k}": f"t{k}" for k in range(10)} | {"d": "d"}
+    played = Played([[None]] * 10, raw, occs, id_of, 9.6, 11, 0.0)
+    opt = StreamOptions()
+    point = operating_point(played, opt, precision_target=0.9)
+    # Above 0.6 no false hint passes: talks 3-9 (scores 0.62..0.86) are recalled, P = 1.
+    # At 0.6 or below, five false hints join at least eight true ones: P < 0.9.
+    assert point["rule"] == "recall at precision"
+    assert 0.6 < point["threshold"] <= 0.62 + 1e-9
+    assert point["hint_precision"] == 1.0 and point["hint_recall"] == pytest.approx(0.7)
+    # A target no threshold meets falls back to the best F1.
+    none = operating_point(played, opt, precision_target=1.01)
+    assert none["rule"] == "best F1" and none["hint_f1"] > 0.8

@@ -53,6 +53,11 @@ def test_row_prior_is_subtracted_before_the_threshold_and_the_ranking():
     assert [h.entry for h in hits] == [1, 0]
     assert abs(hits[1].score - 0.7) < 1e-6
     assert [h.entry for h in ti.best_entries(D, I, 0.75, 5)] == [1]
+    # A second stage's pool: the same threshold on the penalised score, ranked by cosine.
+    pool = ti.best_entries(D, I, 0.5, 5, prior=False)
+    assert [(h.entry, round(h.score, 6)) for h in pool] == [(0, 0.9), (1, 0.8)]
+    assert [h.entry for h in ti.best_entries(D, I, 0.75, 5, prior=False)] == [1]
+    assert np.allclose(ti.penalty([0, 2]), [0.2, 0.0]) and not plain.penalty([0]).any()
     with pytest.raises(ValueError, match=r"row_prior must be \(3,\)"):
         TermIndex(xb, np.arange(3), use_gpu=False, row_prior=np.zeros(2))
 

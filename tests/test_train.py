@@ -110,6 +110,13 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     metrics = json.loads((ck / "metrics.json").read_text())
     assert metrics["n_train_terms"] == len(TERMS)
     assert -1 <= m.config.threshold <= 1 and "calibration" in metrics
+    # The served thresholds come from dev streamed through the client (one 8-entry glossary
+    # is all the tiny corpus can fill).
+    stream = metrics["streaming_calibration"]
+    assert [c["glossary_size"] for c in stream] == [8]
+    assert m.config.thresholds == ((8, stream[0]["threshold"]),)
+    assert m.config.threshold == stream[0]["threshold"]
+    assert {"hint_precision", "hint_recall", "rule"} <= set(stream[0])
     voices = metrics["train_voices"]  # by TTS engine: what the model heard
     assert set(voices) <= {"espeak-ng", "festival"} and "espeak-ng" in voices
     assert sum(v["utterances"] for v in voices.values()) == metrics["n_train_occurrences"]

@@ -324,6 +324,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 phone_cfg,
                 prior_cfg,
                 args.eval_size,
+                dev_manifest=args.corpus / "dev" / "manifest.jsonl",
             )
         else:
             out = run(
@@ -335,6 +336,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 cfg,
                 phone_cfg=phone_cfg,
                 prior_cfg=prior_cfg,
+                dev_manifest=args.corpus / "dev" / "manifest.jsonl",
             )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())

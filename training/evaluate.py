@@ -77,19 +77,23 @@ class Rescorer:
         per_window: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A query's best ``max(rescore_top, top_k)`` entries above ``threshold`` by cosine,
-        with what fusing needs: (entries, cosines, keyword scores, phoneme counts). The
+        with what fusing needs: (entries, cosines less their prior, keyword scores, phoneme
+        counts). The
         query is its windows' ``vectors`` and ``spans`` over a clip whose phone log-probs
         are ``rel``; each window votes for its ``per_window`` nearest rows (default:
         ``rescore_top``)."""
         c = self.model.config
         D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
-        hits = index.best_entries(D, I, threshold=threshold, top_k=max(c.rescore_top, top_k))
+        # The pool is chosen by cosine; the prior is subtracted from the candidates' scores.
+        hits = index.best_entries(
+            D, I, threshold=threshold, top_k=max(c.rescore_top, top_k), prior=False
+        )
         labels = [self.row_phones[h.row] for h in hits]
         windows = np.array([spans[h.window] for h in hits], np.int64)
         regions = alignment_regions(windows, c.rescore_margin, len(rel))
         return (
             np.array([h.entry for h in hits], np.int64),
-            np.array([h.score for h in hits], np.float32),
+            np.array([h.score for h in hits], np.float32) - index.penalty([h.row for h in hits]),
             keyword_scores(rel, labels, regions),
             np.array([len(x) for x in labels], np.int64),
         )
@@ -274,7 +278,8 @@ def calibrate_thresholds(
     precision_target: float = 0.9,
 ) -> list[dict]:
     """Per glossary size, the score threshold that maximises hit F1 on held-in (dev)
-    utterances, and the best recall at ``precision_target`` or above (``recall_at_p``).
+    utterances, and the best recall at ``precision_target`` or above (``recall_at_p``, at
+    ``threshold_at_p``).
     Sizes the terms and distractors cannot fill are skipped. ``occ``: the cache's
     ``encode_occurrences``, when already computed.
 
@@ -314,7 +319,7 @@ def calibrate_thresholds(
         scored.sort(key=lambda x: -x[0])
         tp = fp = 0
         best = (0.0, 0.5, 0.0, 0.0)
-        recall_at_p = 0.0
+        recall_at_p, threshold_at_p = 0.0, 1.0
         for s, ok in scored:
             tp += ok
             fp += not ok
@@ -322,8 +327,8 @@ def calibrate_thresholds(
             f1 = 2 * p * r / (p + r) if p + r else 0.0
             if f1 > best[0]:
                 best = (f1, s, p, r)
-            if p >= precision_target:
-                recall_at_p = max(recall_at_p, r)
+            if p >= precision_target and r > recall_at_p:
+                recall_at_p, threshold_at_p = r, s
         thr = round(float(best[1]) - 1e-4, 4)
         if out:
             thr = max(thr, out[-1]["threshold"])
@@ -334,6 +339,7 @@ def calibrate_thresholds(
                 "precision": best[2],
                 "recall": best[3],
                 "recall_at_p": recall_at_p,
+                "threshold_at_p": round(float(threshold_at_p) - 1e-4, 4),
                 "precision_target": precision_target,
                 "glossary_size": size,
             }

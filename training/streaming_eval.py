@@ -92,16 +92,21 @@ def score(
 
 
 async def _play(
-    address: str, talks, glossary_id: str, args, threshold: float, concurrency: int = 2
+    address: str,
+    talks,
+    glossary_id: str,
+    opt: StreamOptions,
+    threshold: float,
+    concurrency: int = 2,
 ):
     # The server returns its top-k with no threshold; the merger applies the model's
     # threshold (the same hints as a server-side threshold unless more than top-k pass),
     # so the recorded responses can be replayed at other thresholds for a PR curve.
     opts = SessionOptions(
         glossary_id=glossary_id,
-        target_lang=args.lang,
-        chunk_s=args.chunk,
-        lookback_s=args.lookback,
+        target_lang=opt.lang,
+        chunk_s=opt.chunk,
+        lookback_s=opt.lookback,
         deadline_ms=5000,
         score_threshold=-1.0,
     )
@@ -118,9 +123,9 @@ async def _play(
                 samples,
                 SAMPLE_RATE,
                 opts,
-                args.budget_ms,
-                args.realtime,
-                merger_options=MergerOptions(ttl_s=args.chunk + args.lookback, min_score=threshold),
+                opt.budget_ms,
+                opt.realtime,
+                merger_options=MergerOptions(ttl_s=opt.chunk + opt.lookback, min_score=threshold),
                 responses=responses,
             )
             results[i] = recs
@@ -159,81 +164,217 @@ def replay(
     return out
 
 
-def run_streaming_eval(args) -> dict:
-    from retriever.model import DualEncoder, default_checkpoint_dir
+@dataclass
+class StreamOptions:
+    """How a manifest is played (``rasst eval --streaming``'s flags)."""
+
+    lang: str = "de"
+    chunk: float = 0.96
+    lookback: float = 1.92
+    budget_ms: float = 100.0
+    realtime: bool = False
+    # In-process server only:
+    threads: int = 1
+    window_top: int = 2
+    precision: str = "int8"
+
+
+@dataclass
+class Played:
+    """A manifest played through the client: what every step received."""
+
+    records: list  # per talk, the translator's step records
+    raw: list  # per talk, the server's responses (all hits: no threshold)
+    occs: list[list[dict]]  # per talk, the spoken occurrences (talk-relative times)
+    id_of: dict[str, str]  # lower-cased term -> glossary entry id
+    talks_audio_s: float
+    glossary_size: int
+    wall_s: float
+
+
+def play_manifest(
+    manifest,
+    checkpoint,
+    distractors: list[str],
+    size: int,
+    opt: StreamOptions,
+    threshold: float,
+    server: str | None = None,
+    glossary_id: str | None = None,
+) -> Played:
+    """Join the manifest's utterances into talks and play them through the real client,
+    against ``server`` or an in-process server on 127.0.0.1:0 holding ``checkpoint``, with
+    a glossary of the manifest's terms plus ``distractors`` up to ``size`` entries. The
+    merger keeps hints at ``threshold`` or above; the raw responses keep everything."""
     from retriever.server import ServerConfig, create_server, drain
 
-    from .cli import default_distractors
-    from .data import read_lines, read_manifest
+    from .data import read_manifest
     from .evaluate import build_glossary
 
-    rows = read_manifest(args.manifest)
+    rows = read_manifest(manifest)
     talks = make_talks(rows)
-    ckpt_dir = args.checkpoint or default_checkpoint_dir()
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
-    distractors = read_lines(args.distractors) if args.distractors else default_distractors()
-    gl_terms = build_glossary(terms, distractors, args.size)
-    # The server's own default for a glossary of this size.
-    threshold = (
-        args.threshold
-        if args.threshold is not None
-        else DualEncoder.load_config(ckpt_dir).threshold_for(len(gl_terms))
-    )
+    gl_terms = build_glossary(terms, distractors, size)
     # Word-list distractors have no translations: the term stands in for it.
     entries = [
-        {"id": f"e{i}", "term": t, "translations": {args.lang: t}} for i, t in enumerate(gl_terms)
+        {"id": f"e{i}", "term": t, "translations": {opt.lang: t}} for i, t in enumerate(gl_terms)
     ]
     id_of = {t.lower(): f"e{i}" for i, t in enumerate(gl_terms)}
     content = "".join(json.dumps(e) + "\n" for e in entries).encode()
 
     async def go():
-        server = state = None
-        tmp = None
-        address = args.server
-        token = None
+        srv = state = tmp = None
+        address, token = server, None
         if address is None:
             tmp = tempfile.TemporaryDirectory()
-            ckpt = str(ckpt_dir)
             cfg = ServerConfig(
                 address="127.0.0.1:0",
-                checkpoint=ckpt,
+                checkpoint=str(checkpoint),
                 data_dir=tmp.name,
                 admin_token="eval",
                 demo_glossary=False,
-                threads=args.threads,
-                window_top=args.window_top,
-                precision=args.precision,
+                threads=opt.threads,
+                window_top=opt.window_top,
+                precision=opt.precision,
             )
-            server, port, state = await create_server(cfg)
+            srv, port, state = await create_server(cfg)
             address, token = f"127.0.0.1:{port}", "eval"
         import os
 
         token = token or os.environ.get("RASST_ADMIN_TOKEN")
-        gid = args.glossary_id or "streaming-eval"
-        if not args.glossary_id:
-            c = Client(address, token, timeout=600)
-            await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
-            c.close()
-        t0 = time.time()
-        records, raw = await _play(address, talks, gid, args, threshold)
-        wall = time.time() - t0
-        if server is not None:
-            await drain(server, state, 1.0)
-            tmp.cleanup()
-        return records, raw, wall
+        gid = glossary_id or "streaming-eval"
+        try:
+            if not glossary_id:
+                c = Client(address, token, timeout=600)
+                try:
+                    await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
+                finally:
+                    c.close()
+            t0 = time.time()
+            records, raw = await _play(address, talks, gid, opt, threshold)
+            return records, raw, time.time() - t0
+        finally:
+            if srv is not None:
+                await drain(srv, state, 1.0)
+                tmp.cleanup()
 
     records, raw, wall = asyncio.run(go())
-    occs = [o for _, o in talks]
-    report = score(records, occs, args.chunk, args.lookback, id_of)
+    return Played(
+        records,
+        raw,
+        [o for _, o in talks],
+        id_of,
+        sum(len(s) for s, _ in talks) / SAMPLE_RATE,
+        len(gl_terms),
+        wall,
+    )
+
+
+def rescore_at(played: Played, opt: StreamOptions, threshold: float) -> dict:
+    """Hint precision / recall / F1 had the merger kept hints at ``threshold`` (the recorded
+    responses replayed, each arriving in its own step: no new audio)."""
+    replayed = [
+        replay(r, len(rec), opt.chunk, opt.lookback, float(threshold))
+        for r, rec in zip(played.raw, played.records, strict=True)
+    ]
+    return score(replayed, played.occs, opt.chunk, opt.lookback, played.id_of)
+
+
+def operating_point(
+    played: Played, opt: StreamOptions, precision_target: float = 0.9, step: float = 0.005
+) -> dict:
+    """The threshold with the most hint recall at ``precision_target`` or above (the
+    best-F1 one when none reaches it), searched on a grid over the recorded scores."""
+    scores = [h.score for rs in played.raw for r in rs for h in r.hits]
+    if not scores:
+        raise ValueError("no hits were recorded: nothing to calibrate")
+    lo, hi = np.floor(min(scores) / step) * step, np.ceil(max(scores) / step) * step
+    best_p = best_f = None
+    for t in np.arange(lo, hi + step, step):
+        m = {"threshold": round(float(t), 4), **rescore_at(played, opt, float(t))}
+        if m["hint_precision"] >= precision_target and (
+            best_p is None or m["hint_recall"] > best_p["hint_recall"]
+        ):
+            best_p = m
+        if best_f is None or m["hint_f1"] > best_f["hint_f1"]:
+            best_f = m
+    chosen = best_p or best_f
+    return {**chosen, "rule": "recall at precision" if best_p else "best F1"}
+
+
+def calibrate_streaming(
+    checkpoint,
+    manifest,
+    distractors: list[str],
+    sizes: tuple[int, ...],
+    precision_target: float = 0.9,
+    opt: StreamOptions | None = None,
+) -> list[dict]:
+    """Per glossary size, the threshold at which hints streamed from ``manifest`` (dev:
+    unseen terms, training voices) reach ``precision_target`` with the most recall
+    (``operating_point``). Sizes the terms and distractors cannot fill are skipped."""
+    from .data import read_manifest
+
+    opt = opt or StreamOptions()
+    n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
+    out = []
+    for size in sorted(set(sizes)):
+        if size > n_terms + len(distractors):
+            continue
+        played = play_manifest(manifest, checkpoint, distractors, size, opt, -1.0)
+        point = operating_point(played, opt, precision_target)
+        out.append({**point, "glossary_size": played.glossary_size})
+        logger.info(
+            "streaming calibration at %d entries: threshold %.4f, P %.3f R %.3f (%s)",
+            played.glossary_size,
+            point["threshold"],
+            point["hint_precision"],
+            point["hint_recall"],
+            point["rule"],
+        )
+    return out
+
+
+def run_streaming_eval(args) -> dict:
+    from retriever.model import DualEncoder, default_checkpoint_dir
+
+    from .cli import default_distractors
+    from .data import read_lines
+
+    ckpt_dir = args.checkpoint or default_checkpoint_dir()
+    distractors = read_lines(args.distractors) if args.distractors else default_distractors()
+    opt = StreamOptions(
+        lang=args.lang,
+        chunk=args.chunk,
+        lookback=args.lookback,
+        budget_ms=args.budget_ms,
+        realtime=args.realtime,
+        threads=args.threads,
+        window_top=args.window_top,
+        precision=args.precision,
+    )
+    # The server's own default for a glossary of this size.
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else DualEncoder.load_config(ckpt_dir).threshold_for(args.size)
+    )
+    played = play_manifest(
+        args.manifest,
+        ckpt_dir,
+        distractors,
+        args.size,
+        opt,
+        threshold,
+        server=args.server,
+        glossary_id=args.glossary_id,
+    )
+    report = score(played.records, played.occs, args.chunk, args.lookback, played.id_of)
     report["threshold"] = threshold
     # Precision/recall at other thresholds: the recorded responses replayed (no new audio).
     sweep = []
     for t in np.round(np.arange(threshold - 0.3, threshold + 0.06, 0.05), 3):
-        replayed = [
-            replay(r, len(rec), args.chunk, args.lookback, float(t))
-            for r, rec in zip(raw, records, strict=True)
-        ]
-        m = score(replayed, occs, args.chunk, args.lookback, id_of)
+        m = rescore_at(played, opt, float(t))
         sweep.append(
             {
                 "threshold": float(t),
@@ -241,9 +382,10 @@ def run_streaming_eval(args) -> dict:
             }
         )
     report["threshold_sweep"] = sweep
-    lat = np.array([r.latency_ms for recs in records for r in recs if r.latency_ms is not None])
-    on_time = np.mean([r.on_time for recs in records for r in recs])
-    audio_s = sum(len(s) for s, _ in talks) / SAMPLE_RATE
+    lat = np.array(
+        [r.latency_ms for recs in played.records for r in recs if r.latency_ms is not None]
+    )
+    on_time = np.mean([r.on_time for recs in played.records for r in recs])
     report.update(
         {
             "on_time": float(on_time),
@@ -251,11 +393,11 @@ def run_streaming_eval(args) -> dict:
             "latency_ms_p95": float(np.percentile(lat, 95)),
             "latency_ms_p99": float(np.percentile(lat, 99)),
             "budget_ms": args.budget_ms,
-            "glossary_size": len(gl_terms),
+            "glossary_size": played.glossary_size,
             "chunk_s": args.chunk,
             "lookback_s": args.lookback,
-            "audio_s": round(audio_s, 1),
-            "wall_s": round(wall, 1),
+            "audio_s": round(played.talks_audio_s, 1),
+            "wall_s": round(played.wall_s, 1),
             "manifest": str(args.manifest),
         }
     )

@@ -34,6 +34,7 @@ from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
 from .prior import PriorConfig, fit_prior
+from .streaming_eval import calibrate_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -402,13 +403,14 @@ def run(
     calibrate: bool = True,
     phone_cfg: PhoneTrainConfig | None = None,
     prior_cfg: PriorConfig | None = None,
+    dev_manifest: Path | None = None,
 ) -> Path:
     """Train and write a checkpoint directory (rank 0); returns its path.
 
     The dual encoder first (under DDP when initialised), then on rank 0 the second
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
     none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, needs dev),
-    then the threshold calibration.
+    then the threshold calibration (streamed from ``dev_manifest`` when given).
     """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
@@ -438,6 +440,7 @@ def run(
         prior_cfg or PriorConfig(),
         calibrate_sizes=(cfg.eval_size, *CALIBRATION_SIZES) if calibrate else (),
         progress=progress,
+        dev_manifest=dev_manifest,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -456,10 +459,16 @@ def finish(
     prior_cfg: PriorConfig | None,
     calibrate_sizes: tuple[int, ...] = CALIBRATION_SIZES,
     progress: bool = True,
+    dev_manifest: Path | None = None,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None),
-    calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint."""
+    calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint.
+
+    Thresholds: the best hit F1 per dev utterance; then, with ``dev_manifest`` (the dev
+    split's audio), the most hint recall at 0.9 hint precision with dev streamed through
+    the real client and an in-process server, as a translator receives hints
+    (``streaming_eval.calibrate_streaming``), which replaces them."""
     if phone_cfg.steps:
         metrics.update(
             train_phone_head(
@@ -482,6 +491,19 @@ def finish(
             )
     phone_history = metrics.pop("phone_history", None)
     model.save_pretrained(out_dir, metrics=metrics)
+    if calibrate_sizes and dev_manifest is not None:
+        stream = calibrate_streaming(out_dir, dev_manifest, distractors, calibrate_sizes)
+        for prev, cur in zip(stream, stream[1:], strict=False):
+            cur["threshold"] = max(cur["threshold"], prev["threshold"])  # as the offline ones
+        if stream:
+            metrics["streaming_calibration"] = stream
+            first = next((c for c in stream if c["glossary_size"] == calibrate_sizes[0]), stream[0])
+            model.config = replace(
+                model.config,
+                threshold=first["threshold"],
+                thresholds=tuple((c["glossary_size"], c["threshold"]) for c in stream),
+            )
+            model.save_pretrained(out_dir, metrics=metrics)
     if phone_history:
         (Path(out_dir) / "phone_history.json").write_text(json.dumps(phone_history))
         plot_phone_history(phone_history, Path(out_dir) / "phone_curves.png")
@@ -498,6 +520,7 @@ def add_stages(
     prior_cfg: PriorConfig | None = None,
     eval_size: int = 1000,
     progress: bool = True,
+    dev_manifest: Path | None = None,
 ) -> Path:
     """A trained checkpoint's dual encoder, unchanged, with the later stages fitted again
     and written to ``out_dir``: a newly trained phone head (``phone_cfg.steps`` > 0; the
@@ -524,6 +547,7 @@ def add_stages(
         prior_cfg,
         calibrate_sizes=(eval_size, *CALIBRATION_SIZES),
         progress=progress,
+        dev_manifest=dev_manifest,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
