@@ -64,9 +64,11 @@ def main(argv=None) -> int:
         *(
             [
                 f"- Second stage: a phone head (LayerNorm, linear {cfg['frontend']['dim']}→{mc.phone_hidden}, {PHONE_LAYERS[mc.phone_kind]}, CTC over the",
-                f"  text side's {len(cfg['text_vocab'])} symbols less spaces) reads the same frames; the best {mc.rescore_top} candidates above the",
+                f"  text side's {len(cfg['text_vocab'])} symbols less spaces) reads the same frames; the best {mc.rescore_top} candidates by cosine that can pass the",
                 "  threshold are rescored by aligning their phonemes inside their window ("
-                + f"±{mc.rescore_margin} frames): score = cosine + {mc.rescore_weight} × alignment log-prob / phonemes.",
+                + f"±{mc.rescore_margin} frames): score = cosine"
+                + (" − prior" if mc.prior_weight else "")
+                + f" + {mc.rescore_weight} × alignment log-prob / phonemes.",
             ]
             if mc.phone_hidden
             else []
