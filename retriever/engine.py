@@ -106,6 +106,8 @@ class EngineConfig:
     window_top: int = 2
     # Rescore candidates with the model's second stage when it has one (retriever/rescore.py).
     rescore: bool = True
+    # Most candidates per request it aligns (and the model's rescore_top at most).
+    rescore_candidates: int = 256
 
 
 @dataclass
@@ -523,7 +525,9 @@ class Engine:
                     D[off : off + n],
                     I[off : off + n],
                     j.threshold,
-                    max(j.top_k, model.config.rescore_top) if second else j.top_k,
+                    max(j.top_k, min(model.config.rescore_top, self.cfg.rescore_candidates))
+                    if second
+                    else j.top_k,
                     prior=not second,
                 )
                 off += n

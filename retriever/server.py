@@ -106,6 +106,9 @@ class ServerConfig:
     # False serves the dual encoder's cosine scores alone (the model's thresholds were
     # calibrated on fused scores: pass a threshold per request then).
     rescore: bool = True
+    # Most candidates per request the second stage aligns (the best by cosine of those
+    # that can pass the threshold; 1..1024, at most the model's rescore_top).
+    rescore_candidates: int = 256
     # torch / CTranslate2 threads of each encoder worker.
     threads: int = 1
     # Encoder worker threads: 0 = auto (one on a GPU; on a CPU, one per core, at most 4).
@@ -137,6 +140,8 @@ def validate_server_config(c: ServerConfig) -> ServerConfig:
         raise ValueError(f"max_wait_ms must be in [0, 1000], got {c.max_wait_ms}")
     if not 1 <= c.window_top <= 32:
         raise ValueError(f"window_top must be in [1, 32], got {c.window_top}")
+    if not 1 <= c.rescore_candidates <= 1024:
+        raise ValueError(f"rescore_candidates must be in [1, 1024], got {c.rescore_candidates}")
     if not 1 <= c.threads <= 256:
         raise ValueError(f"threads must be in [1, 256], got {c.threads}")
     if not 0 <= c.workers <= 64:
@@ -985,6 +990,7 @@ async def create_server(
             window_top=cfg.window_top,
             device=device,
             rescore=cfg.rescore,
+            rescore_candidates=cfg.rescore_candidates,
         ),
     )
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
@@ -1121,6 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_const",
         const=False,
         help="serve cosine scores only, without the model's phone-alignment second stage",
+    )
+    p.add_argument(
+        "--rescore-candidates",
+        dest="rescore_candidates",
+        type=int,
+        help="most candidates per request the second stage aligns (default 256)",
     )
     p.add_argument("--threads", type=int, help="torch / CTranslate2 threads of each worker")
     p.add_argument(

@@ -527,6 +527,18 @@ def test_serve_cli_rejects_bad_flags():
     assert r.returncode == 2 and "threads must be in [1, 256]" in r.stderr
 
 
+def test_rescore_candidates_is_read_checked_and_handed_to_the_engine(live_server, tiny_checkpoint):
+    from retriever.server import load_config
+
+    s = live_server(checkpoint=str(tiny_checkpoint), rescore_candidates=8)
+    assert s.state.engine.cfg.rescore_candidates == 8
+
+    cfg = load_config({}, None, env={"RASST_RESCORE_CANDIDATES": "16"})
+    assert cfg.rescore_candidates == 16
+    with pytest.raises(ValueError, match=r"rescore_candidates must be in \[1, 1024\], got 0"):
+        load_config({"rescore_candidates": 0}, None, env={})
+
+
 def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
     import socket
     import urllib.request

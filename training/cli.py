@@ -429,6 +429,12 @@ def eval_main(argv: list[str] | None = None) -> int:
         help="--streaming in-process server: entries each window may vote for",
     )
     p.add_argument(
+        "--rescore-candidates",
+        type=int,
+        default=256,
+        help="--streaming in-process server: most candidates per request the second stage aligns",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         default=None,

@@ -177,6 +177,7 @@ class StreamOptions:
     threads: int = 1
     window_top: int = 2
     precision: str = "int8"
+    rescore_candidates: int = 256
 
 
 @dataclass
@@ -236,6 +237,7 @@ def play_manifest(
                 threads=opt.threads,
                 window_top=opt.window_top,
                 precision=opt.precision,
+                rescore_candidates=opt.rescore_candidates,
             )
             srv, port, state = await create_server(cfg)
             address, token = f"127.0.0.1:{port}", "eval"
@@ -352,6 +354,7 @@ def run_streaming_eval(args) -> dict:
         threads=args.threads,
         window_top=args.window_top,
         precision=args.precision,
+        rescore_candidates=args.rescore_candidates,
     )
     # The server's own default for a glossary of this size.
     threshold = (
