@@ -153,10 +153,11 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
 def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoint(
     tiny_corpus, tmp_path
 ):
-    r = _train(tiny_corpus, tmp_path / "plain", extra=("--phone-steps", "0"))
+    r = _train(tiny_corpus, tmp_path / "plain", extra=("--phone-steps", "0", "--prior-size", "0"))
     assert r.returncode == 0, r.stderr[-2000:]
     plain = DualEncoder.from_pretrained(tmp_path / "plain")
-    assert plain.phone is None
+    assert plain.phone is None and plain.config.background_size == 0
+    assert "prior_weights_dev" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
     r = _train(tiny_corpus, tmp_path / "two", extra=("--phones-only", str(tmp_path / "plain")))
     assert r.returncode == 0, r.stderr[-2000:]
     from retriever.model import checkpoint_id

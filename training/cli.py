@@ -306,10 +306,8 @@ def train_main(argv: list[str] | None = None) -> int:
         phone_cfg = PhoneTrainConfig(
             steps=args.phone_steps, hidden=args.phone_hidden, seed=args.seed
         )
-        prior_cfg = (
-            PriorConfig(size=args.prior_size, k=min(PriorConfig.k, args.prior_size), seed=args.seed)
-            if args.prior_size
-            else None
+        prior_cfg = PriorConfig(
+            size=args.prior_size, k=max(1, min(PriorConfig.k, args.prior_size)), seed=args.seed
         )
         t0 = time.time()
         if args.phones_only or args.prior_only:

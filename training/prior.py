@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PriorConfig:
-    # Background windows kept in the checkpoint (float16: 0.5 KB each at 256 dims).
+    # Background windows kept in the checkpoint (float16: 0.5 KB each at 256 dims); 0 = no
+    # prior.
     size: int = 4096
     # Nearest background windows averaged into an entry's hubness.
     k: int = 10
@@ -41,9 +42,9 @@ class PriorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 1 <= self.size <= 1_000_000:
-            raise ValueError(f"prior size must be in [1, 1000000], got {self.size}")
-        if not 1 <= self.k <= self.size:
+        if not 0 <= self.size <= 1_000_000:
+            raise ValueError(f"prior size must be in [0, 1000000], got {self.size}")
+        if self.size and not 1 <= self.k <= self.size:
             raise ValueError(f"prior k must be in [1, size={self.size}], got {self.k}")
         if self.utterances < 1:
             raise ValueError(f"prior utterances must be >= 1, got {self.utterances}")

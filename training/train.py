@@ -409,7 +409,8 @@ def run(
 
     The dual encoder first (under DDP when initialised), then on rank 0 the second
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
-    none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, needs dev),
+    none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, ``size=0`` for
+    none; needs dev),
     then the threshold calibration (streamed from ``dev_manifest`` when given).
     """
     cfg = cfg or TrainConfig()
@@ -462,7 +463,8 @@ def finish(
     dev_manifest: Path | None = None,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
-    is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None),
+    is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
+    size 0),
     calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint.
 
     Thresholds: the best hit F1 per dev utterance; then, with ``dev_manifest`` (the dev
@@ -475,7 +477,7 @@ def finish(
                 model, train_cache, dev_cache, distractors, phone_cfg, out_dir, progress
             )
         )
-    if prior_cfg is not None and dev_cache is not None:
+    if prior_cfg is not None and prior_cfg.size and dev_cache is not None:
         metrics.update(fit_prior(model, train_cache, dev_cache, distractors, prior_cfg))
     if calibrate_sizes and dev_cache is not None:
         cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
@@ -533,7 +535,7 @@ def add_stages(
         if model.phone is not None:
             raise ValueError(f"{checkpoint} already has a phone head")
         metrics["phone_stage_on"] = checkpoint_id(checkpoint)
-    if prior_cfg is not None:
+    if prior_cfg is not None and prior_cfg.size:
         metrics["prior_stage_on"] = checkpoint_id(checkpoint)
     spoken = set(train_cache.occ_term)
     finish(
