@@ -13,7 +13,7 @@ precision.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def fit_prior(
     best = max(rows, key=lambda r: (r["recall_at_p"], r["f1"], -r["weight"]))
     model.config = replace(model.config, prior_weight=best["weight"])
     return {
-        "prior_config": {**cfg.__dict__, "weights": list(cfg.weights)},
+        "prior_config": asdict(cfg),
         "prior_weight": best["weight"],
         "prior_ref": ref,
         "prior_weights_dev": rows,
