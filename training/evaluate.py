@@ -76,12 +76,11 @@ class Rescorer:
         top_k: int = 0,
         per_window: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """A query's best ``max(rescore_top, top_k)`` entries above ``threshold`` by cosine,
-        with what fusing needs: (entries, cosines less their prior, keyword scores, phoneme
-        counts). The
-        query is its windows' ``vectors`` and ``spans`` over a clip whose phone log-probs
-        are ``rel``; each window votes for its ``per_window`` nearest rows (default:
-        ``rescore_top``)."""
+        """A query's best ``max(rescore_top, top_k)`` entries by cosine among those whose
+        cosine less their prior reaches ``threshold``, with what fusing needs: (entries,
+        cosines less their prior, keyword scores, phoneme counts). The query is its
+        windows' ``vectors`` and ``spans`` over a clip whose phone log-probs are ``rel``;
+        each window votes for its ``per_window`` nearest rows (default: ``rescore_top``)."""
         c = self.model.config
         D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
         # The pool is chosen by cosine; the prior is subtracted from the candidates' scores.

@@ -372,7 +372,7 @@ def run_streaming_eval(args) -> dict:
         server=args.server,
         glossary_id=args.glossary_id,
     )
-    report = score(played.records, played.occs, args.chunk, args.lookback, played.id_of)
+    report = score(played.records, played.occs, opt.chunk, opt.lookback, played.id_of)
     report["threshold"] = threshold
     # Precision/recall at other thresholds: the recorded responses replayed (no new audio).
     sweep = []
