@@ -75,9 +75,17 @@ def test_rpc_overhead_times_unary_and_stream_paths_from_another_process():
         # The server's own timings split the overhead: transport is what it did not see.
         assert 0 < path["transport_ms_p50"] < path["grpc_ms_p50"]
         assert math.isfinite(path["server_extra_ms_p50"])
+        assert math.isfinite(path["overhead_net_ms_p50"])
     assert r["empty_rpc_ms_p50"] > 0
+    # The bare echo did the same engine work (its own time, like the in-process call's, is
+    # tens of ms, not the microseconds of an empty handler) and cost more than nothing.
+    echo = r["echo"]
+    assert echo["inprocess_ms_p50"] > 1 and echo["overhead_ms_p50"] > 0
+    assert echo["grpc_ms_p50"] > echo["inprocess_ms_p50"]
+    assert math.isfinite(r["stream"]["above_echo_ms_p50"])
     md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "rpc": r})
     assert "| unary Retrieve, 2.88 s clip" in md and "| StreamRetrieve, one 0.96 s chunk" in md
+    assert "| floor: a bare gRPC echo handler" in md and "above the bare echo's" in md
 
 
 def test_load_runs_sessions_from_another_process_and_counts_every_chunk():
