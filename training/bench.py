@@ -219,15 +219,13 @@ def _echo_handler(work):
     )
 
 
-def _rpc_caller(
-    address: str, echo_address: str, request: bytes, stream_pcm: bytes, chunk_samples: int, conn
-) -> None:
+def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: int, conn) -> None:
     """Child process: a translator-side caller. Times one call per command it receives and
     sends back the milliseconds; anything else stops it. Commands: "retrieve" (unary
     Retrieve of ``request``), "health" (an empty unary call: the floor of any RPC here),
     "stream" (the next chunk of ``stream_pcm`` on one StreamRetrieve session, request sent
-    to response read) and "echo" (the same bytes on one session of the bare echo handler
-    at ``echo_address``). Each answer is (milliseconds, the server's own time in ms for
+    to response read) and "echo" (the same bytes on one session of the bare echo handler,
+    ``ECHO_METHOD``). Each answer is (milliseconds, the server's own time in ms for
     calls that report it, else None: ``timings.total_ms``, or the echo's work; the engine's
     own ms, queue + encode + search, for rasst calls, else None)."""
     import queue
@@ -240,7 +238,7 @@ def _rpc_caller(
     req = retrieval_pb2.RetrieveRequest.FromString(request)
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     echo_outbox: queue.SimpleQueue = queue.SimpleQueue()
-    with grpc.insecure_channel(address) as ch, grpc.insecure_channel(echo_address) as echo_ch:
+    with grpc.insecure_channel(address) as ch:
         stub = retrieval_pb2_grpc.TermRetrievalStub(ch)
         outbox.put(
             retrieval_pb2.StreamRetrieveRequest(
@@ -255,7 +253,7 @@ def _rpc_caller(
             )
         )
         responses = stub.StreamRetrieve(iter(outbox.get, None), timeout=600)
-        echoes = echo_ch.stream_stream(ECHO_METHOD)(iter(echo_outbox.get, None), timeout=600)
+        echoes = ch.stream_stream(ECHO_METHOD)(iter(echo_outbox.get, None), timeout=600)
         seq = {"stream": 0, "echo": 0}
         nbytes = 2 * chunk_samples
 
@@ -337,14 +335,12 @@ async def bench_rpc_overhead(
 
     The gRPC caller is a separate process, as a translator is, so client and server do not
     share an interpreter. Calls alternate and are paired. Two floors are timed in the same
-    run: an empty call (Health.Check), and a bare echo handler (``_echo_handler``, its own
-    grpc.aio server in the same process) that receives the same chunk bytes and awaits the
-    same engine call as the stream path before it answers: its client-observed time less
-    its own is what gRPC itself costs here, with no rasst code on the path.
+    run: an empty call (Health.Check), and a bare echo handler (``_echo_handler``, added to
+    the same server and called on the same channel) that receives the same chunk bytes and
+    awaits the same engine call as the stream path before it answers: its client-observed
+    time less its own is what gRPC itself costs here, with no rasst code on the path.
     """
     import multiprocessing as mp
-
-    import grpc
 
     from client.api import audio_pb
     from client.v1 import retrieval_pb2
@@ -367,22 +363,13 @@ async def bench_rpc_overhead(
     async def echo_call():
         await state.engine.submit(echo_work["x"], "demo", 10, None, 30.0, 0.0, echo_work["new"])
 
-    echo_server = grpc.aio.server()
-    echo_server.add_generic_rpc_handlers((_echo_handler(echo_call),))
-    echo_port = echo_server.add_insecure_port("127.0.0.1:0")
-    await echo_server.start()
+    # On the same server, reached on the same channel: only the handler differs.
+    server.add_generic_rpc_handlers((_echo_handler(echo_call),))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
         target=_rpc_caller,
-        args=(
-            f"127.0.0.1:{port}",
-            f"127.0.0.1:{echo_port}",
-            req.SerializeToString(),
-            stream_pcm,
-            chunk,
-            child,
-        ),
+        args=(f"127.0.0.1:{port}", req.SerializeToString(), stream_pcm, chunk, child),
     )
     proc.start()
 
@@ -421,7 +408,6 @@ async def bench_rpc_overhead(
     finally:
         parent.send("stop")
         await asyncio.to_thread(proc.join, 30)
-        await echo_server.stop(0.5)
         await drain(server, state, 0.5)
         tmp.cleanup()
 
