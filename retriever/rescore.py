@@ -138,33 +138,43 @@ def keyword_scores(rel: np.ndarray, labels: list[np.ndarray], regions: np.ndarra
         return np.zeros(0, np.float32)
     states = [np.insert(lab, np.arange(1, len(lab)), 0) for lab in labels]  # p1 0 p2 0 .. pL
     S = max(len(s) for s in states)
+    # Each string is right-aligned in S columns, so every last state is column S - 1. The
+    # columns before a string's first state are "ready" states: they hold 0 and emit 0, so
+    # the first state may be entered from them on any frame (a fresh start).
     lab = np.zeros((n, S), np.int64)
     valid = np.zeros((n, S), bool)
     skip = np.zeros((n, S), bool)  # p_{k-1} -> p_k without a blank between (labels differ)
     for i, s in enumerate(states):
-        lab[i, : len(s)] = s
-        valid[i, : len(s)] = True
-        skip[i, 2 : len(s)] = (s[2:] != 0) & (s[2:] != s[:-2])
-    last = np.array([len(s) - 1 for s in states])
+        c = S - len(s)
+        lab[i, c:] = s
+        valid[i, c:] = True
+        skip[i, c + 2 :] = (s[2:] != 0) & (s[2:] != s[:-2])
     regions = np.asarray(regions, dtype=np.int64)
     t0, t1 = int(regions[:, 0].min()), max(int(regions[:, 1].max()), int(regions[:, 0].min()))
     t = np.arange(t0, t1)[:, None]
     inside = (regions[:, 0] <= t) & (t < regions[:, 1])  # (T, n)
-    # Every frame's emissions at once; a state that is padding, or a frame outside its
-    # candidate's region, emits _NEG (so nothing passes through it).
-    emit = np.where(valid[None] & inside[..., None], rel[t0:t1][:, lab], _NEG)  # (T, n, S)
+    # Every frame's emissions at once: a state on a frame outside its candidate's region
+    # emits _NEG (so nothing passes through it); a ready state emits 0.
+    emit = np.where(inside[..., None], rel[t0:t1][:, lab], _NEG)  # (T, n, S)
+    emit[:, ~valid] = 0.0
     jump_cost = np.where(skip, 0.0, _NEG)
-    ext = np.full((n, S + 2), _NEG)  # two _NEG columns in front: alpha[j-1], alpha[j-2]
-    alpha = ext[:, 2:]
-    rows = np.arange(n)
+    # Two buffers of alpha, swapped each frame, each with two ready columns in front
+    # (alpha[j-1], alpha[j-2] of the first columns). Nothing is clamped: a value that went
+    # through a _NEG emission stays below _NEG (float64 holds it), and ``best`` starts at
+    # _NEG, so an impossible string still scores exactly _NEG.
+    prev = np.zeros((n, S + 2))
+    prev[:, 2:] = np.where(valid, _NEG, 0.0)
+    cur = prev.copy()
+    jump = np.empty((n, S))
     best = np.full(n, _NEG)
     for k in range(t1 - t0):
-        m = np.maximum(alpha, ext[:, 1:-1])
-        np.maximum(m, ext[:, :-2] + jump_cost, out=m)
-        np.maximum(m[:, 0], 0.0, out=m[:, 0])  # a fresh start on this frame
-        m += emit[k]
-        np.maximum(m, _NEG, out=alpha)
-        np.maximum(best, alpha[rows, last], out=best)
+        alpha = cur[:, 2:]
+        np.maximum(prev[:, 2:], prev[:, 1:-1], out=alpha)
+        np.add(prev[:, :-2], jump_cost, out=jump)
+        np.maximum(alpha, jump, out=alpha)
+        alpha += emit[k]
+        np.maximum(best, alpha[:, -1], out=best)
+        prev, cur = cur, prev
     return best.astype(np.float32)
 
 
