@@ -60,6 +60,39 @@ def test_regions_limit_where_a_candidate_may_align():
     assert keyword_scores(rel, [np.array([3, 5, 1])], [[0, 2]])[0] < -1e6
 
 
+def _one_alignment(rel: np.ndarray, labels: np.ndarray, start: int, end: int) -> float:
+    """The alignment score of one string, frame by frame and state by state, written from
+    its definition: states p1 0 p2 .. pL, a fresh start on any frame of [start, end), a
+    blank only between phonemes, a skip over a blank only between different phonemes."""
+    s = [int(x) for x in np.insert(labels, np.arange(1, len(labels)), 0)]
+    alpha = [-np.inf] * len(s)
+    best = -np.inf
+    for t in range(start, end):
+        new = []
+        for j, label in enumerate(s):
+            came = [alpha[j]] + ([alpha[j - 1]] if j >= 1 else [0.0])
+            if j >= 2 and label != 0 and label != s[j - 2]:
+                came.append(alpha[j - 2])
+            new.append(max(came) + float(rel[t, label]))
+        alpha = new
+        best = max(best, alpha[-1])
+    return best if np.isfinite(best) else -1e9
+
+
+def test_scores_match_the_alignment_written_out_one_candidate_at_a_time():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        T, n = int(rng.integers(1, 25)), int(rng.integers(1, 8))
+        lp = np.log(rng.dirichlet(np.full(V, 0.3), size=T))
+        rel = lp - lp.max(1, keepdims=True)
+        labels = [rng.integers(1, V, size=int(rng.integers(1, 7))) for _ in range(n)]
+        start = rng.integers(0, T, size=n)
+        regions = np.stack([start, np.minimum(start + rng.integers(0, T + 2, size=n), T)], 1)
+        got = keyword_scores(rel, labels, regions)
+        want = [_one_alignment(rel, lab, a, b) for lab, (a, b) in zip(labels, regions, strict=True)]
+        np.testing.assert_allclose(got, np.array(want, np.float32), rtol=1e-5, atol=1e-4)
+
+
 def test_fused_scores_never_exceed_the_cosine():
     rel = posteriorgram([0, 2, 3, 0, 4, 1])
     labels = [np.array([2, 3]), np.array([4, 4, 4, 4]), np.array([1])]
