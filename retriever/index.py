@@ -346,13 +346,10 @@ class TermIndex:
         threshold still applies to that, but entries are ranked and scored by the index's
         own score: a second stage gathers its candidates by cosine and subtracts
         ``penalty`` itself."""
-        if self.row_prior is not None:
-            penalised = D - self.row_prior[np.maximum(I, 0)]
-            valid = (I >= 0) & (threshold <= penalised)
-            if prior:
-                D = penalised
-        else:
-            valid = (I >= 0) & (threshold <= D)
+        penalised = D if self.row_prior is None else D - self.row_prior[np.maximum(I, 0)]
+        valid = (I >= 0) & (threshold <= penalised)
+        if prior:
+            D = penalised
         if not valid.any():
             return []
         w, j = np.nonzero(valid)

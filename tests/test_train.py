@@ -322,3 +322,23 @@ def test_train_cli_rejects_bad_speed_factors(tiny_corpus, tmp_path):
     for bad in ("1.0", "0.2", "fast"):
         assert rasst(["train", "--corpus", str(tiny_corpus), "--speed-perturb", bad]) == 2
     assert rasst(["train", "--corpus", str(tiny_corpus), "--phone-steps", "-1"]) == 2
+
+
+def test_streaming_eval_defaults_to_the_threshold_for_the_glossary_it_built(tiny_corpus, tmp_path):
+    """Asked for fewer entries than the manifest has terms, the glossary holds every term;
+    the merger's default threshold is the model's for that glossary, as the server's is."""
+    import shutil
+
+    from retriever.model import default_checkpoint_dir
+    from training.streaming_eval import StreamOptions, play_manifest
+
+    ck = tmp_path / "ck"
+    shutil.copytree(default_checkpoint_dir(), ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["thresholds"] = [[1, 0.1], [100, 0.9]]  # a different default at every size
+    (ck / "config.json").write_text(json.dumps(cfg))
+    played = play_manifest(tiny_corpus / "dev" / "manifest.jsonl", ck, [], 1, StreamOptions())
+    assert played.glossary_size == 4
+    model = DualEncoder.load_config(ck)
+    assert played.threshold == model.threshold_for(4) != model.threshold_for(1)
+    assert len(played.records) == len(played.raw) >= 1

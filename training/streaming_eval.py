@@ -191,6 +191,7 @@ class Played:
     talks_audio_s: float
     glossary_size: int
     wall_s: float
+    threshold: float  # the merger's: what ``records`` kept
 
 
 def play_manifest(
@@ -199,14 +200,17 @@ def play_manifest(
     distractors: list[str],
     size: int,
     opt: StreamOptions,
-    threshold: float,
+    threshold: float | None = None,
     server: str | None = None,
     glossary_id: str | None = None,
 ) -> Played:
     """Join the manifest's utterances into talks and play them through the real client,
     against ``server`` or an in-process server on 127.0.0.1:0 holding ``checkpoint``, with
-    a glossary of the manifest's terms plus ``distractors`` up to ``size`` entries. The
-    merger keeps hints at ``threshold`` or above; the raw responses keep everything."""
+    a glossary of the manifest's terms plus ``distractors`` up to ``size`` entries (more
+    when the manifest has more terms). The merger keeps hints at ``threshold`` or above
+    (None: the model's own default for the glossary as built, as the server would use);
+    the raw responses keep everything."""
+    from retriever.model import DualEncoder
     from retriever.server import ServerConfig, create_server, drain
 
     from .data import read_manifest
@@ -216,6 +220,8 @@ def play_manifest(
     talks = make_talks(rows)
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
     gl_terms = build_glossary(terms, distractors, size)
+    if threshold is None:
+        threshold = DualEncoder.load_config(checkpoint).threshold_for(len(gl_terms))
     # Word-list distractors have no translations: the term stands in for it.
     entries = [
         {"id": f"e{i}", "term": t, "translations": {opt.lang: t}} for i, t in enumerate(gl_terms)
@@ -269,6 +275,7 @@ def play_manifest(
         sum(len(s) for s, _ in talks) / SAMPLE_RATE,
         len(gl_terms),
         wall,
+        threshold,
     )
 
 
@@ -338,7 +345,7 @@ def calibrate_streaming(
 
 
 def run_streaming_eval(args) -> dict:
-    from retriever.model import DualEncoder, default_checkpoint_dir
+    from retriever.model import default_checkpoint_dir
 
     from .cli import default_distractors
     from .data import read_lines
@@ -356,22 +363,17 @@ def run_streaming_eval(args) -> dict:
         precision=args.precision,
         rescore_candidates=args.rescore_candidates,
     )
-    # The server's own default for a glossary of this size.
-    threshold = (
-        args.threshold
-        if args.threshold is not None
-        else DualEncoder.load_config(ckpt_dir).threshold_for(args.size)
-    )
     played = play_manifest(
         args.manifest,
         ckpt_dir,
         distractors,
         args.size,
         opt,
-        threshold,
+        args.threshold,  # None: the server's own default for the glossary as built
         server=args.server,
         glossary_id=args.glossary_id,
     )
+    threshold = played.threshold
     report = score(played.records, played.occs, opt.chunk, opt.lookback, played.id_of)
     report["threshold"] = threshold
     # Precision/recall at other thresholds: the recorded responses replayed (no new audio).

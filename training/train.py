@@ -410,8 +410,8 @@ def run(
     The dual encoder first (under DDP when initialised), then on rank 0 the second
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
     none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, ``size=0`` for
-    none; needs dev),
-    then the threshold calibration (streamed from ``dev_manifest`` when given).
+    none; needs dev), then the threshold calibration (streamed from ``dev_manifest`` when
+    given).
     """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
@@ -464,8 +464,7 @@ def finish(
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
-    size 0),
-    calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint.
+    size 0), calibrate the thresholds on dev at ``calibrate_sizes``, write the checkpoint.
 
     Thresholds: the best hit F1 per dev utterance; then, with ``dev_manifest`` (the dev
     split's audio), the most hint recall at 0.9 hint precision with dev streamed through
