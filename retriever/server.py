@@ -44,7 +44,7 @@ from .glossary import (
     validate_glossary_id,
 )
 from .index import PRECISIONS
-from .model import default_checkpoint_dir
+from .model import DualEncoder, default_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ class ServerConfig:
 def validate_server_config(c: ServerConfig) -> ServerConfig:
     if ":" not in c.address:
         raise ValueError(f"address must be host:port, got {c.address!r}")
+    if c.admin_token and not c.admin_token.strip():
+        raise ValueError("admin_token is blank; give a token or leave it unset to generate one")
     if bool(c.tls_cert) != bool(c.tls_key):
         raise ValueError("tls_cert and tls_key must be given together")
     if not 1024 <= c.max_message_bytes <= 256 * 1024 * 1024:
@@ -806,8 +808,13 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
                 "admin calls need metadata 'authorization: Bearer <token>'",
             )
         scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.s.admin_token.encode()
+        token, expected = token.strip(), self.s.admin_token
+        # An empty token never authorizes, whatever the server holds.
+        if (
+            scheme.lower() != "bearer"
+            or not token
+            or not expected
+            or not hmac.compare_digest(token.encode(), expected.encode())
         ):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
 
@@ -956,18 +963,51 @@ def resolve_checkpoint(path: str) -> Path:
 # --------------------------------------------------------------------------- assembly
 
 
-def _admin_token(cfg: ServerConfig) -> str:
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically and durably, readable by the owner only (0600):
+    a crash leaves the old file or the new one, never an empty or partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def resolve_admin_token(cfg: ServerConfig) -> str:
+    """The admin bearer token: the configured one, else ``{data_dir}/admin_token``, else a new
+    one written there. Never empty: a blank token file is replaced by a fresh token (a crash
+    can leave one), and a file that cannot be read stops the start-up with ``ValueError``."""
     if cfg.admin_token:
-        return cfg.admin_token
-    p = Path(cfg.data_dir) / "admin_token"
+        logger.info("admin token: from the server settings (flag, environment or config file)")
+        return cfg.admin_token.strip()
+    p = Path(cfg.data_dir) / ADMIN_TOKEN_FILE
     if p.exists():
-        return p.read_text().strip()
+        try:
+            token = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the admin token file {p}: {e}") from e
+        if token:
+            logger.info("admin token: from %s", p)
+            return token
+        logger.warning("admin token file %s is blank: replacing it with a new token", p)
     token = secrets.token_urlsafe(24)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    logger.warning("no admin token configured: generated one in %s", p)
+    _write_secret(p, token + "\n")
+    logger.warning("admin token: none configured, generated one in %s", p)
     return token
 
 
@@ -976,6 +1016,10 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int, ServerState]:
     """Build and start a server (bound, serving); returns (server, port, state)."""
     validate_server_config(cfg)
+    if load and cfg.checkpoint != "none":
+        # Refuse a missing or broken checkpoint before anything is written to the data dir.
+        DualEncoder.load_config(resolve_checkpoint(cfg.checkpoint))
+    admin_token = resolve_admin_token(cfg)
     store = GlossaryStore(cfg.data_dir)
     device = resolve_device(cfg.device)
     engine = Engine(
@@ -1002,7 +1046,7 @@ async def create_server(
     ]
     server = grpc.aio.server(options=options)
     health = HealthServicer()
-    state = ServerState(cfg, engine, store, health, Metrics(), _admin_token(cfg))
+    state = ServerState(cfg, engine, store, health, Metrics(), admin_token)
     add_service(server, retrieval_pb2, "TermRetrieval", TermRetrievalServicer(state))
     add_service(server, admin_pb2, "GlossaryAdmin", GlossaryAdminServicer(state))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -254,3 +254,89 @@ def test_undecodable_request_names_the_field_and_the_server_keeps_serving(demo_s
     c = Client(demo_server.address)
     assert c.retrieve(tts("the bleu score"), "demo", "de").glossary_version >= 1
     c.close()
+
+
+# --------------------------------------------------------------------------- admin token
+
+
+def _admin_call(address: str, method: str, request, token_header: str | None):
+    from client.v1 import admin_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        stub = admin_pb2_grpc.GlossaryAdminStub(ch)
+        md = () if token_header is None else (("authorization", token_header),)
+        return getattr(stub, method)(request, metadata=md, timeout=30)
+
+
+@pytest.mark.parametrize("blank", ["", "  \n", "\n\n"])
+def test_a_blank_token_file_never_authorizes(live_server, tiny_checkpoint, tmp_path, blank):
+    """A crash can leave {data_dir}/admin_token empty; an empty bearer must not match it."""
+    import os
+    import stat
+
+    from client.v1 import admin_pb2
+
+    (tmp_path / "admin_token").write_text(blank)
+    s = live_server(checkpoint=str(tiny_checkpoint), data_dir=str(tmp_path), admin_token="")
+    for header in ("Bearer", "bearer", "Bearer  "):
+        for method, req in (
+            ("GetStats", admin_pb2.GetStatsRequest()),
+            (
+                "PutGlossary",
+                admin_pb2.PutGlossaryRequest(
+                    glossary_id="x",
+                    format=admin_pb2.GLOSSARY_FORMAT_CSV,
+                    content=b"term,de\nalpha,Alpha\n",
+                ),
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                _admin_call(s.address, method, req, header)
+            assert e.value.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+    token = (tmp_path / "admin_token").read_text().strip()
+    assert len(token) >= 24, "a fresh token replaces the blank file"
+    assert stat.S_IMODE(os.stat(tmp_path / "admin_token").st_mode) == 0o600
+    st = _admin_call(s.address, "GetStats", admin_pb2.GetStatsRequest(), f"Bearer {token}")
+    assert st.model_id
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_unreadable_token_file_stops_the_start(tiny_checkpoint, tmp_path):
+    import asyncio
+
+    from retriever.server import ServerConfig, create_server
+
+    (tmp_path / "admin_token").mkdir()  # exists, cannot be read as a file
+    cfg = ServerConfig(
+        address="127.0.0.1:0", checkpoint=str(tiny_checkpoint), data_dir=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="cannot read the admin token file"):
+        asyncio.run(create_server(cfg))
+
+
+def test_a_blank_configured_token_is_refused():
+    from retriever.server import ServerConfig, validate_server_config
+
+    with pytest.raises(ValueError, match="admin_token is blank"):
+        validate_server_config(ServerConfig(admin_token="   "))
+
+
+def test_serve_with_a_missing_checkpoint_writes_nothing(tmp_path):
+    from retriever.server import main
+
+    data = tmp_path / "data"
+    rc = main(
+        [
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--data-dir",
+            str(data),
+            "--address",
+            "127.0.0.1:0",
+        ]
+    )
+    assert rc == 1
+    assert not data.exists()
