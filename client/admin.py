@@ -14,8 +14,9 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
+from rasst.formats import format_for
+
 from .api import Client, RasstError
-from .formats import format_for
 
 CHUNK_ENTRIES = 5000  # patch batch size for large uploads (progress shown per batch)
 

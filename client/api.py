@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from .v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from rasst.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
 

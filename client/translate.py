@@ -1,6 +1,6 @@
 """``rasst translate``: the reference translator process.
 
-Streams a WAV chunk by chunk through a :class:`~client.api.Session`; at each step it
+Streams a WAV chunk by chunk through a :class:`~rasst.client.api.Session`; at each step it
 waits at most ``--budget-ms`` for that chunk's hints, then builds the prompt it would
 give its MT/LLM with whatever hints are known. A translate hook (``--hook
 module:function``, called as ``hook(prompt, hints, step) -> str``) attaches a real

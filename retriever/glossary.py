@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.formats import format_for
+from rasst.formats import format_for
 
 logger = logging.getLogger(__name__)
 

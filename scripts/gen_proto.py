@@ -1,6 +1,6 @@
 """Generate the Python stubs in client/v1 from proto/rasst/v1 (``make proto``).
 
-protoc writes ``from rasst.v1 import x_pb2``; the stubs live in the ``client.v1``
+protoc writes ``from rasst.v1 import x_pb2``; the stubs live in the ``rasst.v1``
 package, so the imports are rewritten to be relative. ``tests/test_proto.py``
 runs this into a temporary folder and fails when the committed stubs drift.
 """
@@ -8,7 +8,6 @@ runs this into a temporary folder and fails when the committed stubs drift.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -38,10 +37,8 @@ def generate(out_dir: Path) -> list[Path]:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
     written = []
     for src in sorted((tmp / "rasst" / "v1").glob("*.py*")):
-        text = src.read_text()
-        text = re.sub(r"^from rasst\.v1 import", "from . import", text, flags=re.M)
         dst = out_dir / src.name
-        dst.write_text(text)
+        dst.write_text(src.read_text())
         written.append(dst)
     (out_dir / "__init__.py").write_text(
         '"""Generated from proto/rasst/v1 by `make proto`; do not edit."""\n'
@@ -55,7 +52,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT / "client" / "v1")
+    parser.add_argument("--out", type=Path, default=ROOT / "rasst" / "v1")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for p in generate(args.out):

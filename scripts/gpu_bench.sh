@@ -33,7 +33,7 @@ fi
 # needs cuBLAS 12; the model package itself is too large to carry).
 CKPT=/tmp/rasst_gpu_ckpt
 rm -rf "$CKPT"
-$PY -m client.cli port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exit 1
+$PY -m rasst port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exit 1
 
 # The GPU tests (skipped on machines without CUDA), on the ported model and the demo talk.
 [[ " ${PARTS:-encoder load rpc index} " == *" tests "* ]] &&
@@ -43,7 +43,7 @@ $PY -m client.cli port-frontend --out "$CKPT" --encoder runs/gpu_frontend || exi
 bench() {  # name, then rasst bench arguments; the archive is refreshed after each part
   local name=$1; shift
   echo "== $name: rasst bench $*"
-  timeout "${PART_TIMEOUT:-240}" $PY -m client.cli bench --checkpoint "$CKPT" --out "$OUT/parts/$name" "$@" \
+  timeout "${PART_TIMEOUT:-240}" $PY -m rasst bench --checkpoint "$CKPT" --out "$OUT/parts/$name" "$@" \
     2>&1 | grep -v "^\[transformers\]\|faiss.loader\|swigfaiss\|embed terms" | tail -n 40
   tar czf "$OUT/gpu_bench.tgz" -C "$OUT" parts
 }

@@ -27,7 +27,7 @@ TALK = (
 
 
 def main() -> int:
-    from retriever.glossary import parse_acl_json
+    from rasst.retriever.glossary import parse_acl_json
 
     OUT.mkdir(parents=True, exist_ok=True)
     merged: dict[str, dict] = {}
@@ -38,8 +38,8 @@ def main() -> int:
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in merged.values())
     )
     shutil.copy(SRC / "LICENSE", OUT / "LICENSE.acl6060_glossaries")
-    from retriever.audio import write_wav
-    from training.data import Voice, render
+    from rasst.retriever.audio import write_wav
+    from rasst.training.data import Voice, render
 
     x = render(Voice("piper", "en_US-joe-medium"), TALK)
     write_wav(

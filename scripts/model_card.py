@@ -18,7 +18,7 @@ PHONE_LAYERS = {
 
 
 def table(report: dict) -> str:
-    from training.evaluate import print_table
+    from rasst.training.evaluate import print_table
 
     lines = [print_table(report)]
     first = next(iter(report["sizes"].values()))
@@ -31,7 +31,7 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from retriever.model import DualEncoder
+    from rasst.retriever.model import DualEncoder
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", type=Path)

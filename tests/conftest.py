@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 
 def espeak(text: str, voice: str = "en-us", rate: int = 160) -> np.ndarray:
     """Speech for tests: espeak-ng rendered to 16 kHz float32."""
-    from retriever.audio import load_audio
+    from rasst.retriever.audio import load_audio
 
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing: run `make setup` (apt-get install espeak-ng)")
@@ -53,8 +53,8 @@ def tts():
 @pytest.fixture(scope="session")
 def demo_talk() -> np.ndarray:
     """The demo talk (retriever/demo/talk.txt says what it says), 16 kHz float32."""
-    from retriever.audio import load_audio
-    from retriever.server import DEMO_DIR
+    from rasst.retriever.audio import load_audio
+    from rasst.retriever.server import DEMO_DIR
 
     return load_audio(DEMO_DIR / "talk.wav")
 
@@ -70,7 +70,7 @@ def gpu_checkpoint(default_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def default_checkpoint() -> Path:
-    from retriever.model import default_checkpoint_dir
+    from rasst.retriever.model import default_checkpoint_dir
 
     d = default_checkpoint_dir()
     assert (d / "config.json").exists(), (
@@ -82,8 +82,8 @@ def default_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised model (real front-end, small head) saved as a checkpoint."""
-    from retriever.g2p import phonemize
-    from retriever.model import DualEncoder, ModelConfig
+    from rasst.retriever.g2p import phonemize
+    from rasst.retriever.model import DualEncoder, ModelConfig
 
     vocab = tuple(
         sorted(
@@ -109,7 +109,7 @@ class LiveServer:
     """A real server on 127.0.0.1:0 running its own event loop in a thread."""
 
     def __init__(self, **cfg):
-        from retriever.server import ServerConfig
+        from rasst.retriever.server import ServerConfig
 
         self.tmp = tempfile.TemporaryDirectory()
         cfg.setdefault("data_dir", self.tmp.name)
@@ -122,7 +122,7 @@ class LiveServer:
         self.thread.start()
 
     def start(self):
-        from retriever.server import create_server
+        from rasst.retriever.server import create_server
 
         fut = asyncio.run_coroutine_threadsafe(create_server(self.config), self.loop)
         self.server, self.port, self.state = fut.result(timeout=300)
@@ -133,7 +133,7 @@ class LiveServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self):
-        from retriever.server import drain
+        from rasst.retriever.server import drain
 
         if self.stopped:
             return

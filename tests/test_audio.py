@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from retriever import audio as A
+from rasst.retriever import audio as A
 
 
 def test_decode_s16_and_f32_agree():

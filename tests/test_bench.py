@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
-from retriever.model import default_checkpoint_dir
-from training.bench import (
+from rasst.retriever.model import default_checkpoint_dir
+from rasst.training.bench import (
     LOAD_MODES,
     _hint_quality,
     _hint_report,
@@ -132,7 +131,7 @@ def test_encoder_part_times_batches_on_the_serving_device():
     "flag", [["--workers", "99"], ["--threads", "0"], ["--load-modes", "sometimes"]]
 )
 def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
-    from training.bench import main
+    from rasst.training.bench import main
 
     assert main(["--only", "load", "--out", str(tmp_path), *flag]) == 2
     err = capsys.readouterr().err

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rasst.client.api import Session, SessionOptions, make_channel, read_wav
+from rasst.client.merger import HintMerger, MergerOptions
 
-from client.api import Session, SessionOptions, make_channel, read_wav
-from client.merger import HintMerger, MergerOptions
-from client.v1 import retrieval_pb2
+from rasst.v1 import retrieval_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,18 +80,67 @@ def test_wait_step_returns_as_soon_as_the_answer_arrives():
     asyncio.run(go())
 
 
-def test_client_commands_do_not_import_torch_or_faiss():
-    code = "import sys, client.cli, client.translate, client.admin, client.api, client.merger; print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))"
+def test_client_commands_do_not_import_torch_or_faiss(tmp_path):
+    code = (
+        "import sys, rasst.cli, rasst.client.translate, rasst.client.admin, rasst.client.api, "
+        "rasst.client.merger; "
+        "print(sorted(m for m in ('torch', 'faiss', 'client', 'retriever', 'training') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_the_wheel_installs_one_namespace(tmp_path):
+    """Everything installed lives under ``rasst``: no generic top-level package names."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("rasst", "client", "retriever", "training"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("rasst-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/", 1)[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"rasst"}
+    for module in (
+        "rasst/v1/retrieval_pb2.py",
+        "rasst/client/api.py",
+        "rasst/cli.py",
+        "rasst/retriever/server.py",
+        "rasst/retriever/default_checkpoint/config.json",
+        "rasst/training/train.py",
+    ):
+        assert module in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "rasst = rasst.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def test_cli_exit_codes():
     def rasst(*args):
         return subprocess.run(
-            [sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "rasst", *args], capture_output=True, text=True, cwd=ROOT
         )
 
     assert rasst("--help").returncode == 0
@@ -114,7 +163,7 @@ def _translate(address: str, glossary: str, *extra: str) -> subprocess.Completed
     cmd = [
         sys.executable,
         "-m",
-        "client.cli",
+        "rasst",
         "translate",
         str(DEMO_WAV),
         "--server",
@@ -187,7 +236,7 @@ def test_session_reconnects_and_resumes(live_server, default_checkpoint, tts):
 def test_send_never_blocks_after_the_session_failed(demo_server):
     """More chunks than the flow-control window, to a glossary that does not exist: the
     error surfaces from send() instead of leaving the caller waiting for a free slot."""
-    from client.api import NotFound
+    from rasst.client.api import NotFound
 
     async def go():
         channel = make_channel(demo_server.address)
@@ -202,8 +251,8 @@ def test_send_never_blocks_after_the_session_failed(demo_server):
 
 def test_translator_stops_when_the_glossary_disappears_mid_session(live_server, tiny_checkpoint):
     """Paced playback waits for late answers, but never past the session's failure."""
-    from client.api import Client, NotFound
-    from client.translate import run_translator
+    from rasst.client.api import Client, NotFound
+    from rasst.client.translate import run_translator
 
     s = live_server(checkpoint=str(tiny_checkpoint))
     admin = Client(s.address, "secret")

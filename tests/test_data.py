@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from retriever import audio as A
-from training import data as D
+from rasst.retriever import audio as A
+from rasst.training import data as D
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +272,7 @@ def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):
 
 
 def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
-    from client.cli import main as rasst
+    from rasst.cli import main as rasst
 
     for flag, bad in (("--festival-terms", "-1"), ("--per-term", "0"), ("--workers", "0")):
         assert rasst(["data", "synth", "--out", str(tmp_path / "c"), flag, bad]) == 2

@@ -5,10 +5,9 @@ import threading
 
 import numpy as np
 import pytest
-
-from retriever.engine import Engine, EngineConfig
-from retriever.glossary import GlossaryStore, make_entry
-from retriever.server import resolve_workers
+from rasst.retriever.engine import Engine, EngineConfig
+from rasst.retriever.glossary import GlossaryStore, make_entry
+from rasst.retriever.server import resolve_workers
 
 
 def test_resolve_workers(monkeypatch):
@@ -134,9 +133,9 @@ def test_close_stops_every_worker(engine):
 
 
 def test_gpu_warm_up_covers_every_batch_a_full_batch_can_hold(default_checkpoint):
-    from retriever.engine import WARM_UP_CLIPS_S, _clip_windows, _warm_up_shapes
-    from retriever.index import pow2_bucket
-    from retriever.model import DualEncoder
+    from rasst.retriever.engine import WARM_UP_CLIPS_S, _clip_windows, _warm_up_shapes
+    from rasst.retriever.index import pow2_bucket
+    from rasst.retriever.model import DualEncoder
 
     model = DualEncoder.from_pretrained(default_checkpoint)
 
@@ -179,7 +178,7 @@ def test_light_load_stays_on_one_worker(engine):
 def test_dispatch_hands_work_to_the_last_idle_worker_and_times_out():
     import queue
 
-    from retriever.engine import _Dispatch, _Slot
+    from rasst.retriever.engine import _Dispatch, _Slot
 
     d, got = _Dispatch(), {}
     with pytest.raises(queue.Empty):

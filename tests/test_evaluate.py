@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from training.evaluate import (
+from rasst.training.evaluate import (
     OccurrenceVectors,
     build_glossary,
     covering_windows,
     print_table,
     retrieval_metrics,
 )
-from training.streaming_eval import score
+from rasst.training.streaming_eval import score
 
 
 def test_covering_windows_by_iou():
@@ -52,8 +51,9 @@ def test_streaming_score_definitions():
 
 
 def test_replay_applies_the_threshold_and_keeps_step_times():
-    from client.v1 import retrieval_pb2
-    from training.streaming_eval import replay
+    from rasst.training.streaming_eval import replay
+
+    from rasst.v1 import retrieval_pb2
 
     def resp(seq, end, hits):
         r = retrieval_pb2.StreamRetrieveResponse(sequence=seq, chunk_end_s=end)
@@ -70,8 +70,9 @@ def test_replay_applies_the_threshold_and_keeps_step_times():
 
 
 def test_operating_point_takes_the_most_recall_at_the_precision_target():
-    from client.v1 import retrieval_pb2
-    from training.streaming_eval import Played, StreamOptions, operating_point
+    from rasst.training.streaming_eval import Played, StreamOptions, operating_point
+
+    from rasst.v1 import retrieval_pb2
 
     def resp(seq, hits):
         end = 0.96 * (seq + 1)

@@ -5,8 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from retriever.glossary import (
+from rasst.retriever.glossary import (
     GlossaryError,
     GlossaryStore,
     VersionConflict,

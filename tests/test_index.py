@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from retriever.index import TermIndex, build_index, exact_search, recall_at
+from rasst.retriever.index import TermIndex, build_index, exact_search, recall_at
 
 
 def _unit(n, d, seed):
@@ -70,7 +69,7 @@ def test_empty_index():
 
 def test_torch_flat_index_matches_exact_search():
     """The GPU fallback's search contract, run on the CPU (float32 there)."""
-    from retriever.index import TorchFlatIndex
+    from rasst.retriever.index import TorchFlatIndex
 
     xb, xq = _unit(3000, 64, 4), _unit(40, 64, 5)
     idx = TorchFlatIndex(64, "cpu")
@@ -87,7 +86,7 @@ def test_torch_flat_index_matches_exact_search():
 
 
 def test_int8_index_finds_the_exact_neighbours():
-    from retriever.index import Int8FlatIndex
+    from rasst.retriever.index import Int8FlatIndex
 
     xb, xq = _unit(5000, 256, 9), _unit(66, 256, 10)
     idx = build_index(xb, use_gpu=False, precision="int8")
@@ -110,7 +109,7 @@ def test_int8_index_finds_the_exact_neighbours():
 
 @pytest.mark.requires_cuda
 def test_gpu_exact_index_is_exact_up_to_float16_ties():
-    from retriever.index import TorchFlatIndex, faiss_gpu_available
+    from rasst.retriever.index import TorchFlatIndex, faiss_gpu_available
 
     xb, xq = _unit(20000, 256, 7), _unit(66, 256, 8)
     idx = build_index(xb, use_gpu=True)
@@ -126,7 +125,7 @@ def test_gpu_exact_index_is_exact_up_to_float16_ties():
 
 
 def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
-    from retriever.index import Int8FlatIndex
+    from rasst.retriever.index import Int8FlatIndex
 
     xb, xq = _unit(1000, 64, 12), _unit(9, 64, 13)
     one = build_index(xb, use_gpu=False, precision="int8")
@@ -139,7 +138,7 @@ def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
 
 
 def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch):
-    import retriever.index as index_mod
+    import rasst.retriever.index as index_mod
 
     assert index_mod.int8_matmul_available()  # this torch build can
     monkeypatch.setattr(index_mod, "int8_matmul_available", lambda: False)
@@ -151,8 +150,7 @@ def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch
 @pytest.mark.parametrize("k", [1, 2, 10])
 def test_topk_rows_equals_torch_topk(n, k):
     import torch
-
-    from retriever.index import topk_rows
+    from rasst.retriever.index import topk_rows
 
     S = torch.randn(66, n, generator=torch.Generator().manual_seed(n + k))
     D, I = topk_rows(S, k)

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from retriever.model import (
+from rasst.retriever.model import (
     DualEncoder,
     FrontendConfig,
     HFAudioFrontend,
@@ -47,7 +46,7 @@ def test_pool_windows_matches_direct_means():
         third = (e - s) // 3
         assert torch.allclose(out[i, 8:16], fr[s : s + third].mean(0), atol=1e-5)
     # Any number of segments, and the training-side pooling of one window agrees.
-    from training.train import pool_one
+    from rasst.training.train import pool_one
 
     for segments in (0, 1, 6):
         out = pool_windows(fr, spans, segments)
@@ -101,8 +100,8 @@ def test_specificity_prior_penalises_entries_near_background_speech(tiny_checkpo
     again = DualEncoder.from_pretrained(m.save_pretrained(tmp_path / "with_prior"))
     assert again.config.background_size == 20 and np.allclose(again.entry_prior(vecs), prior)
     # A served glossary's index carries the penalty of each row (term and alias alike).
-    from retriever.engine import embed_glossary
-    from retriever.glossary import Entry, Glossary
+    from rasst.retriever.engine import embed_glossary
+    from rasst.retriever.glossary import Entry, Glossary
 
     g = Glossary(
         "g",
@@ -200,7 +199,7 @@ def test_transformers_frontend_from_a_locally_saved_model(tmp_path, tts):
 
 
 def test_int8_speech_head_keeps_the_embeddings(default_checkpoint):
-    from retriever.model import Int8Linear, int8_speech_head
+    from rasst.retriever.model import Int8Linear, int8_speech_head
 
     model = DualEncoder.from_pretrained(default_checkpoint)
     frames = torch.randn(144, model.config.frontend.dim)

@@ -1,4 +1,4 @@
-"""The committed stubs in client/v1 must be exactly what `make proto` generates from proto/."""
+"""The committed stubs in rasst/v1 must be exactly what `make proto` generates from proto/."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ def drift(committed: Path, generated: Path) -> list[str]:
 
 def test_committed_stubs_match_proto(tmp_path):
     gen_proto.generate(tmp_path)
-    assert drift(ROOT / "client" / "v1", tmp_path) == [], (
+    assert drift(ROOT / "rasst" / "v1", tmp_path) == [], (
         "stubs drifted from proto/: run `make proto` and commit"
     )
 
 
 def test_drift_check_catches_a_hand_edited_stub(tmp_path):
     edited = tmp_path / "edited"
-    shutil.copytree(ROOT / "client" / "v1", edited, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "rasst" / "v1", edited, ignore=shutil.ignore_patterns("__pycache__"))
     f = edited / "retrieval_pb2_grpc.py"
     f.write_text(f.read_text() + "\n# hand edit\n")
     fresh = tmp_path / "fresh"

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from client.api import Client, Session, SessionOptions, make_channel
-from retriever.model import DualEncoder
+from rasst.client.api import Client, Session, SessionOptions, make_channel
+from rasst.retriever.model import DualEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 0.5
@@ -145,7 +144,7 @@ def _spawn(data_dir: Path, port: int = 0):
         [
             sys.executable,
             "-m",
-            "client.cli",
+            "rasst",
             "serve",
             "--address",
             f"127.0.0.1:{port}",

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from retriever.model import DualEncoder, ModelConfig
-from retriever.rescore import fuse, keyword_scores, phone_labels, phone_symbols, rescore
+from rasst.retriever.model import DualEncoder, ModelConfig
+from rasst.retriever.rescore import fuse, keyword_scores, phone_labels, phone_symbols, rescore
 
 V = 6  # labels 0 (blank) .. 5
 
@@ -162,8 +161,8 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
     said loses more than the one that was."""
     import asyncio
 
-    from retriever.engine import Engine, EngineConfig
-    from retriever.glossary import GlossaryStore, make_entry
+    from rasst.retriever.engine import Engine, EngineConfig
+    from rasst.retriever.glossary import GlossaryStore, make_entry
 
     assert DualEncoder.load_config(default_checkpoint).phone_hidden > 0
     # Not "mantic parsing": a term said inside a longer one aligns as well (free boundaries).
@@ -203,7 +202,7 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
 
 @pytest.mark.parametrize("kind", ["conv", "gru"])
 def test_padding_in_a_batch_does_not_change_a_clips_posteriors(kind):
-    from retriever.rescore import PhoneHead
+    from rasst.retriever.rescore import PhoneHead
 
     torch.manual_seed(0)
     head = PhoneHead(12, 8, 5, kind).eval()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rasst.client.api import Client
+from rasst.retriever.audio import AudioError, decode_pcm
+from rasst.retriever.glossary import GlossaryError, parse
 
-from client.api import Client
-from client.v1 import retrieval_pb2
-from retriever.audio import AudioError, decode_pcm
-from retriever.glossary import GlossaryError, parse
+from rasst.v1 import retrieval_pb2
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_tls_end_to_end(live_server, tiny_checkpoint, tls_files, tts):
     c.close()
     # A plaintext client cannot talk to the TLS port.
     plain = Client(f"127.0.0.1:{s.port}", "secret", timeout=5)
-    from client.api import RasstError
+    from rasst.client.api import RasstError
 
     with pytest.raises(RasstError) as e:
         plain.list_glossaries()
@@ -175,7 +175,7 @@ def test_retrieve_validation_fuzz(demo_server, pcm, enc, rate, top_k, thr, lang,
     )
     if thr is not None:
         req.score_threshold = thr
-    from client.v1 import retrieval_pb2_grpc
+    from rasst.v1 import retrieval_pb2_grpc
 
     with grpc.insecure_channel(demo_server.address) as ch:
         try:
@@ -260,7 +260,7 @@ def test_undecodable_request_names_the_field_and_the_server_keeps_serving(demo_s
 
 
 def _admin_call(address: str, method: str, request, token_header: str | None):
-    from client.v1 import admin_pb2_grpc
+    from rasst.v1 import admin_pb2_grpc
 
     with grpc.insecure_channel(address) as ch:
         stub = admin_pb2_grpc.GlossaryAdminStub(ch)
@@ -274,7 +274,7 @@ def test_a_blank_token_file_never_authorizes(live_server, tiny_checkpoint, tmp_p
     import os
     import stat
 
-    from client.v1 import admin_pb2
+    from rasst.v1 import admin_pb2
 
     (tmp_path / "admin_token").write_text(blank)
     s = live_server(checkpoint=str(tiny_checkpoint), data_dir=str(tmp_path), admin_token="")
@@ -307,7 +307,7 @@ def test_a_blank_token_file_never_authorizes(live_server, tiny_checkpoint, tmp_p
 def test_an_unreadable_token_file_stops_the_start(tiny_checkpoint, tmp_path):
     import asyncio
 
-    from retriever.server import ServerConfig, create_server
+    from rasst.retriever.server import ServerConfig, create_server
 
     (tmp_path / "admin_token").mkdir()  # exists, cannot be read as a file
     cfg = ServerConfig(
@@ -318,14 +318,14 @@ def test_an_unreadable_token_file_stops_the_start(tiny_checkpoint, tmp_path):
 
 
 def test_a_blank_configured_token_is_refused():
-    from retriever.server import ServerConfig, validate_server_config
+    from rasst.retriever.server import ServerConfig, validate_server_config
 
     with pytest.raises(ValueError, match="admin_token is blank"):
         validate_server_config(ServerConfig(admin_token="   "))
 
 
 def test_serve_with_a_missing_checkpoint_writes_nothing(tmp_path):
-    from retriever.server import main
+    from rasst.retriever.server import main
 
     data = tmp_path / "data"
     rc = main(

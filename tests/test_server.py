@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from client.api import (
+from rasst.client.api import (
     Client,
     FailedPrecondition,
     InvalidArgument,
@@ -21,7 +20,8 @@ from client.api import (
     Unauthenticated,
     make_channel,
 )
-from client.v1 import admin_pb2, retrieval_pb2, retrieval_pb2_grpc
+
+from rasst.v1 import admin_pb2, retrieval_pb2, retrieval_pb2_grpc
 
 TOKEN = "secret"
 
@@ -60,7 +60,7 @@ def _chunks(x: np.ndarray, chunk_s: float = 0.96) -> list[bytes]:
 
 
 def test_lookback_buffer_serves_lookback_then_chunk_as_a_view():
-    from retriever.server import _Lookback
+    from rasst.retriever.server import _Lookback
 
     keep, chunk = 300, 100
     lb = _Lookback(keep, chunk)
@@ -192,7 +192,7 @@ def test_admin_requires_the_token(demo_server):
 
 
 def test_stats_report_the_engine(demo_server, tts):
-    from retriever.server import resolve_workers
+    from rasst.retriever.server import resolve_workers
 
     c = Client(demo_server.address, TOKEN)
     before = c.stats()
@@ -463,7 +463,7 @@ def test_bad_admin_requests(demo_server):
 
 def test_admin_put_rejects_unknown_format(demo_server):
     with grpc.insecure_channel(demo_server.address) as ch:
-        from client.v1 import admin_pb2_grpc
+        from rasst.v1 import admin_pb2_grpc
 
         stub = admin_pb2_grpc.GlossaryAdminStub(ch)
         with pytest.raises(grpc.RpcError) as e:
@@ -475,7 +475,7 @@ def test_admin_put_rejects_unknown_format(demo_server):
 
 
 def test_config_precedence_and_validation(tmp_path):
-    from retriever.server import load_config
+    from rasst.retriever.server import load_config
 
     toml = tmp_path / "rasst.toml"
     toml.write_text('[server]\naddress = "0.0.0.0:7000"\nthreads = 2\nmax_wait_ms = 3.0\n')
@@ -502,7 +502,7 @@ def test_config_precedence_and_validation(tmp_path):
 
 
 def test_device_setting(live_server, tiny_checkpoint):
-    from retriever.server import cuda_available, load_config
+    from rasst.retriever.server import cuda_available, load_config
 
     assert load_config({}, None, env={"RASST_DEVICE": "cpu"}).device == "cpu"
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
@@ -520,7 +520,7 @@ def test_serve_cli_rejects_bad_flags():
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "serve", "--threads", "0"],
+        [sys.executable, "-m", "rasst", "serve", "--threads", "0"],
         capture_output=True,
         text=True,
     )
@@ -528,7 +528,7 @@ def test_serve_cli_rejects_bad_flags():
 
 
 def test_rescore_candidates_is_read_checked_and_handed_to_the_engine(live_server, tiny_checkpoint):
-    from retriever.server import load_config
+    from rasst.retriever.server import load_config
 
     s = live_server(checkpoint=str(tiny_checkpoint), rescore_candidates=8)
     assert s.state.engine.cfg.rescore_candidates == 8
@@ -559,9 +559,9 @@ def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
 
 
 def test_precision_int8_and_float32_serve_the_same_term(live_server, default_checkpoint, tts):
-    from retriever.index import Int8FlatIndex
-    from retriever.model import Int8Linear
-    from retriever.server import load_config
+    from rasst.retriever.index import Int8FlatIndex
+    from rasst.retriever.model import Int8Linear
+    from rasst.retriever.server import load_config
 
     s = live_server(checkpoint=str(default_checkpoint), precision="int8")
     snap = s.state.engine.snapshot

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from retriever.model import DualEncoder
-from training import data as D
-from training.features import FeatureCache
-from training.loss import DualContrastiveLoss
+from rasst.retriever.model import DualEncoder
+from rasst.training import data as D
+from rasst.training.features import FeatureCache
+from rasst.training.loss import DualContrastiveLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMS = [
@@ -84,7 +83,7 @@ def _train(
         *extra,
     ]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "client.cli", *args]
+        cmd = [sys.executable, "-m", "rasst", *args]
     else:
         cmd = [
             sys.executable,
@@ -95,7 +94,7 @@ def _train(
             "--master-port",
             str(_free_port()),
             "--module",
-            "client.cli",
+            "rasst",
             *args,
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -160,7 +159,7 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert "prior_weights_dev" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())
     r = _train(tiny_corpus, tmp_path / "two", extra=("--phones-only", str(tmp_path / "plain")))
     assert r.returncode == 0, r.stderr[-2000:]
-    from retriever.model import checkpoint_id
+    from rasst.retriever.model import checkpoint_id
 
     two = DualEncoder.from_pretrained(tmp_path / "two")
     assert two.phone is not None
@@ -206,9 +205,9 @@ def test_ddp_two_processes(tiny_corpus, tmp_path):
 
 
 def test_training_resumes_from_its_state(tiny_corpus, tmp_path):
-    from retriever.model import FrontendConfig, ModelConfig
-    from training.features import cached
-    from training.train import TrainConfig, TrainData, Trainer
+    from rasst.retriever.model import FrontendConfig, ModelConfig
+    from rasst.training.features import cached
+    from rasst.training.train import TrainConfig, TrainData, Trainer
 
     cache = cached(
         tiny_corpus / "train" / "manifest.jsonl", FrontendConfig(), tiny_corpus / "cache", 1
@@ -270,8 +269,8 @@ def test_feature_cache_roundtrip(tmp_path):
 def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
     """Copies played 1.1x faster: 1/1.1 of the frames, spans scaled alike, and they join
     the original cache as more utterances of the same terms."""
-    from retriever.model import FrontendConfig
-    from training.features import cached, speed_perturb
+    from rasst.retriever.model import FrontendConfig
+    from rasst.training.features import cached, speed_perturb
 
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     assert abs(len(speed_perturb(x, 1.1)) - 16000 / 1.1) <= 2
@@ -300,8 +299,8 @@ def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
 
 def test_two_manifests_in_one_folder_get_their_own_frames(tiny_corpus, tmp_path):
     """A subset manifest beside the split's own must not reuse the split's cached frames."""
-    from retriever.model import FrontendConfig
-    from training.features import cached
+    from rasst.retriever.model import FrontendConfig
+    from rasst.training.features import cached
 
     manifest = tiny_corpus / "train" / "manifest.jsonl"
     lines = manifest.read_text().splitlines(keepends=True)
@@ -317,7 +316,7 @@ def test_two_manifests_in_one_folder_get_their_own_frames(tiny_corpus, tmp_path)
 
 
 def test_train_cli_rejects_bad_speed_factors(tiny_corpus, tmp_path):
-    from client.cli import main as rasst
+    from rasst.cli import main as rasst
 
     for bad in ("1.0", "0.2", "fast"):
         assert rasst(["train", "--corpus", str(tiny_corpus), "--speed-perturb", bad]) == 2
@@ -329,8 +328,8 @@ def test_streaming_eval_defaults_to_the_threshold_for_the_glossary_it_built(tiny
     the merger's default threshold is the model's for that glossary, as the server's is."""
     import shutil
 
-    from retriever.model import default_checkpoint_dir
-    from training.streaming_eval import StreamOptions, play_manifest
+    from rasst.retriever.model import default_checkpoint_dir
+    from rasst.training.streaming_eval import StreamOptions, play_manifest
 
     ck = tmp_path / "ck"
     shutil.copytree(default_checkpoint_dir(), ck)

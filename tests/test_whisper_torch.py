@@ -9,15 +9,14 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from retriever.model import (
+from rasst.retriever.model import (
     DualEncoder,
     FrontendConfig,
     HFAudioFrontend,
     _package_model_dir,
     build_frontend,
 )
-from retriever.whisper_torch import (
+from rasst.retriever.whisper_torch import (
     encode_unpadded,
     port_checkpoint,
     read_ct2_variables,
@@ -63,7 +62,7 @@ def test_reader_rejects_what_is_not_a_whisper_model(tmp_path, ct2_dir):
 def test_ported_checkpoint_loads_with_from_pretrained_and_moves_whole(
     tmp_path, default_checkpoint, tts
 ):
-    from client.cli import main as rasst
+    from rasst.cli import main as rasst
 
     out = tmp_path / "ported"
     assert rasst(["port-frontend", "--checkpoint", str(default_checkpoint), "--out", str(out)]) == 0
@@ -111,7 +110,7 @@ def test_unpadded_encoding_is_transformers_forward_on_30_s(ct2_dir):
 
 def test_server_serves_a_ported_checkpoint(tmp_path, default_checkpoint, live_server, tts):
     """The PyTorch front-end through the engine (frames pooled where they were computed)."""
-    from client.api import Client
+    from rasst.client.api import Client
 
     ported = port_checkpoint(default_checkpoint, tmp_path / "ported", torch.float16)
     s = live_server(checkpoint=str(ported), demo_glossary=True, device="cpu")
@@ -148,7 +147,7 @@ def test_port_on_cuda_matches_the_cpu(gpu_encoder, demo_talk):
 
 @pytest.mark.requires_cuda
 def test_server_on_cuda_finds_the_spoken_term(gpu_checkpoint, live_server, demo_talk):
-    from client.api import Client
+    from rasst.client.api import Client
 
     s = live_server(checkpoint=str(gpu_checkpoint), device="cuda")
     assert str(s.state.engine.snapshot.frontend.device).startswith("cuda")
@@ -159,7 +158,7 @@ def test_server_on_cuda_finds_the_spoken_term(gpu_checkpoint, live_server, demo_
 
 
 def test_pow2_bucket():
-    from retriever.index import pow2_bucket
+    from rasst.retriever.index import pow2_bucket
 
     assert [pow2_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 33)] == [1, 2, 4, 4, 8, 8, 16, 64]
 

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from retriever.index import PRECISIONS
+from rasst.retriever.index import PRECISIONS
 
 logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -35,7 +34,7 @@ def device_name() -> str:
     """The CPU, and the GPU where there is one, for the report's header."""
     import os
 
-    from retriever.index import gpu_name
+    from rasst.retriever.index import gpu_name
 
     cpu = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     gpu = gpu_name()
@@ -57,7 +56,7 @@ def bench_index(
 
     ``vectors``: real term embeddings to index, padded with random unit vectors (the hard
     case for HNSW: no neighbourhood structure) up to each size."""
-    from retriever.index import build_index, exact_search, gpu_available, recall_at
+    from rasst.retriever.index import build_index, exact_search, gpu_available, recall_at
 
     gpu = gpu_available()
     rng = np.random.default_rng(0)
@@ -115,8 +114,8 @@ def bench_encoder(
     CPU, as the server's) for B clips of chunk plus look-back (2.88 s; B streams' chunks
     in one batch), the windows that reach the new 0.96 s, on ``device``. Median of
     ``repeats``, after two warm-up batches."""
-    from retriever.engine import _head_on
-    from retriever.model import DualEncoder, build_frontend, embed_windows
+    from rasst.retriever.engine import _head_on
+    from rasst.retriever.model import DualEncoder, build_frontend, embed_windows
 
     model = DualEncoder.from_pretrained(checkpoint)
     fe = build_frontend(model.config.frontend, device)
@@ -176,7 +175,7 @@ def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
 
 
 async def _start_server(checkpoint: str, threads: int = 1, device: str = "auto", **kw):
-    from retriever.server import ServerConfig, create_server
+    from rasst.retriever.server import ServerConfig, create_server
 
     tmp = tempfile.TemporaryDirectory()
     cfg = ServerConfig(
@@ -233,7 +232,7 @@ def _rpc_caller(address: str, request: bytes, stream_pcm: bytes, chunk_samples: 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from client.v1 import retrieval_pb2, retrieval_pb2_grpc
+    from rasst.v1 import retrieval_pb2, retrieval_pb2_grpc
 
     req = retrieval_pb2.RetrieveRequest.FromString(request)
     outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -342,10 +341,11 @@ async def bench_rpc_overhead(
     """
     import multiprocessing as mp
 
-    from client.api import audio_pb
-    from client.v1 import retrieval_pb2
-    from retriever.audio import decode_pcm
-    from retriever.server import drain
+    from rasst.client.api import audio_pb
+    from rasst.retriever.audio import decode_pcm
+    from rasst.retriever.server import drain
+
+    from rasst.v1 import retrieval_pb2
 
     chunk = int(round(chunk_s * SAMPLE_RATE))
     back = int(round(lookback_s * SAMPLE_RATE))
@@ -482,7 +482,7 @@ async def _run_streams(
     stage ms {queue, encode, search}, the three slowest chunks in detail)."""
     import random
 
-    from client.api import Session, SessionOptions, make_channel
+    from rasst.client.api import Session, SessionOptions, make_channel
 
     client_ms: list[float] = []
     server_ms: list[float] = []
@@ -570,8 +570,8 @@ async def bench_load(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from client.api import Client
-    from retriever.server import drain
+    from rasst.client.api import Client
+    from rasst.retriever.server import drain
 
     server, port, state, tmp = await _start_server(
         checkpoint, threads, device, precision=precision, workers=workers
@@ -693,9 +693,8 @@ def bench_quality(
 ) -> dict:
     """Recall@k of rasst and of ASR + fuzzy matching on the same utterances, and CPU cost."""
     import torch
-
-    from retriever.audio import load_audio
-    from retriever.model import DualEncoder, _package_model_dir, build_frontend
+    from rasst.retriever.audio import load_audio
+    from rasst.retriever.model import DualEncoder, _package_model_dir, build_frontend
 
     from .data import read_manifest
     from .evaluate import Rescorer, build_glossary, covering_windows, prefix, ranked_entries
@@ -714,7 +713,7 @@ def bench_quality(
     unit_strings = model.term_units(glossary)
     term_vecs = model.encode_units(unit_strings)
     prior = model.entry_prior(term_vecs)
-    from retriever.index import TermIndex
+    from rasst.retriever.index import TermIndex
 
     c0 = time.process_time()
     occ_vecs, occ_spans, utt_vecs, utt_spans, rels = [], [], [], [], []
@@ -1093,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        from retriever.server import ServerConfig, validate_server_config
+        from rasst.retriever.server import ServerConfig, validate_server_config
 
         try:  # the load-test server's own bounds (its messages start with the field name)
             validate_server_config(ServerConfig(threads=args.threads, workers=args.workers))
@@ -1109,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from retriever.model import default_checkpoint_dir
+    from rasst.retriever.model import default_checkpoint_dir
 
     ckpt = str(default_checkpoint_dir()) if args.checkpoint == "default" else args.checkpoint
     args.out.mkdir(parents=True, exist_ok=True)
@@ -1120,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_ms": args.budget_ms,
     }
     demo_wav = Path(__file__).resolve().parents[1] / "retriever" / "demo" / "talk.wav"
-    from retriever.audio import load_audio
+    from rasst.retriever.audio import load_audio
 
     talk = load_audio(demo_wav)
     if "index" in parts:
@@ -1137,7 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         else:
             sizes = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
-        from retriever.model import DualEncoder
+        from rasst.retriever.model import DualEncoder
 
         terms = _bench_terms()[: max(sizes)]
         model = DualEncoder.from_pretrained(ckpt)
@@ -1150,7 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
         spans = model.windows(int(2.88 * rate))
         report["index_queries"] = int((spans[:, 1] > int(1.92 * rate)).sum())
         report["index"] = bench_index(sizes, vecs, nq=report["index_queries"])
-    from retriever.server import resolve_device, resolve_workers
+    from rasst.retriever.server import resolve_device, resolve_workers
 
     device = resolve_device(args.device)
     report["frontend_device"] = device

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from retriever.index import PRECISIONS
+from rasst.retriever.index import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     _setup(args.threads)
     import torch.distributed as dist
-
-    from retriever.model import FrontendConfig, ModelConfig
+    from rasst.retriever.model import FrontendConfig, ModelConfig
 
     from .data import read_lines
     from .features import FeatureCache, cached
@@ -455,8 +454,8 @@ def eval_main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2))
         return 0
-    from retriever.glossary import load_file
-    from retriever.model import DualEncoder, default_checkpoint_dir
+    from rasst.retriever.glossary import load_file
+    from rasst.retriever.model import DualEncoder, default_checkpoint_dir
 
     from .data import ManifestError, read_lines
     from .evaluate import evaluate, plot_recall, print_table, save_report

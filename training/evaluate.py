@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from retriever.g2p import normalize_term
-from retriever.index import TermIndex
-from retriever.model import DualEncoder, int8_speech_head
-from retriever.rescore import alignment_regions, fuse, keyword_scores
+from rasst.retriever.g2p import normalize_term
+from rasst.retriever.index import TermIndex
+from rasst.retriever.model import DualEncoder, int8_speech_head
+from rasst.retriever.rescore import alignment_regions, fuse, keyword_scores
 
 from .features import FeatureCache
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from retriever import audio as A
-from retriever.model import FrontendConfig, build_frontend
+from rasst.retriever import audio as A
+from rasst.retriever.model import FrontendConfig, build_frontend
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rasst.retriever.model import DualEncoder
 from torch import nn
-
-from retriever.model import DualEncoder
 
 from .features import FeatureCache
 
@@ -246,9 +245,9 @@ def tune_rescore_weight(
     """The weight with the best dev MRR at ``size`` entries (fewer if the terms and
     distractors cannot fill it), and every weight's dev figures. The candidates and their
     alignment scores are computed once; each weight only fuses them again."""
-    from retriever.g2p import normalize_term
-    from retriever.index import TermIndex
-    from retriever.rescore import fuse
+    from rasst.retriever.g2p import normalize_term
+    from rasst.retriever.index import TermIndex
+    from rasst.retriever.rescore import fuse
 
     from .evaluate import Rescorer, build_glossary, encode_occurrences
 

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-
-from retriever.model import DualEncoder, int8_speech_head
+from rasst.retriever.model import DualEncoder, int8_speech_head
 
 from .features import FeatureCache
 

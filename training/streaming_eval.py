@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
-from client.api import Client, SessionOptions, make_channel
-from client.merger import HintMerger, MergerOptions
-from client.translate import run_translator
+from rasst.client.api import Client, SessionOptions, make_channel
+from rasst.client.merger import HintMerger, MergerOptions
+from rasst.client.translate import run_translator
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def make_talks(
     rows: list[dict], per_talk: int = TALK_UTTERANCES
 ) -> list[tuple[np.ndarray, list[dict]]]:
     """Join utterances into talks; returns (samples, occurrences with talk-relative times)."""
-    from retriever.audio import load_audio
+    from rasst.retriever.audio import load_audio
 
     talks = []
     for i in range(0, len(rows), per_talk):
@@ -210,8 +209,8 @@ def play_manifest(
     when the manifest has more terms). The merger keeps hints at ``threshold`` or above
     (None: the model's own default for the glossary as built, as the server would use);
     the raw responses keep everything."""
-    from retriever.model import DualEncoder
-    from retriever.server import ServerConfig, create_server, drain
+    from rasst.retriever.model import DualEncoder
+    from rasst.retriever.server import ServerConfig, create_server, drain
 
     from .data import read_manifest
     from .evaluate import build_glossary
@@ -345,7 +344,7 @@ def calibrate_streaming(
 
 
 def run_streaming_eval(args) -> dict:
-    from retriever.model import default_checkpoint_dir
+    from rasst.retriever.model import default_checkpoint_dir
 
     from .cli import default_distractors
     from .data import read_lines

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from retriever.g2p import units
-from retriever.model import DualEncoder, FrontendConfig, ModelConfig, checkpoint_id
+from rasst.retriever.g2p import units
+from rasst.retriever.model import DualEncoder, FrontendConfig, ModelConfig, checkpoint_id
 
 from .evaluate import CALIBRATION_SIZES, calibrate_thresholds
 from .features import FeatureCache
@@ -217,7 +216,7 @@ class Trainer:
         """Nearest pronunciations (by the current term encoder) of each spoken term."""
         if not self.cfg.hard_negatives:
             return
-        from retriever.index import TermIndex
+        from rasst.retriever.index import TermIndex
 
         pool = self.spoken + random.sample(self.text_only, min(len(self.text_only), 50_000))
         vec = self._embed_units([self.units[t] for t in pool])
@@ -339,7 +338,7 @@ class Trainer:
 
 
 def pool_one(frames: np.ndarray, s: int, e: int, segments: int) -> np.ndarray:
-    """One window's pooled features, as ``retriever.model.pool_windows`` computes them."""
+    """One window's pooled features, as ``rasst.retriever.model.pool_windows`` computes them."""
     fr = frames[s:e].astype(np.float32)
     L = e - s
     cuts = [(k * L) // segments for k in range(segments)] + [L]

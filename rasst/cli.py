@@ -1,4 +1,4 @@
-"""The ``rasst`` command. Subcommands import their modules lazily, so ``rasst translate``
+"""The ``rasst`` command, the product's entry point. Subcommands import their modules lazily, so ``rasst translate``
 and ``rasst glossary`` never import torch or faiss.
 
 Exit codes: 0 ok, 1 failure, 2 usage.
@@ -11,30 +11,40 @@ import sys
 
 # verb -> (module, function, help, needs)
 COMMANDS = {
-    "serve": ("retriever.server", "main", "run the retrieval server", "server"),
+    "serve": ("rasst.retriever.server", "main", "run the retrieval server", "server"),
     "translate": (
-        "client.translate",
+        "rasst.client.translate",
         "main",
         "reference translator: stream a WAV, print hints and prompts",
         None,
     ),
-    "glossary": ("client.admin", "main", "put / patch / get / list / delete glossaries", None),
-    "data": ("training.cli", "data_main", "build or import speech-term corpora", "server,train"),
-    "train": ("training.cli", "train_main", "train the dual encoder", "server,train"),
+    "glossary": (
+        "rasst.client.admin",
+        "main",
+        "put / patch / get / list / delete glossaries",
+        None,
+    ),
+    "data": (
+        "rasst.training.cli",
+        "data_main",
+        "build or import speech-term corpora",
+        "server,train",
+    ),
+    "train": ("rasst.training.cli", "train_main", "train the dual encoder", "server,train"),
     "eval": (
-        "training.cli",
+        "rasst.training.cli",
         "eval_main",
         "offline Recall@k by glossary size, or --streaming hint quality",
         "server,train",
     ),
     "port-frontend": (
-        "retriever.whisper_torch",
+        "rasst.retriever.whisper_torch",
         "main",
         "copy a checkpoint with its CTranslate2 front-end ported to PyTorch (for GPUs)",
         "server",
     ),
     "bench": (
-        "training.bench",
+        "rasst.training.bench",
         "main",
         "latency, load, index scaling and ASR baselines",
         "server,train,bench",

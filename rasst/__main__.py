@@ -1,0 +1,7 @@
+"""``python -m rasst``: the ``rasst`` command."""
+
+import sys
+
+from rasst.cli import main
+
+sys.exit(main())
