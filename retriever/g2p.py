@@ -2,8 +2,7 @@
 
 The espeak-ng library and its data come from the ``espeakng-loader`` wheel and are
 driven through ``phonemizer``. A text side that models pronunciation is what lets the
-encoder retrieve terms it never saw (DESIGN.md: phonemes beat letters, and semantic
-sentence embeddings fail).
+encoder retrieve terms it never saw.
 """
 
 from __future__ import annotations

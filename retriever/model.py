@@ -77,8 +77,7 @@ class ModelConfig:
     # Hidden width of the speech head MLP.
     head_hidden: int = 768
     # Pool the window's mean and the means of this many equal segments of it (their order
-    # is what tells "parsing" from "sparing"; DESIGN.md: thirds help Recall@1 over the
-    # mean alone). 0 = the mean only. Checkpoints with the older ``pool_thirds`` key load
+    # is what tells "parsing" from "sparing"). 0 = the mean only. Checkpoints with the older ``pool_thirds`` key load
     # as 3 (true) or 0 (false).
     pool_segments: int = 3
     # Text units: "phonemes" (espeak-ng G2P) or "letters".

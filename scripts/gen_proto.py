@@ -1,8 +1,9 @@
-"""Generate the Python stubs in client/v1 from proto/rasst/v1 (``make proto``).
+"""Generate the Python stubs in rasst/v1 from proto/rasst/v1 (``make proto``).
 
-protoc writes ``from rasst.v1 import x_pb2``; the stubs live in the ``rasst.v1``
-package, so the imports are rewritten to be relative. ``tests/test_proto.py``
-runs this into a temporary folder and fails when the committed stubs drift.
+The stubs live in the ``rasst.v1`` package, the proto package's own name, so protoc's
+``from rasst.v1 import x_pb2`` imports stand as written; the client and the server both
+import them from there. ``tests/test_proto.py`` runs this into a temporary folder and
+fails when the committed stubs drift.
 """
 
 from __future__ import annotations

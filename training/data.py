@@ -5,7 +5,7 @@ No corpus can be downloaded here, so rasst builds one: carrier sentences whose p
 term's start and end are known to the sample. Voices are split: espeak-ng voices
 train; flite and piper (other engines) are held out for testing.
 
-Manifest (DESIGN.md): one JSON object per line, audio paths relative to the manifest:
+Manifest: one JSON object per line, audio paths relative to the manifest:
 ``{"audio": "wav/x.wav", "text": ..., "terms": [{"term", "start", "end"}], "speaker": ...}``.
 """
 

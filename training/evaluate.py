@@ -1,4 +1,4 @@
-"""Offline retrieval evaluation (DESIGN.md protocol 1) and threshold calibration.
+"""Offline retrieval evaluation and threshold calibration.
 
 For each term occurrence the windows covering it (IoU with the span >= 0.5, from the
 same multi-scale layout the server uses) are searched against a glossary of the test

@@ -1,4 +1,4 @@
-"""Streaming hint quality (DESIGN.md protocol 2): play a manifest through the real client.
+"""Streaming hint quality: play a manifest through the real client.
 
 Utterances are joined into talks of ``TALK_UTTERANCES`` each and streamed chunk by
 chunk under a latency budget. Definitions:
