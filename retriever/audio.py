@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000  # Hz: every model in rasst sees 16 kHz mono
+# The wire's constants and encoder, shared with the client; re-exported for training code.
+from rasst.pcm import MAX_INPUT_RATE, MIN_INPUT_RATE, SAMPLE_RATE, to_s16le  # noqa: F401
+
 N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms hop -> 100 mel frames per second
 N_MELS = 80
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 ENCODER_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // 2  # 50: Whisper's conv stem has stride 2
-MIN_INPUT_RATE = 8000  # Hz: lower rates carry too little speech band to be useful
-MAX_INPUT_RATE = 48000  # Hz: higher rates are almost always a caller's unit mistake
 MAX_CLIP_SECONDS = 30.0  # Whisper's encoder has 1500 positions = 30 s
 
 ENCODINGS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
@@ -97,11 +97,6 @@ def write_wav(path: str | Path, x: np.ndarray, sample_rate: int = SAMPLE_RATE) -
     import soundfile as sf
 
     sf.write(str(path), np.clip(x, -1, 1), sample_rate, subtype="PCM_16")
-
-
-def to_s16le(x: np.ndarray) -> bytes:
-    """Float samples in [-1, 1] to s16le bytes (the wire format of choice)."""
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 @functools.lru_cache(maxsize=4)

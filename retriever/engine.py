@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
+from .config import EngineConfig, resolve_device, resolve_workers, validate_config
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import (
     EXACT_MAX_DEFAULT,
@@ -80,36 +81,6 @@ class Snapshot:
         return self.model is not None
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    # Max windows (all sessions) in one encoder batch.
-    max_batch_windows: int = 2048
-    # Max time the worker waits to fill a batch, seconds (0 = take only what is queued).
-    max_wait_s: float = 0.0
-    # Glossaries with more rows than this use HNSW instead of exact search on a CPU (a GPU
-    # searches exactly up to index.GPU_EXACT_MAX rows).
-    exact_max: int = EXACT_MAX_DEFAULT
-    # CPU arithmetic of the speech head and exact search: "int8" (~2x faster each than
-    # "float32"; embeddings and scores move by ~1e-3, recall does not: BENCHMARKS.md).
-    precision: str = "int8"
-    # torch / CTranslate2 threads of each worker.
-    threads: int = 1
-    # Encoder worker threads (each with its own CTranslate2 replica). A worker gathers more
-    # queued requests into its batch only while no other worker is idle.
-    workers: int = 1
-    # "cpu" or "cuda" for the front-end, pooling and head; the exact index goes to a GPU
-    # whenever one is visible.
-    device: str = "cpu"
-    # Entries a single window may vote for (its nearest rows). A window over speech that
-    # is no glossary term still has near neighbours; letting only its best few count
-    # keeps those from flooding the hints.
-    window_top: int = 2
-    # Rescore candidates with the model's second stage when it has one (retriever/rescore.py).
-    rescore: bool = True
-    # Most candidates per request it aligns (and the model's rescore_top at most).
-    rescore_candidates: int = 256
-
-
 @dataclass
 class HitOut:
     entry: Entry
@@ -132,6 +103,10 @@ class Result:
 
 class EngineNotReady(RuntimeError):
     pass
+
+
+class DeadlineExpired(TimeoutError):
+    """A change whose caller's deadline passed before its commit point: nothing changed."""
 
 
 class UnknownGlossary(LookupError):
@@ -269,11 +244,15 @@ def embed_glossary(
 
 class Engine:
     def __init__(self, store: GlossaryStore, cfg: EngineConfig | None = None):
-        self.cfg = cfg or EngineConfig()
+        # Validated, with "auto" resolved: the device the front-end runs on and the number
+        # of workers, as the engine runs them.
+        cfg = validate_config(cfg or EngineConfig())
+        device = resolve_device(cfg.device)
+        self.cfg = replace(
+            cfg, device=device, workers=resolve_workers(cfg.workers, device, cfg.threads)
+        )
         self.store = store
         self._snap = Snapshot(None, None, "", {})
-        if not 1 <= self.cfg.workers <= 64:
-            raise ValueError(f"workers must be in [1, 64], got {self.cfg.workers}")
         self._queue = _Dispatch()
         self._running = True
         self._swap_lock = threading.Lock()  # serialises writers; readers just read self._snap
@@ -324,11 +303,17 @@ class Engine:
     def _embed(self, model: DualEncoder, g: Glossary) -> ServedGlossary:
         return embed_glossary(model, g, self.cfg.exact_max, precision=self.cfg.precision)
 
-    def commit_glossary(self, g: Glossary) -> None:
-        """Embed (if a model is loaded) and persist a new version, then swap it in."""
+    def commit_glossary(self, g: Glossary, deadline: float | None = None) -> None:
+        """Embed (if a model is loaded) and persist a new version, then swap it in.
+
+        ``deadline`` (``time.monotonic``): past it, before the version is persisted,
+        raise :class:`DeadlineExpired` and change nothing.
+        """
         snap = self._snap
         served = self._embed(snap.model, g) if snap.model is not None else None
         with self._swap_lock:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExpired(f"glossary {g.glossary_id} version {g.version}")
             self.store.commit(g)
             if self._snap.model is not snap.model and self._snap.model is not None:
                 served = self._embed(self._snap.model, g)  # model changed meanwhile
@@ -423,7 +408,7 @@ class Engine:
                 continue
             batch = [job]
             windows = _n_windows(job)
-            until = time.monotonic() + self.cfg.max_wait_s
+            until = time.monotonic() + self.cfg.max_wait_ms / 1e3
             # Gather more only while every other worker is busy: an idle one starts on
             # the next request at once, in parallel, instead of it waiting in this batch.
             while windows < self.cfg.max_batch_windows and self._queue.idle() == 0:

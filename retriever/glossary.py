@@ -375,7 +375,7 @@ class GlossaryStore:
             "entries": [e.to_dict() for e in g.entries],
         }
         with self._lock:
-            _atomic_write_bytes(path, json.dumps(body, ensure_ascii=False).encode("utf-8"))
+            atomic_write(path, json.dumps(body, ensure_ascii=False).encode("utf-8"))
             self._live[g.glossary_id] = g
 
     def delete(self, gid: str) -> bool:
@@ -401,7 +401,11 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, readable by the owner only (0600):
+    temp file, fsync, rename, fsync of the directory. A crash leaves the old file or the
+    new one, never a partial one (partial temp files start with '.' and end in '.tmp...')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import EXACT_MAX_DEFAULT, PRECISIONS  # declared with the settings
+
 logger = logging.getLogger(__name__)
 
-EXACT_MAX_DEFAULT = 100_000  # rows; beyond this HNSW keeps search sub-millisecond
-PRECISIONS = ("float32", "int8")  # exact search arithmetic on a CPU
 # A GPU searches exactly up to this many rows whatever exact_max says: 1M rows took
 # 0.83 ms per chunk on an H200 where HNSW on 16 cores took 6.9 ms and found 17% of the
 # exact top-10. 5M x 256-d float16 is 2.5 GB of GPU memory.

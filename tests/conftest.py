@@ -109,7 +109,7 @@ class LiveServer:
     """A real server on 127.0.0.1:0 running its own event loop in a thread."""
 
     def __init__(self, **cfg):
-        from rasst.retriever.server import ServerConfig
+        from rasst.retriever.config import ServerConfig
 
         self.tmp = tempfile.TemporaryDirectory()
         cfg.setdefault("data_dir", self.tmp.name)

@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 import pytest
-from rasst.retriever.engine import Engine, EngineConfig
+from rasst.retriever.config import EngineConfig, resolve_workers
+from rasst.retriever.engine import Engine
 from rasst.retriever.glossary import GlossaryStore, make_entry
-from rasst.retriever.server import resolve_workers
 
 
 def test_resolve_workers(monkeypatch):
@@ -21,8 +21,8 @@ def test_resolve_workers(monkeypatch):
 
 
 def test_workers_out_of_range_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"workers must be in \[1, 64\]"):
-        Engine(GlossaryStore(tmp_path), EngineConfig(workers=0))
+    with pytest.raises(ValueError, match=r"workers must be in \[0, 64\] \(0 = auto\), got 65"):
+        Engine(GlossaryStore(tmp_path), EngineConfig(workers=65))
 
 
 @pytest.fixture

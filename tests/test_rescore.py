@@ -161,7 +161,8 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
     said loses more than the one that was."""
     import asyncio
 
-    from rasst.retriever.engine import Engine, EngineConfig
+    from rasst.retriever.config import EngineConfig
+    from rasst.retriever.engine import Engine
     from rasst.retriever.glossary import GlossaryStore, make_entry
 
     assert DualEncoder.load_config(default_checkpoint).phone_hidden > 0

@@ -307,7 +307,8 @@ def test_a_blank_token_file_never_authorizes(live_server, tiny_checkpoint, tmp_p
 def test_an_unreadable_token_file_stops_the_start(tiny_checkpoint, tmp_path):
     import asyncio
 
-    from rasst.retriever.server import ServerConfig, create_server
+    from rasst.retriever.config import ServerConfig
+    from rasst.retriever.server import create_server
 
     (tmp_path / "admin_token").mkdir()  # exists, cannot be read as a file
     cfg = ServerConfig(
@@ -318,10 +319,10 @@ def test_an_unreadable_token_file_stops_the_start(tiny_checkpoint, tmp_path):
 
 
 def test_a_blank_configured_token_is_refused():
-    from rasst.retriever.server import ServerConfig, validate_server_config
+    from rasst.retriever.config import ServerConfig, validate_config
 
     with pytest.raises(ValueError, match="admin_token is blank"):
-        validate_server_config(ServerConfig(admin_token="   "))
+        validate_config(ServerConfig(admin_token="   "))
 
 
 def test_serve_with_a_missing_checkpoint_writes_nothing(tmp_path):

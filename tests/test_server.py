@@ -59,21 +59,28 @@ def _chunks(x: np.ndarray, chunk_s: float = 0.96) -> list[bytes]:
 # --------------------------------------------------------------------------- contract
 
 
-def test_lookback_buffer_serves_lookback_then_chunk_as_a_view():
-    from rasst.retriever.server import _Lookback
+def test_lookback_buffer_serves_lookback_then_unsearched_audio_as_a_view():
+    from rasst.retriever.session import Lookback
 
     keep, chunk = 300, 100
-    lb = _Lookback(keep, chunk)
+    lb = Lookback(keep, chunk)
     rng = np.random.default_rng(0)
     heard = np.zeros(0, np.float32)
-    # Chunks of uneven sizes, enough of them for the buffer to move its look-back many times.
-    for n in [100, 100, 37, 400, 1, 100, 250, 100, 399, 100, 100, 100, 5, 400, 100] * 3:
+    searched = 0  # samples of heard already handed out
+    # Chunks of uneven sizes, enough for the buffer to move its look-back many times; some
+    # are taken at once, some held and taken with the next ones (as tiny chunks are).
+    sizes = [100, 100, 37, 400, 1, 100, 250, 100, 399, 100, 100, 100, 5, 400, 100] * 3
+    for i, n in enumerate(sizes):
         x = rng.standard_normal(n).astype(np.float32)
-        clip, prev = lb.push(x)
-        assert prev == min(len(heard), keep)
-        np.testing.assert_array_equal(clip, np.concatenate([heard[len(heard) - prev :], x]))
-        assert np.shares_memory(clip, lb.buf)  # no copy per chunk
+        lb.push(x)
         heard = np.concatenate([heard, x])
+        if n < 10 and i + 1 < len(sizes):
+            continue  # held
+        clip, prev = lb.take()
+        assert prev == min(searched, keep)
+        np.testing.assert_array_equal(clip, heard[searched - prev :])
+        assert np.shares_memory(clip, lb.buf)  # no copy per chunk
+        searched = len(heard)
     assert len(lb.buf) >= keep + 400  # grew for the 400-sample chunks
 
 
@@ -192,7 +199,7 @@ def test_admin_requires_the_token(demo_server):
 
 
 def test_stats_report_the_engine(demo_server, tts):
-    from rasst.retriever.server import resolve_workers
+    from rasst.retriever.config import resolve_workers
 
     c = Client(demo_server.address, TOKEN)
     before = c.stats()
@@ -475,7 +482,7 @@ def test_admin_put_rejects_unknown_format(demo_server):
 
 
 def test_config_precedence_and_validation(tmp_path):
-    from rasst.retriever.server import load_config
+    from rasst.retriever.config import load_config
 
     toml = tmp_path / "rasst.toml"
     toml.write_text('[server]\naddress = "0.0.0.0:7000"\nthreads = 2\nmax_wait_ms = 3.0\n')
@@ -502,10 +509,10 @@ def test_config_precedence_and_validation(tmp_path):
 
 
 def test_device_setting(live_server, tiny_checkpoint):
-    from rasst.retriever.server import cuda_available, load_config
+    from rasst.retriever.config import cuda_available, load_config
 
     assert load_config({}, None, env={"RASST_DEVICE": "cpu"}).device == "cpu"
-    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda, got .tpu."):
         load_config({"device": "tpu"}, None, env={})
     # The default, auto, puts the front-end on the GPU only when one is visible.
     s = live_server(checkpoint=str(tiny_checkpoint))
@@ -528,7 +535,7 @@ def test_serve_cli_rejects_bad_flags():
 
 
 def test_rescore_candidates_is_read_checked_and_handed_to_the_engine(live_server, tiny_checkpoint):
-    from rasst.retriever.server import load_config
+    from rasst.retriever.config import load_config
 
     s = live_server(checkpoint=str(tiny_checkpoint), rescore_candidates=8)
     assert s.state.engine.cfg.rescore_candidates == 8
@@ -559,9 +566,9 @@ def test_prometheus_metrics(live_server, tiny_checkpoint, tts):
 
 
 def test_precision_int8_and_float32_serve_the_same_term(live_server, default_checkpoint, tts):
+    from rasst.retriever.config import load_config
     from rasst.retriever.index import Int8FlatIndex
     from rasst.retriever.model import Int8Linear
-    from rasst.retriever.server import load_config
 
     s = live_server(checkpoint=str(default_checkpoint), precision="int8")
     snap = s.state.engine.snapshot
@@ -571,7 +578,7 @@ def test_precision_int8_and_float32_serve_the_same_term(live_server, default_che
     r = c.retrieve(tts("today we talk about the attention mechanism in more detail"), "demo", "de")
     assert "attention mechanism" in [h.term for h in r.hits]
     c.close()
-    with pytest.raises(ValueError, match="precision must be one of float32, int8"):
+    with pytest.raises(ValueError, match="precision must be one of int8, float32, got .int4."):
         load_config({"precision": "int4"}, None, env={})
     # float32 serves the model's own head and a faiss flat index.
     f = live_server(checkpoint=str(default_checkpoint), precision="float32")

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rasst.retriever.index import PRECISIONS
+from rasst.retriever.config import PRECISIONS
+
+from rasst.pcm import to_s16le
 
 logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -175,7 +177,8 @@ def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
 
 
 async def _start_server(checkpoint: str, threads: int = 1, device: str = "auto", **kw):
-    from rasst.retriever.server import ServerConfig, create_server
+    from rasst.retriever.config import ServerConfig
+    from rasst.retriever.server import create_server
 
     tmp = tempfile.TemporaryDirectory()
     cfg = ServerConfig(
@@ -828,7 +831,7 @@ def bench_quality(
 
         def ps(a):
             dec.start_utt()
-            dec.process_raw((np.clip(a, -1, 1) * 32767).astype("<i2").tobytes(), full_utt=True)
+            dec.process_raw(to_s16le(a), full_utt=True)
             dec.end_utt()
             return dec.hyp().hypstr if dec.hyp() else ""
 
@@ -1092,10 +1095,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        from rasst.retriever.server import ServerConfig, validate_server_config
+        from rasst.retriever.config import ServerConfig, validate_config
 
         try:  # the load-test server's own bounds (its messages start with the field name)
-            validate_server_config(ServerConfig(threads=args.threads, workers=args.workers))
+            validate_config(ServerConfig(threads=args.threads, workers=args.workers))
         except ValueError as e:
             print(f"rasst bench: --{e}", file=sys.stderr)
             return 2
@@ -1149,7 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
         spans = model.windows(int(2.88 * rate))
         report["index_queries"] = int((spans[:, 1] > int(1.92 * rate)).sum())
         report["index"] = bench_index(sizes, vecs, nq=report["index_queries"])
-    from rasst.retriever.server import resolve_device, resolve_workers
+    from rasst.retriever.config import resolve_device, resolve_workers
 
     device = resolve_device(args.device)
     report["frontend_device"] = device

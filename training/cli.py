@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from rasst.retriever.index import PRECISIONS
+from rasst.retriever.config import PRECISIONS
 
 logger = logging.getLogger(__name__)
 

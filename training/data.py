@@ -873,7 +873,7 @@ def smoke_set(out_dir: Path) -> Path:
             text, fid = m.group(1), m.group(2)
             wav = d / f"{fid}.wav"
             x = A.load_audio(wav)
-            pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+            pcm = A.to_s16le(x)
             dec = Decoder(samprate=A.SAMPLE_RATE, bestpath=False)
             dec.set_align_text(text)
             dec.start_utt()

@@ -209,8 +209,9 @@ def play_manifest(
     when the manifest has more terms). The merger keeps hints at ``threshold`` or above
     (None: the model's own default for the glossary as built, as the server would use);
     the raw responses keep everything."""
+    from rasst.retriever.config import ServerConfig
     from rasst.retriever.model import DualEncoder
-    from rasst.retriever.server import ServerConfig, create_server, drain
+    from rasst.retriever.server import create_server, drain
 
     from .data import read_manifest
     from .evaluate import build_glossary

@@ -42,7 +42,7 @@ class GlossaryEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., term: _Optional[str] = ..., translations: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Glossary(_message.Message):
-    __slots__ = ("name", "glossary_id", "version", "entry_count", "languages", "entries", "update_time")
+    __slots__ = ("name", "glossary_id", "version", "entry_count", "languages", "entries", "update_time", "next_page_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GLOSSARY_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Glossary(_message.Message):
     LANGUAGES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     glossary_id: str
     version: int
@@ -57,7 +58,8 @@ class Glossary(_message.Message):
     languages: _containers.RepeatedScalarFieldContainer[str]
     entries: _containers.RepeatedCompositeFieldContainer[GlossaryEntry]
     update_time: float
-    def __init__(self, name: _Optional[str] = ..., glossary_id: _Optional[str] = ..., version: _Optional[int] = ..., entry_count: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[GlossaryEntry, _Mapping]]] = ..., update_time: _Optional[float] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, name: _Optional[str] = ..., glossary_id: _Optional[str] = ..., version: _Optional[int] = ..., entry_count: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[GlossaryEntry, _Mapping]]] = ..., update_time: _Optional[float] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PutGlossaryRequest(_message.Message):
     __slots__ = ("glossary_id", "entries", "content", "format")
@@ -84,12 +86,16 @@ class PatchGlossaryRequest(_message.Message):
     def __init__(self, glossary_id: _Optional[str] = ..., upserts: _Optional[_Iterable[_Union[GlossaryEntry, _Mapping]]] = ..., delete_ids: _Optional[_Iterable[str]] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class GetGlossaryRequest(_message.Message):
-    __slots__ = ("glossary_id", "include_entries")
+    __slots__ = ("glossary_id", "include_entries", "page_size", "page_token")
     GLOSSARY_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     glossary_id: str
     include_entries: bool
-    def __init__(self, glossary_id: _Optional[str] = ..., include_entries: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, glossary_id: _Optional[str] = ..., include_entries: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListGlossariesRequest(_message.Message):
     __slots__ = ()
