@@ -222,12 +222,36 @@ class Client:
         req.upserts.extend(entry_pb(e) for e in upserts)
         return self._call(self.admin.PatchGlossary, req, admin=True)
 
-    def get_glossary(self, glossary_id: str, include_entries: bool = False):
+    def get_glossary(
+        self,
+        glossary_id: str,
+        include_entries: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ):
+        """A glossary; with ``include_entries``, one page of its entries (``page_size``, 0 =
+        the server's default) and ``next_page_token`` when more follow."""
         return self._call(
             self.admin.GetGlossary,
-            admin_pb2.GetGlossaryRequest(glossary_id=glossary_id, include_entries=include_entries),
+            admin_pb2.GetGlossaryRequest(
+                glossary_id=glossary_id,
+                include_entries=include_entries,
+                page_size=page_size,
+                page_token=page_token,
+            ),
             admin=True,
         )
+
+    def iter_entries(self, glossary_id: str, page_size: int = 0):
+        """Every entry of one version of a glossary, page by page (ABORTED if the glossary
+        changes meanwhile)."""
+        token = ""
+        while True:
+            page = self.get_glossary(glossary_id, True, page_size, token)
+            yield from page.entries
+            token = page.next_page_token
+            if not token:
+                return
 
     def list_glossaries(self):
         return list(

@@ -22,14 +22,16 @@ from pathlib import Path
 
 from rasst.formats import format_for
 
+from .rpc import shown
+
 logger = logging.getLogger(__name__)
 
-GLOSSARY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+GLOSSARY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # matched in full
 MAX_ID_CHARS = 256
 MAX_TERM_CHARS = 256
 MAX_ALIASES = 32
 MAX_ENTRIES = 2_000_000
-LANG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+LANG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")  # matched in full
 FORMATS = ("jsonl", "csv", "tsv", "acl_json", "tbx")
 
 
@@ -73,10 +75,10 @@ class Glossary:
 
 
 def validate_glossary_id(gid: str, field_name: str = "glossary_id") -> str:
-    if not isinstance(gid, str) or not GLOSSARY_ID.match(gid):
+    if not isinstance(gid, str) or not GLOSSARY_ID.fullmatch(gid):
         raise GlossaryError(
             field_name,
-            f"must be 1..64 characters of [A-Za-z0-9._-] not starting with '.', '_' or '-', got {gid!r}",
+            f"must be 1..64 characters of [A-Za-z0-9._-] not starting with '.', '_' or '-', got {shown(gid)}",
         )
     return gid
 
@@ -89,8 +91,10 @@ def _clean(text: object, where: str, what: str, max_chars: int, required: bool =
         raise GlossaryError(where, f"{what} must not be empty")
     if len(t) > max_chars:
         raise GlossaryError(where, f"{what} must be at most {max_chars} characters, got {len(t)}")
-    if any(unicodedata.category(ch) == "Cc" for ch in t):
-        raise GlossaryError(where, f"{what} must not contain control characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in t):
+        raise GlossaryError(
+            where, f"{what} must not contain control characters or lone surrogates"
+        )
     return t
 
 
@@ -106,9 +110,9 @@ def make_entry(raw: dict, where: str) -> Entry:
         raise GlossaryError(f"{where}.translations", "must be an object {language: text}")
     translations = {}
     for lang, text in tr.items():
-        if not isinstance(lang, str) or not LANG.match(lang):
+        if not isinstance(lang, str) or not LANG.fullmatch(lang):
             raise GlossaryError(
-                f"{where}.translations", f"language code {lang!r} is not like 'de', 'zh' or 'pt-BR'"
+                f"{where}.translations", f"language code {shown(lang)} is not like 'de', 'zh' or 'pt-BR'"
             )
         translations[lang] = _clean(
             text, f"{where}.translations[{lang}]", "translation", 1024, required=False
@@ -133,7 +137,7 @@ def check_unique(entries: list[Entry], where: str = "entries") -> list[Entry]:
     for i, e in enumerate(entries):
         if e.id in seen:
             raise GlossaryError(
-                f"{where}[{i}].id", f"duplicate id {e.id!r} (first at {where}[{seen[e.id]}])"
+                f"{where}[{i}].id", f"duplicate id {shown(e.id)} (first at {where}[{seen[e.id]}])"
             )
         seen[e.id] = i
     return entries
@@ -146,7 +150,9 @@ def parse(content: bytes | str, fmt: str) -> list[Entry]:
     """Parse a glossary file. Raises GlossaryError naming the line or record."""
     fmt = fmt.lower()
     if fmt not in FORMATS:
-        raise GlossaryError("format", f"must be one of {list(FORMATS)}, got {fmt!r}")
+        raise GlossaryError("format", f"must be one of {list(FORMATS)}, got {shown(fmt)}")
+    if fmt == "tbx":  # XML names its own encoding: the parser reads the bytes
+        return check_unique(parse_tbx(content), "content")
     if isinstance(content, bytes):
         try:
             content = content.decode("utf-8-sig")
@@ -157,21 +163,30 @@ def parse(content: bytes | str, fmt: str) -> list[Entry]:
         "csv": parse_csv,
         "tsv": lambda c: parse_csv(c, "\t"),
         "acl_json": parse_acl_json,
-        "tbx": parse_tbx,
     }[fmt]
     return check_unique(parser(content), "content")
 
 
+def _json(text: str, where: str):
+    """``json.loads`` whose every failure is a GlossaryError naming ``where``: malformed
+    JSON, nesting too deep, integers too long to convert."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GlossaryError(where, f"not valid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise GlossaryError(where, "JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise GlossaryError(where, f"not usable JSON: {str(e)[:120]}") from None
+
+
 def parse_jsonl(text: str) -> list[Entry]:
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" (and "\r\n") only: U+2028 and friends are legal inside JSON strings.
+    for i, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GlossaryError(f"content line {i}", f"not valid JSON: {e.msg}") from e
-        out.append(make_entry(raw, f"content line {i}"))
+        out.append(make_entry(_json(line, f"content line {i}"), f"content line {i}"))
     return out
 
 
@@ -206,15 +221,12 @@ def parse_csv(text: str, delimiter: str = ",") -> list[Entry]:
 
 def parse_acl_json(text: str) -> list[Entry]:
     """The ACL 60/60 glossary dict: {key: {"term", "target_translations", "full_form", "is_acronym"}}."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise GlossaryError("content", f"not valid JSON: {e.msg} at line {e.lineno}") from e
+    data = _json(text, "content")
     if not isinstance(data, dict):
         raise GlossaryError("content", "ACL JSON must be an object keyed by term")
     out = []
     for key, v in data.items():
-        where = f"content[{key!r}]"
+        where = f"content[{shown(key)}]"
         if not isinstance(v, dict):
             raise GlossaryError(where, "each value must be an object")
         aliases = []
@@ -231,17 +243,25 @@ def parse_acl_json(text: str) -> list[Entry]:
     return out
 
 
-def parse_tbx(text: str) -> list[Entry]:
+def parse_tbx(content: bytes | str) -> list[Entry]:
     """TBX (ISO 30042): each termEntry -> one entry; the source language's first term is the
-    entry's term, its other terms aliases, other languages translations."""
-    import xml.etree.ElementTree as ET
+    entry's term, its other terms aliases, other languages translations.
 
-    if "<!ENTITY" in text or "<!DOCTYPE" in text.upper() and "ENTITY" in text.upper():
-        raise GlossaryError("content", "TBX with entity declarations is refused")
+    Parsed with defusedxml, which refuses any DTD and entity declaration whatever the
+    document's encoding (a text check for ``<!ENTITY`` misses UTF-16)."""
+    from xml.etree.ElementTree import ParseError
+
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise GlossaryError("content", f"malformed TBX XML: {e}") from e
+        root = DET.fromstring(content, forbid_dtd=True)
+    except DefusedXmlException as e:
+        raise GlossaryError(
+            "content", f"TBX with a DTD or entity declarations is refused ({type(e).__name__})"
+        ) from None
+    except (ParseError, ValueError) as e:
+        raise GlossaryError("content", f"malformed TBX XML: {e}") from None
 
     def local(tag: str) -> str:
         return tag.rsplit("}", 1)[-1]
@@ -304,7 +324,7 @@ class GlossaryStore:
         validate_glossary_id(gid)
         p = (self.dir / f"{gid}.json").resolve()
         if p.parent != self.dir.resolve():  # belt and braces: ids cannot escape the data dir
-            raise GlossaryError("glossary_id", f"{gid!r} resolves outside the data directory")
+            raise GlossaryError("glossary_id", f"{shown(gid)} resolves outside the data directory")
         return p
 
     def _load(self) -> None:
@@ -353,12 +373,12 @@ class GlossaryStore:
             raise KeyError(gid)
         if expected_version and expected_version != old.version:
             raise VersionConflict(
-                f"glossary {gid!r} is at version {old.version}, expected_version was {expected_version}"
+                f"glossary {shown(gid)} is at version {old.version}, expected_version was {expected_version}"
             )
         by_id = {e.id: e for e in old.entries}
         for i, d in enumerate(delete_ids):
             if d not in by_id:
-                raise LookupError(f"delete_ids[{i}]: entry {d!r} not in glossary {gid!r}")
+                raise LookupError(f"delete_ids[{i}]: entry {shown(d)} not in glossary {shown(gid)}")
             del by_id[d]
         check_unique(list(upserts), "upserts")
         for e in upserts:

@@ -13,6 +13,7 @@ from rasst.retriever.glossary import (
     load_file,
     make_entry,
     parse,
+    validate_glossary_id,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
@@ -141,3 +142,66 @@ def test_glossary_ids_cannot_escape(tmp_path, gid):
     with pytest.raises(GlossaryError):
         s.prepare_put(gid, _entries(1))
     assert os.listdir(s.dir) == []
+
+
+_BILLION_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE martif [<!ENTITY a "aaaaaaaaaa">'
+    '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    '<martif xml:lang="en"><text><body><termEntry><langSet xml:lang="en"><tig><term>&c;</term>'
+    "</tig></langSet></termEntry></body></text></martif>"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16-be", "utf-16", "utf-32-le"])
+def test_tbx_entities_are_refused_in_every_encoding(encoding):
+    # expat reads no UTF-32: that one is refused as malformed, the others for their DTD.
+    match = "malformed" if encoding.startswith("utf-32") else "DTD or entity"
+    with pytest.raises(GlossaryError, match=match) as e:
+        parse(_BILLION_LAUGHS.encode(encoding), "tbx")
+    assert e.value.field == "content"
+
+
+@pytest.mark.parametrize(
+    "content,where,match",
+    [
+        ('{"term": ' * 100_000 + "1" + "}" * 100_000, "content line 1", "nested too deeply"),
+        ('{"term": "x", "n": ' + "9" * 5000 + "}", "content line 1", "not usable JSON"),
+        ('{"term": "a\\ud800b"}', "content line 1.term", "lone surrogates"),
+        (
+            '{"term": "x", "translations": {"de\\n": "y"}}',
+            "content line 1.translations",
+            "not like",
+        ),
+        (
+            '{"term": "x", "translations": {"de": "y\\ud800"}}',
+            "content line 1.translations[de]",
+            "surrogates",
+        ),
+    ],
+)
+def test_hostile_json_is_a_glossary_error_naming_the_line(content, where, match):
+    with pytest.raises(GlossaryError, match=match) as e:
+        parse(content, "jsonl")
+    assert e.value.field == where
+
+
+def test_jsonl_lines_end_at_newlines_only():
+    """U+2028 is legal inside a JSON string; splitlines() would cut the line there."""
+    (e,) = parse('{"term": "line\u2028separator", "translations": {"de": "x\u2029y"}}\n', "jsonl")
+    assert e.term == "line\u2028separator"
+    (a,) = parse('{"BLEU": {"term": "BLEU\u2028", "target_translations": {"de": "B"}}}', "acl_json")
+    assert a.id == "BLEU"
+
+
+@pytest.mark.parametrize("gid", ["abc\n", "abc\r", "a\nb", "abc\x00"])
+def test_ids_are_matched_in_full(tmp_path, gid):
+    s = GlossaryStore(tmp_path)
+    with pytest.raises(GlossaryError):
+        s.prepare_put(gid, _entries(1))
+    assert os.listdir(s.dir) == []
+
+
+def test_a_huge_id_is_echoed_short():
+    with pytest.raises(GlossaryError) as e:
+        validate_glossary_id("x" * 100_000)
+    assert len(str(e.value)) < 300

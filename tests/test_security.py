@@ -13,7 +13,7 @@ from rasst.client.api import Client
 from rasst.retriever.audio import AudioError, decode_pcm
 from rasst.retriever.glossary import GlossaryError, parse
 
-from rasst.v1 import retrieval_pb2
+from rasst.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +341,84 @@ def test_serve_with_a_missing_checkpoint_writes_nothing(tmp_path):
     )
     assert rc == 1
     assert not data.exists()
+
+
+def test_the_token_is_checked_before_the_request_is_parsed(demo_server):
+    """Unparseable bytes from a caller without a token: UNAUTHENTICATED, not a parse error
+    (the server must not parse, let alone validate, an unauthenticated glossary)."""
+    with grpc.insecure_channel(demo_server.address) as ch:
+        call = ch.unary_unary(
+            "/rasst.v1.GlossaryAdmin/PutGlossary",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            call(b"\xff" * 1_000_000, timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            call(b"\xff" * 1000, timeout=30, metadata=(("authorization", "Bearer wrong"),))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    "content,fmt,field",
+    [
+        (b'{"term": ' * 50_000 + b"1" + b"}" * 50_000, "JSONL", "content line 1"),
+        (b'{"term": "x", "n": ' + b"9" * 5000 + b"}", "JSONL", "content line 1"),
+        (b'{"term": "a\\ud800"}', "JSONL", "content line 1.term"),
+        (b'{"a": {"term": "x", "target_translations": {"de": "\\udfff"}}}', "ACL_JSON", None),
+        (
+            "<?xml version='1.0'?><!DOCTYPE m [<!ENTITY a 'b'>]><m>&a;</m>".encode("utf-16-le"),
+            "TBX",
+            "content",
+        ),
+    ],
+)
+def test_hostile_glossary_files_are_invalid_argument(demo_server, content, fmt, field):
+    from rasst.client.api import InvalidArgument
+
+    from rasst.v1 import admin_pb2
+
+    c = Client(demo_server.address, "secret")
+    with pytest.raises(InvalidArgument) as e:
+        c._call(
+            c.admin.PutGlossary,
+            admin_pb2.PutGlossaryRequest(
+                glossary_id="hostile",
+                content=content,
+                format=admin_pb2.GlossaryFormat.Value(f"GLOSSARY_FORMAT_{fmt}"),
+            ),
+            admin=True,
+        )
+    if field:
+        assert e.value.field_violations[0][0] == field
+    assert "Traceback" not in str(e.value) and len(str(e.value)) < 1000
+    c.close()
+
+
+def test_a_session_id_cannot_forge_a_log_line(demo_server, tts, caplog):
+    import logging
+
+    from rasst.pcm import to_s16le
+
+    caplog.set_level(logging.INFO, logger="rasst.retriever.retrieval")
+    forged = "x\n2026-01-01 INFO rasst.retriever.admin: admin token: accepted"
+
+    def reqs():
+        yield retrieval_pb2.StreamRetrieveRequest(
+            config=retrieval_pb2.SessionConfig(
+                glossary_id="demo",
+                target_lang="de",
+                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+                sample_rate_hz=16000,
+                session_id=forged,
+            )
+        )
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=to_s16le(tts("hello")))
+        )
+
+    with grpc.insecure_channel(demo_server.address) as ch:
+        list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=60))
+    lines = [r.getMessage() for r in caplog.records if "session" in r.getMessage()]
+    assert lines and all("\n" not in m for m in lines)

@@ -15,6 +15,7 @@ from rasst.client.api import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RasstError,
     Session,
     SessionOptions,
     Unauthenticated,
@@ -27,7 +28,9 @@ TOKEN = "secret"
 
 
 def _pcm(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    from rasst.pcm import to_s16le
+
+    return to_s16le(x)
 
 
 def _stream(address: str, chunks: list[bytes], **cfg) -> list:
@@ -585,3 +588,164 @@ def test_precision_int8_and_float32_serve_the_same_term(live_server, default_che
     snap = f.state.engine.snapshot
     assert snap.head is snap.model.speech
     assert "IndexFlat" in type(snap.glossaries["demo"].index.index).__name__
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_tiny_chunks_are_held_not_encoded_one_by_one(demo_server, tts):
+    """After the look-back is primed, a flood of 4-byte chunks must not cost an encode each:
+    they are answered in order, and searched together once 0.1 s has arrived."""
+    x = tts("today we talk about the attention mechanism in more detail")
+    first = _pcm(x[:15360])
+    tiny = [_pcm(x[15360 + 2 * i : 15362 + 2 * i]) for i in range(200)]  # 2 samples each
+    before = demo_server.state.engine.stats["requests"]
+    out = _stream(demo_server.address, [first, *tiny])
+    assert [r.sequence for r in out] == list(range(201))
+    assert all(r.glossary_version >= 1 for r in out)
+    # 400 samples of new audio: one search for the first chunk, one for the tiny ones at
+    # the end of the stream (they never reach 0.1 s = 1,600 samples).
+    assert demo_server.state.engine.stats["requests"] - before == 2
+    assert out[-1].chunk_end_s == pytest.approx((15360 + 400) / 16000)
+
+
+def test_a_held_chunk_is_searched_once_enough_audio_arrives(demo_server, tts):
+    x = tts("today we talk about the attention mechanism in more detail")
+    pieces = [x[i : i + 400] for i in range(0, 16000 * 3, 400)]  # 25 ms chunks
+    before = demo_server.state.engine.stats["requests"]
+    out = _stream(demo_server.address, [_pcm(p) for p in pieces], score_threshold=0.3)
+    assert [r.sequence for r in out] == list(range(len(pieces)))
+    searches = demo_server.state.engine.stats["requests"] - before
+    assert searches == len(pieces) // 4  # one search per 0.1 s of new audio
+    assert "attention mechanism" in {h.term for r in out for h in r.hits}
+
+
+def test_an_idle_stream_is_closed_and_counted_while_open(live_server, tiny_checkpoint):
+    import threading
+    import time
+
+    s = live_server(checkpoint=str(tiny_checkpoint), idle_timeout_s=1.0)
+    seen = []
+
+    def reqs():  # never sends its config
+        time.sleep(3)
+        return
+        yield
+
+    def watch():
+        time.sleep(0.5)
+        seen.append(s.state.active_sessions)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    t0 = time.monotonic()
+    with grpc.insecure_channel(s.address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            list(retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=30))
+    t.join()
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "idle_timeout_s" in e.value.details()
+    assert time.monotonic() - t0 < 2.9
+    assert seen == [1]
+    assert s.state.active_sessions == 0
+
+
+def test_unknown_glossary_names_no_other_glossary(demo_server, tts):
+    c = Client(demo_server.address)
+    with pytest.raises(NotFound) as e:
+        c.retrieve(tts("hello"), "nope", "de")
+    assert "demo" not in str(e.value)
+    c.close()
+
+
+def test_a_huge_id_is_invalid_argument_with_a_short_echo(demo_server):
+    c = Client(demo_server.address, TOKEN)
+    with pytest.raises(InvalidArgument) as e:
+        c.get_glossary("x" * 100_000)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(str(e.value)) < 1000
+    c.close()
+
+
+def test_a_chunk_after_its_glossary_is_deleted_is_not_found(demo_server, tts):
+    c = Client(demo_server.address, TOKEN)
+    c.put_glossary("short-lived", [{"term": "bleu score", "translations": {"de": "BLEU"}}])
+    x = tts("we report the bleu score")
+
+    def reqs():
+        yield retrieval_pb2.StreamRetrieveRequest(
+            config=retrieval_pb2.SessionConfig(
+                glossary_id="short-lived",
+                target_lang="de",
+                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+                sample_rate_hz=16000,
+            )
+        )
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=_pcm(x[:15360]))
+        )
+        c.delete_glossary("short-lived")
+        yield retrieval_pb2.StreamRetrieveRequest(
+            chunk=retrieval_pb2.AudioChunk(sequence=1, pcm=_pcm(x[15360:15362]))
+        )
+
+    got = []
+    with grpc.insecure_channel(demo_server.address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            for r in retrieval_pb2_grpc.TermRetrievalStub(ch).StreamRetrieve(reqs(), timeout=60):
+                got.append(r)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [r.sequence for r in got] == [0]
+    c.close()
+
+
+def test_glossary_entries_come_in_pages(demo_server):
+    c = Client(demo_server.address, TOKEN)
+    entries = [
+        {"id": f"e{i}", "term": f"term {i}", "translations": {"de": f"T{i}"}} for i in range(2500)
+    ]
+    c.put_glossary("paged", entries)
+    first = c.get_glossary("paged", include_entries=True, page_size=1000)
+    assert len(first.entries) == 1000 and first.next_page_token
+    assert first.entry_count == 2500
+    ids = [e.id for e in c.iter_entries("paged", page_size=1000)]
+    assert ids == [f"e{i}" for i in range(2500)]
+    # A token is for one version: after a change it is refused, not silently shifted.
+    c.patch_glossary("paged", [{"id": "new", "term": "new term", "translations": {"de": "N"}}])
+    with pytest.raises(RasstError) as e:
+        c.get_glossary("paged", include_entries=True, page_token=first.next_page_token)
+    assert e.value.code == grpc.StatusCode.ABORTED
+    for bad in ({"page_size": 10_001}, {"page_token": "garbage!"}):
+        with pytest.raises(InvalidArgument):
+            c.get_glossary("paged", include_entries=True, **bad)
+    c.delete_glossary("paged")
+    c.close()
+
+
+def test_patch_cannot_empty_a_glossary(demo_server):
+    c = Client(demo_server.address, TOKEN)
+    c.put_glossary("two", [{"id": "a", "term": "alpha"}, {"id": "b", "term": "beta"}])
+    with pytest.raises(InvalidArgument, match="at least one entry"):
+        c.patch_glossary("two", delete_ids=["a", "b"])
+    assert c.get_glossary("two").entry_count == 2
+    c.delete_glossary("two")
+    c.close()
+
+
+def test_a_put_whose_deadline_passed_commits_nothing(demo_server):
+    import time
+
+    entries = [{"term": f"deadline term {i}", "translations": {"de": "x"}} for i in range(3000)]
+    c = Client(demo_server.address, TOKEN, timeout=0.3)
+    with pytest.raises(RasstError) as e:
+        c.put_glossary("late", entries)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    c.close()
+    admin = Client(demo_server.address, TOKEN)
+    time.sleep(0.1)
+    t0 = time.monotonic()  # the put holds the admin lock until its commit point
+    while demo_server.state.admin_lock.locked() and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    with pytest.raises(NotFound):
+        admin.get_glossary("late")
+    admin.close()
