@@ -31,6 +31,7 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .config import EngineConfig, resolve_device, resolve_workers, validate_config
+from .embeddings import EmbeddingStore, Rows
 from .glossary import Entry, Glossary, GlossaryStore
 from .index import (
     EXACT_MAX_DEFAULT,
@@ -64,6 +65,8 @@ class ServedGlossary:
     row_form: tuple[str, ...]  # spoken form (term or alias) of each index row
     # Each row's phonemes as the phone head's labels (empty when the model has none).
     row_phones: tuple[np.ndarray, ...] = ()
+    # What embedding made of each row, kept to be saved and reused by the next version.
+    rows: Rows | None = None
 
 
 @dataclass(frozen=True)
@@ -216,30 +219,70 @@ class _Call:
                 self.done.set()
 
 
+def embed_rows(
+    model: DualEncoder,
+    forms: list[str],
+    model_key: str = "",
+    reuse: Rows | None = None,
+    progress: bool = False,
+) -> Rows:
+    """Each form's unit string, vector and prior; rows of ``reuse`` (made by the same model)
+    are taken as they are and only the other forms are embedded."""
+    known = reuse.by_form() if reuse is not None else {}
+    new = [f for f in dict.fromkeys(forms) if f not in known]
+    new_units = model.term_units(new) if new else []
+    new_vecs = (
+        model.encode_units(new_units, progress=progress)
+        if new
+        else np.zeros((0, model.config.embed_dim), np.float32)
+    )
+    new_prior = model.entry_prior(new_vecs) if new else None
+    at_new = {f: i for i, f in enumerate(new)}
+    units, vecs, prior = [], np.zeros((len(forms), model.config.embed_dim), np.float32), []
+    has_prior = bool(model.config.background_size) and model.config.prior_weight != 0
+    for r, f in enumerate(forms):
+        if f in at_new:
+            i = at_new[f]
+            units.append(new_units[i])
+            vecs[r] = new_vecs[i]
+            if has_prior:
+                prior.append(new_prior[i])
+        else:
+            i = known[f]
+            units.append(reuse.units[i])
+            vecs[r] = reuse.vectors[i]
+            if has_prior:
+                prior.append(reuse.prior[i])
+    return Rows(
+        model_key,
+        tuple(forms),
+        tuple(units),
+        vecs,
+        np.asarray(prior, np.float32) if has_prior else None,
+    )
+
+
 def embed_glossary(
     model: DualEncoder,
     g: Glossary,
     exact_max: int = EXACT_MAX_DEFAULT,
     progress: bool = False,
     precision: str = "float32",
+    model_key: str = "",
+    reuse: Rows | None = None,
 ) -> ServedGlossary:
-    """Embed every spoken form of every entry and index them."""
+    """Embed every spoken form of every entry (reusing ``reuse``'s rows) and index them."""
     forms, row_entry = [], []
     for i, e in enumerate(g.entries):
         for f in e.forms():
             forms.append(f)
             row_entry.append(i)
-    unit_strings = model.term_units(forms) if forms else []
-    xb = (
-        model.encode_units(unit_strings, progress=progress)
-        if forms
-        else np.zeros((0, model.config.embed_dim), np.float32)
-    )
-    phones = tuple(model.phone_labels(unit_strings)) if model.phone is not None else ()
+    rows = embed_rows(model, forms, model_key, reuse, progress)
+    phones = tuple(model.phone_labels(list(rows.units))) if model.phone is not None else ()
     index = TermIndex(
-        xb, np.asarray(row_entry), exact_max, precision=precision, row_prior=model.entry_prior(xb)
+        rows.vectors, np.asarray(row_entry), exact_max, precision=precision, row_prior=rows.prior
     )
-    return ServedGlossary(g, index, tuple(forms), phones)
+    return ServedGlossary(g, index, tuple(forms), phones, rows)
 
 
 class Engine:
@@ -252,6 +295,8 @@ class Engine:
             cfg, device=device, workers=resolve_workers(cfg.workers, device, cfg.threads)
         )
         self.store = store
+        # Every version's embedded rows, beside the glossaries (``{data_dir}/embeddings``).
+        self.embeddings = EmbeddingStore(store.dir.parent / "embeddings")
         self._snap = Snapshot(None, None, "", {})
         self._queue = _Dispatch()
         self._running = True
@@ -285,8 +330,9 @@ class Engine:
         # On each worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
         # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
         self.on_workers(lambda: _warm_up(model, frontend, head, self.cfg.max_batch_windows))
-        served = {g.glossary_id: self._embed(model, g) for g in self.store.list()}
         mid = checkpoint_id(checkpoint)
+        # Rows saved by this model (the same weights) are loaded, not embedded again.
+        served = {g.glossary_id: self._embed(model, mid, g) for g in self.store.list()}
         with self._swap_lock:
             # Glossaries changed while we embedded are re-embedded under the lock.
             for g in self.store.list():
@@ -294,14 +340,23 @@ class Engine:
                     g.glossary_id not in served
                     or served[g.glossary_id].glossary.version != g.version
                 ):
-                    served[g.glossary_id] = self._embed(model, g)
+                    served[g.glossary_id] = self._embed(model, mid, g)
             self._snap = Snapshot(model, frontend, mid, served, head)
         _settle_heap(collect=True)
         logger.info("model %s serving %d glossaries", mid, len(served))
         return mid, len(served)
 
-    def _embed(self, model: DualEncoder, g: Glossary) -> ServedGlossary:
-        return embed_glossary(model, g, self.cfg.exact_max, precision=self.cfg.precision)
+    def _embed(self, model: DualEncoder, model_id: str, g: Glossary) -> ServedGlossary:
+        """Embed a version, reusing the rows its model saved for the glossary's last one,
+        and save the new rows."""
+        key = model_id.rsplit("@", 1)[-1]  # the weights hash: a copied checkpoint matches
+        reuse = self.embeddings.load(g.glossary_id, key)
+        served = embed_glossary(
+            model, g, self.cfg.exact_max, precision=self.cfg.precision, model_key=key, reuse=reuse
+        )
+        if reuse is None or served.rows.forms != reuse.forms:
+            self.embeddings.save(g.glossary_id, served.rows)
+        return served
 
     def commit_glossary(self, g: Glossary, deadline: float | None = None) -> None:
         """Embed (if a model is loaded) and persist a new version, then swap it in.
@@ -310,13 +365,14 @@ class Engine:
         raise :class:`DeadlineExpired` and change nothing.
         """
         snap = self._snap
-        served = self._embed(snap.model, g) if snap.model is not None else None
+        served = self._embed(snap.model, snap.model_id, g) if snap.model is not None else None
         with self._swap_lock:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExpired(f"glossary {g.glossary_id} version {g.version}")
             self.store.commit(g)
             if self._snap.model is not snap.model and self._snap.model is not None:
-                served = self._embed(self._snap.model, g)  # model changed meanwhile
+                # The model changed meanwhile.
+                served = self._embed(self._snap.model, self._snap.model_id, g)
             gl = dict(self._snap.glossaries)
             if served is not None:
                 gl[g.glossary_id] = served
@@ -326,6 +382,7 @@ class Engine:
     def delete_glossary(self, gid: str) -> bool:
         with self._swap_lock:
             ok = self.store.delete(gid)
+            self.embeddings.delete(gid)
             gl = dict(self._snap.glossaries)
             gl.pop(gid, None)
             self._snap = replace(self._snap, glossaries=gl)

@@ -92,9 +92,7 @@ def _clean(text: object, where: str, what: str, max_chars: int, required: bool =
     if len(t) > max_chars:
         raise GlossaryError(where, f"{what} must be at most {max_chars} characters, got {len(t)}")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in t):
-        raise GlossaryError(
-            where, f"{what} must not contain control characters or lone surrogates"
-        )
+        raise GlossaryError(where, f"{what} must not contain control characters or lone surrogates")
     return t
 
 
@@ -112,7 +110,8 @@ def make_entry(raw: dict, where: str) -> Entry:
     for lang, text in tr.items():
         if not isinstance(lang, str) or not LANG.fullmatch(lang):
             raise GlossaryError(
-                f"{where}.translations", f"language code {shown(lang)} is not like 'de', 'zh' or 'pt-BR'"
+                f"{where}.translations",
+                f"language code {shown(lang)} is not like 'de', 'zh' or 'pt-BR'",
             )
         translations[lang] = _clean(
             text, f"{where}.translations[{lang}]", "translation", 1024, required=False
@@ -310,7 +309,9 @@ class GlossaryStore:
     """Versioned glossaries persisted under ``root/glossaries/{id}.json``.
 
     Thread-safe; callers serialise mutations of one glossary (the server holds an
-    admin lock) but reads never block on writes.
+    admin lock) but reads never block on writes. Versions never repeat for an id: a
+    deleted glossary leaves ``{id}.deleted`` holding its last version, and one created
+    again under the same id continues from there.
     """
 
     def __init__(self, root: str | Path):
@@ -318,6 +319,7 @@ class GlossaryStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._live: dict[str, Glossary] = {}
+        self._deleted: dict[str, int] = {}  # id -> last version of a deleted glossary
         self._load()
 
     def _path(self, gid: str) -> Path:
@@ -347,7 +349,18 @@ class GlossaryStore:
                 logger.error("skipping unreadable glossary file %s: %s", p, e)
                 continue
             self._live[g.glossary_id] = g
+        for p in sorted(self.dir.glob("*.deleted")):
+            try:
+                self._deleted[validate_glossary_id(p.stem)] = int(
+                    json.loads(p.read_text(encoding="utf-8"))["version"]
+                )
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                logger.error("skipping unreadable tombstone %s: %s", p, e)
         logger.info("loaded %d glossaries from %s", len(self._live), self.dir)
+
+    def _next_version(self, gid: str) -> int:
+        old = self._live.get(gid)
+        return max(old.version if old else 0, self._deleted.get(gid, 0)) + 1
 
     def get(self, gid: str) -> Glossary | None:
         return self._live.get(gid)
@@ -357,10 +370,9 @@ class GlossaryStore:
 
     def prepare_put(self, gid: str, entries: list[Entry]) -> Glossary:
         """The next version replacing all entries (not yet committed)."""
-        old = self._live.get(gid)
         return Glossary(
             validate_glossary_id(gid),
-            (old.version + 1) if old else 1,
+            self._next_version(gid),
             tuple(check_unique(entries)),
             time.time(),
         )
@@ -397,12 +409,17 @@ class GlossaryStore:
         with self._lock:
             atomic_write(path, json.dumps(body, ensure_ascii=False).encode("utf-8"))
             self._live[g.glossary_id] = g
+            if self._deleted.pop(g.glossary_id, None) is not None:
+                path.with_suffix(".deleted").unlink(missing_ok=True)
 
     def delete(self, gid: str) -> bool:
         path = self._path(gid)
         with self._lock:
             if gid not in self._live:
                 return False
+            last = self._live[gid].version
+            atomic_write(path.with_suffix(".deleted"), json.dumps({"version": last}).encode())
+            self._deleted[gid] = last
             path.unlink(missing_ok=True)
             _fsync_dir(path.parent)
             del self._live[gid]

@@ -635,23 +635,32 @@ class DualEncoder(nn.Module):
         g2p: bool = False,
     ) -> np.ndarray:
         """Unit strings (``term_units``; surface forms with ``g2p``) -> (n, embed_dim)
-        float32 unit vectors."""
+        float32 unit vectors.
+
+        Each batch holds strings of one length, so no string is padded: a string's vector
+        does not depend on the other strings (the encoder's second convolution would see
+        the first one's output at padded positions), and a glossary embedded in parts gets
+        the same vectors as one embedded whole.
+        """
         self.eval()
+        if g2p:
+            unit_strings = self.term_units(list(unit_strings))
         out = np.zeros((len(unit_strings), self.config.embed_dim), dtype=np.float32)
-        it = range(0, len(unit_strings), batch_size)
+        by_length: dict[int, list[int]] = {}
+        for i, u in enumerate(unit_strings):
+            by_length.setdefault(max(1, len(u)), []).append(i)  # as tokenize counts
+        batches = [
+            rows[j : j + batch_size]
+            for _, rows in sorted(by_length.items())
+            for j in range(0, len(rows), batch_size)
+        ]
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(it, desc="embed terms", unit="batch")
-        for i in it:
-            u = unit_strings[i : i + batch_size]
-            if g2p:
-                u = self.term_units(u)
-            # Sorting by length keeps padding (and GRU work) small.
-            order = np.argsort([len(s) for s in u])
-            ids, lengths = self.tokenize([u[j] for j in order])
-            vec = self.text(ids, lengths).numpy()
-            out[i + order] = vec
+            batches = tqdm(batches, desc="embed terms", unit="batch")
+        for rows in batches:
+            ids, lengths = self.tokenize([unit_strings[j] for j in rows])
+            out[rows] = self.text(ids, lengths).numpy()
         return out
 
     # -- speech side
@@ -781,7 +790,10 @@ class DualEncoder(nn.Module):
             raise FileNotFoundError(
                 f"{d} is not a rasst checkpoint: needs {CONFIG_NAME} and {WEIGHTS_NAME}"
             )
-        cfg = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        try:
+            cfg = ModelConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{d / CONFIG_NAME} is not a rasst model config: {e}") from e
         fe = cfg.frontend
         if fe.path and not Path(fe.path).is_absolute() and (d / fe.path).exists():
             # A front-end kept inside the checkpoint (``rasst port-frontend``) moves with it.
@@ -798,6 +810,9 @@ class DualEncoder(nn.Module):
         model = cls(cls.load_config(d))
         try:
             state = load_file(str(d / WEIGHTS_NAME))
+        except Exception as e:  # safetensors raises its own error type for a damaged file
+            raise ValueError(f"cannot read {d / WEIGHTS_NAME}: {e}") from e
+        try:
             # Checkpoints from before the specificity prior have no background.
             state.setdefault("background", model.background)
             model.load_state_dict(state)

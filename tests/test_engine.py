@@ -216,3 +216,77 @@ def test_swaps_freeze_the_heap(engine):
     entries = [make_entry({"term": f"term {i}", "translations": {}}, "e") for i in range(500)]
     engine.commit_glossary(engine.store.prepare_put("more", entries))
     assert gc.get_freeze_count() > frozen  # the new glossary's objects joined them
+
+
+def test_a_patch_embeds_only_new_forms_and_a_restart_none(tmp_path, tiny_checkpoint, monkeypatch):
+    from rasst.retriever.engine import embed_glossary
+    from rasst.retriever.model import DualEncoder
+
+    encoded = []
+    real = DualEncoder.encode_units
+
+    def counting(self, unit_strings, *a, **kw):
+        encoded.append(len(unit_strings))
+        return real(self, unit_strings, *a, **kw)
+
+    monkeypatch.setattr(DualEncoder, "encode_units", counting)
+    entries = [
+        make_entry({"id": f"e{i}", "term": f"word number {i}", "translations": {"de": "x"}}, "e")
+        for i in range(300)
+    ]
+    e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
+    e.load_model(tiny_checkpoint)
+    e.commit_glossary(e.store.prepare_put("g", entries))
+    assert sum(encoded) == 300
+    encoded.clear()
+    new = make_entry({"id": "n", "term": "brand new term", "translations": {"de": "y"}}, "e")
+    e.commit_glossary(e.store.prepare_patch("g", [new], ["e0"]))
+    assert sum(encoded) == 1  # only the new form
+    served = e.snapshot.glossaries["g"]
+    fresh = embed_glossary(e.snapshot.model, served.glossary, precision="int8")
+    np.testing.assert_allclose(served.rows.vectors, fresh.rows.vectors, atol=1e-6)
+    assert served.rows.prior is None and fresh.rows.prior is None  # no prior in this model
+    e.close()
+
+    encoded.clear()
+    again = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
+    again.load_model(tiny_checkpoint)  # a restart: the rows saved by this model are loaded
+    assert sum(encoded) == 0
+    assert again.snapshot.glossaries["g"].glossary.version == 2
+    np.testing.assert_array_equal(again.snapshot.glossaries["g"].rows.vectors, served.rows.vectors)
+    assert again.delete_glossary("g") and not (tmp_path / "embeddings" / "g.npz").exists()
+    again.close()
+
+
+def test_another_model_embeds_again(tmp_path, tiny_checkpoint, default_checkpoint, monkeypatch):
+    from rasst.retriever.engine import embed_glossary
+    from rasst.retriever.model import DualEncoder
+
+    e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
+    e.load_model(tiny_checkpoint)
+    e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "attention mechanism"}, "e")]))
+    encoded = []
+    real = DualEncoder.encode_units
+    monkeypatch.setattr(
+        DualEncoder,
+        "encode_units",
+        lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
+    )
+    e.load_model(default_checkpoint)
+    assert sum(encoded) == 1
+    # A model with a prior keeps each row's penalty beside its vector, reused by a patch.
+    e.commit_glossary(e.store.prepare_patch("g", [make_entry({"term": "bleu score"}, "e")], []))
+    served = e.snapshot.glossaries["g"]
+    fresh = embed_glossary(e.snapshot.model, served.glossary)
+    np.testing.assert_allclose(served.rows.prior, fresh.rows.prior, atol=1e-6)
+    e.close()
+
+
+def test_a_term_embeds_the_same_whatever_else_is_in_the_batch(tiny_checkpoint):
+    from rasst.retriever.model import DualEncoder
+
+    m = DualEncoder.from_pretrained(tiny_checkpoint)
+    terms = ["a", "attention mechanism", "semantic parsing for task oriented dialogue", "bleu"]
+    together = m.encode_terms(terms)
+    alone = np.concatenate([m.encode_terms([t]) for t in terms])
+    np.testing.assert_allclose(together, alone, atol=1e-6)

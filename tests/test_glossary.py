@@ -205,3 +205,16 @@ def test_a_huge_id_is_echoed_short():
     with pytest.raises(GlossaryError) as e:
         validate_glossary_id("x" * 100_000)
     assert len(str(e.value)) < 300
+
+
+def test_versions_never_repeat_after_delete_and_create(tmp_path):
+    s = GlossaryStore(tmp_path)
+    s.commit(s.prepare_put("g", _entries(1)))
+    s.commit(s.prepare_put("g", _entries(2)))
+    assert s.delete("g")
+    again = GlossaryStore(tmp_path)  # the tombstone survives a restart
+    g = again.prepare_put("g", _entries(1))
+    assert g.version == 3
+    again.commit(g)
+    assert not (again.dir / "g.deleted").exists()
+    assert GlossaryStore(tmp_path).get("g").version == 3

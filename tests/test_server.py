@@ -749,3 +749,28 @@ def test_a_put_whose_deadline_passed_commits_nothing(demo_server):
     with pytest.raises(NotFound):
         admin.get_glossary("late")
     admin.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated config", "config of a list"])
+def test_reload_with_a_damaged_checkpoint_is_invalid_argument(
+    demo_server, tiny_checkpoint, tmp_path, damage
+):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    if damage == "truncated weights":
+        w = ck / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:1000])
+    elif damage == "truncated config":
+        c = ck / "config.json"
+        c.write_text(c.read_text()[:50])
+    else:
+        (ck / "config.json").write_text("[1, 2]")
+    admin = Client(demo_server.address, TOKEN)
+    before = admin.stats().model_id
+    with pytest.raises(InvalidArgument) as e:
+        admin.reload_model(str(ck))
+    assert e.value.field_violations[0][0] == "checkpoint_path"
+    assert admin.stats().model_id == before
+    admin.close()
