@@ -13,15 +13,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 
+# PcmError is re-exported: Client.retrieve and Session.send raise it for arrays that are
+# not audio.
+from rasst.pcm import SAMPLE_RATE, PcmError, as_mono_float, to_s16le  # noqa: F401
 from rasst.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
 
 
 # --------------------------------------------------------------------------- errors
@@ -108,29 +110,45 @@ def from_rpc_error(e: grpc.RpcError) -> RasstError:
 
 
 def audio_pb(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> retrieval_pb2.Audio:
-    """Float samples in [-1, 1] to an s16le Audio message (bytes, never repeated float)."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    """Samples (see :func:`rasst.pcm.as_mono_float`) to an s16le Audio message (bytes,
+    never repeated float). Raises :class:`PcmError` for arrays that are not audio."""
     return retrieval_pb2.Audio(
-        pcm=pcm, encoding=retrieval_pb2.AUDIO_ENCODING_S16LE, sample_rate_hz=sample_rate
+        pcm=to_s16le(as_mono_float(samples)),
+        encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+        sample_rate_hz=sample_rate,
     )
 
 
-def read_wav(path: str) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV with the standard library (mono mixdown), float32 in [-1, 1]."""
-    import wave
+class AudioFileError(ValueError):
+    """An audio file that cannot be read; the message is one line naming the file."""
 
-    with wave.open(str(path), "rb") as w:
-        n, ch, width, rate = w.getnframes(), w.getnchannels(), w.getsampwidth(), w.getframerate()
-        raw = w.readframes(n)
-    if width == 2:
-        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    elif width == 4:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
-    elif width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128.0
-    else:
-        raise ValueError(f"{path}: unsupported sample width {width} bytes")
-    return x.reshape(-1, ch).mean(axis=1), rate
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Any file libsndfile reads (WAV of any bit depth, FLAC, OGG/Vorbis/Opus, MP3, ...) as
+    mono float32 in [-1, 1] at 16 kHz, resampled with soxr as the server does. Returns
+    ``(samples, 16000)``; raises :class:`AudioFileError` with a one-line reason."""
+    import soundfile as sf
+
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise AudioFileError(f"{p}: the file is empty")
+        x, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except AudioFileError:
+        raise
+    except OSError as e:
+        raise AudioFileError(f"{p}: {e.strerror or e}") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioFileError(f"{p}: not an audio file libsndfile can read ({reason})") from None
+    if len(x) == 0:
+        raise AudioFileError(f"{p}: the file holds no audio")
+    x = x.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        x = soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return np.clip(x, -1.0, 1.0), SAMPLE_RATE
 
 
 def make_channel(address: str, tls_ca: str | None = None, aio: bool = True):
@@ -341,7 +359,8 @@ class Session:
         self._closed = False
         self._window = asyncio.Semaphore(options.max_in_flight)
         self.reconnects = 0
-        self.error: RasstError | None = None
+        # Why the session ended early: a RasstError, or what on_response raised.
+        self.error: BaseException | None = None
         self._done = asyncio.Event()
 
     async def start(self) -> Session:
@@ -349,6 +368,11 @@ class Session:
         return self
 
     async def send(self, samples: np.ndarray) -> int:
+        """Queue one chunk: float samples in [-1, 1], or int16, mono or ``(frames,
+        channels)``; returns its sequence number. Raises :class:`PcmError` for an array
+        that is not audio, and the session's error (a status, or the exception the
+        ``on_response`` callback raised) once it has failed."""
+        samples = as_mono_float(samples)
         if self.error is not None:
             raise self.error
         if self._done.is_set():
@@ -368,8 +392,7 @@ class Session:
             await self._window.acquire()
         seq = self._next_seq
         self._next_seq += 1
-        pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-        self._pending[seq] = (pcm, self._t_stream, time.monotonic())
+        self._pending[seq] = (to_s16le(samples), self._t_stream, time.monotonic())
         self._t_stream += len(samples) / self.o.sample_rate
         if self._outbox is not None:
             self._outbox.put_nowait(seq)
@@ -445,7 +468,12 @@ class Session:
                             self._window.release()
                         sent_at = item[2] if item else time.monotonic()
                         if self.on_response is not None:
-                            self.on_response(resp, sent_at)
+                            try:
+                                self.on_response(resp, sent_at)
+                            except Exception as e:  # the caller's bug: theirs to see
+                                self.error = e
+                                call.cancel()
+                                return
                         self.responses.put_nowait((resp, sent_at))
                     if self._closed and not self._pending:
                         return

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .api import RasstError, Session, SessionOptions, make_channel, read_wav
+from .api import AudioFileError, RasstError, Session, SessionOptions, make_channel, read_audio
 from .merger import HintMerger, MergerOptions, PromptBuilder, StepResult
 
 
@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="rasst translate",
         description="Stream a WAV through rasst and show the hints a translator would inject at each step.",
     )
-    p.add_argument("wav", help="PCM WAV file (any rate 8-48 kHz, mono or stereo)")
+    p.add_argument(
+        "wav", help="audio file: WAV (any bit depth), FLAC, OGG, MP3, ...; any rate, any channels"
+    )
     p.add_argument(
         "--server", default=os.environ.get("RASST_SERVER", "127.0.0.1:50051"), help="host:port"
     )
@@ -187,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_ms < 0:
         p.error(f"--budget-ms must be >= 0, got {args.budget_ms}")
     try:
-        samples, rate = read_wav(args.wav)
+        samples, rate = read_audio(args.wav)
         hook = load_hook(args.hook)
-    except (OSError, ValueError, EOFError, ImportError, AttributeError) as e:
+    except (AudioFileError, OSError, ValueError, ImportError, AttributeError) as e:
         print(f"rasst translate: {e}", file=sys.stderr)
         return 1
     opts = SessionOptions(

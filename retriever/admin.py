@@ -31,7 +31,7 @@ from .glossary import (
 )
 from .metrics import label_values
 from .model import default_checkpoint_dir
-from .rpc import Failure, FieldError, abort
+from .rpc import Failure, FieldError, abort, shown
 from .state import SERVICE_NAMES, ServerState
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,18 @@ def _entries_from_pb(entries, where: str):
     ]
 
 
+def _warnings(g) -> list[str]:
+    """What a user should know about a version the server accepted."""
+    bare = [e.id for e in g.entries if not e.translations]
+    if not bare:
+        return []
+    some = ", ".join(shown(i, 40) for i in bare[:3]) + (", ..." if len(bare) > 3 else "")
+    return [
+        f"{len(bare)} of {len(g.entries)} entries have no translations ({some}): "
+        "their hints carry an empty translation"
+    ]
+
+
 def _page_token(gid: str, version: int, offset: int) -> str:
     raw = f"{version}:{offset}:{gid}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -212,7 +224,9 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             g.version,
             len(g.entries),
         )
-        return _glossary_pb(g)
+        pb = _glossary_pb(g)
+        pb.warnings.extend(_warnings(g))
+        return pb
 
     async def PutGlossary(self, request, context):
         try:

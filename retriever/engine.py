@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import gc
 import logging
 import queue
@@ -48,6 +49,7 @@ from .model import (
     int8_speech_head,
     window_hop,
 )
+from .scoring import score_entries
 
 logger = logging.getLogger(__name__)
 # The clip lengths of a default session: its first chunk (0.96 s), then with 0.96 s and
@@ -562,40 +564,28 @@ class Engine:
                 v, spans, rate, frames = vectors[id(j)]
                 n = len(v)
                 model = j.snapshot.model
-                second = self.cfg.rescore and model.phone is not None and len(served.row_phones) > 0
-                # Entries whose cosine less their prior passes the threshold are the only
-                # ones whose fused score (never above that) can pass it: those are rescored,
-                # the best by cosine, their prior subtracted before fusing.
-                hits = served.index.best_entries(
+                second = self.cfg.rescore and model.phone is not None
+                scored = score_entries(
+                    served.index,
                     D[off : off + n],
                     I[off : off + n],
                     j.threshold,
-                    max(j.top_k, min(model.config.rescore_top, self.cfg.rescore_candidates))
-                    if second
-                    else j.top_k,
-                    prior=not second,
+                    j.top_k,
+                    row_phones=served.row_phones if second else (),
+                    spans=spans,
+                    rescore=functools.partial(model.rescore_clip, frames) if second else None,
+                    pool=min(model.config.rescore_top, self.cfg.rescore_candidates),
                 )
                 off += n
-                scores = [h.score for h in hits]
-                if second and hits:
-                    fused = model.rescore_clip(
-                        frames,
-                        [served.row_phones[h.row] for h in hits],
-                        np.array([spans[h.window] for h in hits]),
-                        np.array(scores) - served.index.penalty([h.row for h in hits]),
-                    )
-                    keep = [k for k in np.argsort(-fused, kind="stable") if fused[k] >= j.threshold]
-                    hits = [hits[k] for k in keep[: j.top_k]]
-                    scores = [float(fused[k]) for k in keep[: j.top_k]]
                 results[id(j)] = [
                     HitOut(
                         served.glossary.entries[h.entry],
                         served.row_form[h.row],
-                        score,
+                        h.score,
                         j.clip_start_s + spans[h.window][0] / rate,
                         j.clip_start_s + spans[h.window][1] / rate,
                     )
-                    for h, score in zip(hits, scores, strict=True)
+                    for h in scored
                 ]
         t2 = time.monotonic()
         share = 1.0 / len(live)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rasst.client.api import Session, SessionOptions, make_channel, read_wav
+from rasst.client.api import Session, SessionOptions, make_channel, read_audio
 from rasst.client.merger import HintMerger, MergerOptions
 
 from rasst.v1 import retrieval_pb2
@@ -159,13 +159,15 @@ def test_cli_exit_codes():
 DEMO_WAV = ROOT / "retriever" / "demo" / "talk.wav"
 
 
-def _translate(address: str, glossary: str, *extra: str) -> subprocess.CompletedProcess:
+def _translate(
+    address: str, glossary: str, *extra: str, wav: Path = DEMO_WAV
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
         "rasst",
         "translate",
-        str(DEMO_WAV),
+        str(wav),
         "--server",
         address,
         "--glossary",
@@ -181,7 +183,7 @@ def test_translate_cli_prints_hints_step_by_step(demo_server):
     r = _translate(demo_server.address, "demo", "--json", "--budget-ms", "500")
     assert r.returncode == 0, r.stderr
     steps = [json.loads(line) for line in r.stdout.splitlines()]
-    x, rate = read_wav(str(DEMO_WAV))
+    x, rate = read_audio(str(DEMO_WAV))
     assert len(steps) == int(np.ceil(len(x) / rate / 0.96))
     said = {h["term"] for s in steps for h in s["hints"]}
     assert {"semantic parsing", "attention mechanism", "machine translation"} & said
@@ -276,3 +278,154 @@ def test_translator_stops_when_the_glossary_disappears_mid_session(live_server, 
 
     asyncio.run(go())
     admin.close()
+
+
+@pytest.mark.parametrize(
+    "fmt,subtype",
+    [
+        ("WAV", "PCM_24"),
+        ("WAV", "FLOAT"),
+        ("WAV", "PCM_U8"),
+        ("FLAC", "PCM_16"),
+        ("OGG", "VORBIS"),
+        ("MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_translate_reads_any_audio_file(demo_server, tmp_path, fmt, subtype):
+    """Stereo at 44.1 kHz in any format libsndfile writes: read, mixed down, resampled."""
+    import soundfile as sf
+    import soxr
+
+    x, _ = read_audio(DEMO_WAV)
+    x = soxr.resample(x[: 16000 * 5], 16000, 44100)
+    path = tmp_path / f"talk.{fmt.lower()}"
+    sf.write(str(path), np.stack([x, 0.5 * x], axis=1), 44100, format=fmt, subtype=subtype)
+    r = _translate(demo_server.address, "demo", "--json", "--budget-ms", "500", wav=path)
+    assert r.returncode == 0, r.stderr
+    said = {h["term"] for line in r.stdout.splitlines() for h in json.loads(line)["hints"]}
+    assert "semantic parsing" in said
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not audio\n", b"RIFF\x00\x00"])
+def test_translate_refuses_what_is_not_audio_in_one_line(demo_server, tmp_path, content):
+    path = tmp_path / "talk.wav"
+    path.write_bytes(content)
+    r = _translate(demo_server.address, "demo", wav=path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rasst translate: ") and str(path) in lines[0]
+    r = _translate(demo_server.address, "demo", wav=tmp_path / "missing.wav")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_int16_and_stereo_arrays_are_audio_not_silence(demo_server, tts):
+    from rasst.client.api import Client, PcmError
+
+    x = tts("today we talk about the attention mechanism in more detail")
+    c = Client(demo_server.address)
+    want = [(h.entry_id, round(h.score, 4)) for h in c.retrieve(x, "demo", "de").hits]
+    assert want
+    as_int16 = (x * 32767).astype(np.int16)
+    for same in (as_int16, np.stack([x, x], axis=1)):
+        got = [(h.entry_id, round(h.score, 3)) for h in c.retrieve(same, "demo", "de").hits]
+        assert [g[0] for g in got] == [w[0] for w in want]
+    for bad in (np.stack([x, x]), x.astype(np.int32), x[None, None, :]):
+        with pytest.raises(PcmError):
+            c.retrieve(bad, "demo", "de")
+    c.close()
+
+
+def test_a_callback_error_reaches_the_caller(demo_server, tts):
+    class Boom(Exception):
+        pass
+
+    def on_response(resp, sent_at):
+        raise Boom("the translator's bug")
+
+    async def go():
+        channel = make_channel(demo_server.address)
+        s = await Session(channel, SessionOptions("demo", "de"), on_response).start()
+        await s.send(tts("hello there"))
+        with pytest.raises(Boom, match="translator's bug"):
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                await s.send(np.zeros(1600, np.float32))
+        with pytest.raises(Boom):
+            await s.close()
+        await channel.close()
+
+    asyncio.run(go())
+
+
+def _glossary_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rasst", "glossary", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        input=stdin,
+    )
+
+
+def test_glossary_cli_human_and_json_output(demo_server, tmp_path):
+    import re
+
+    f = tmp_path / "g.jsonl"
+    f.write_text(
+        "\n".join(
+            json.dumps({"id": f"t{i}", "term": f"term {i}", "translations": {"de": f"T{i}"}})
+            for i in range(30)
+        )
+        + '\n{"id": "bare", "term": "no translation here"}\n'
+    )
+    # Connection options after the subcommand, as users type them.
+    r = _glossary_cli("put", "cli", str(f), "--server", demo_server.address, "--token", "secret")
+    assert r.returncode == 0, r.stderr
+    assert "warning: 1 of 31 entries have no translations" in r.stderr
+    assert re.search(r"updated\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", r.stdout)
+    conn = ("--server", demo_server.address, "--token", "secret")
+    r = _glossary_cli(*conn, "get", "cli", "--entries", "--page-size", "7")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 31
+    assert lines[0].split()[:4] == ["t0", "term", "0", "de=T0"]
+    assert "{" not in r.stdout
+    r = _glossary_cli(*conn, "--json", "get", "cli", "--entries")
+    assert [json.loads(x)["id"] for x in r.stdout.splitlines()][-1] == "bare"
+    r = _glossary_cli(*conn, "list")
+    assert r.stdout.splitlines()[0].split()[:3] == ["GLOSSARY", "VERSION", "ENTRIES"]
+    r = _glossary_cli(*conn, "stats")
+    assert r.returncode == 0 and r.stdout.startswith("model ")
+    assert json.loads(_glossary_cli(*conn, "stats", "--json").stdout)["model_id"]
+    _glossary_cli(*conn, "delete", "cli")
+
+
+def test_glossary_cli_refuses_an_empty_patch_and_reports_errors_once(demo_server):
+    conn = ("--server", demo_server.address, "--token", "secret")
+    r = _glossary_cli(*conn, "patch", "demo")
+    assert r.returncode == 2 and "--upsert" in r.stderr
+    r = _glossary_cli(*conn, "get", "no-such-glossary")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line
+    assert r.stderr.count("no-such-glossary") == 1
+
+
+def test_glossary_cli_into_a_closed_pipe_exits_quietly(demo_server, tmp_path):
+    f = tmp_path / "big.jsonl"
+    f.write_text(
+        "\n".join(
+            json.dumps({"term": f"pipe term {i}", "translations": {"de": "x" * 40}})
+            for i in range(3000)
+        )
+    )
+    conn = f"--server {demo_server.address} --token secret"
+    rasst = f"{sys.executable} -m rasst glossary {conn}"
+    r = subprocess.run(
+        ["bash", "-c", f"{rasst} put pipes {f} && {rasst} --json get pipes --entries | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0
+    assert json.loads(r.stdout.splitlines()[-1])["term"] == "pipe term 0"
+    assert "Broken pipe" not in r.stderr and "Traceback" not in r.stderr
+    _glossary_cli("--server", demo_server.address, "--token", "secret", "delete", "pipes")

@@ -717,6 +717,7 @@ def bench_quality(
     term_vecs = model.encode_units(unit_strings)
     prior = model.entry_prior(term_vecs)
     from rasst.retriever.index import TermIndex
+    from rasst.retriever.scoring import RANK_ALL, score_entries
 
     c0 = time.process_time()
     occ_vecs, occ_spans, utt_vecs, utt_spans, rels = [], [], [], [], []
@@ -762,10 +763,14 @@ def bench_quality(
         hints = []
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
             if rescorer is not None:
-                hints.append(dict(rescorer.hits(index, v, spans, rel, -2.0, 10**6, per_window=2)))
+                hints.append(
+                    dict(rescorer.hits(index, v, spans, rel, RANK_ALL, 10**6, per_window=2))
+                )
             else:
                 D, I = index.search(v, 2)
-                hints.append({h.entry: h.score for h in index.best_entries(D, I, -2.0, 10**6)})
+                hints.append(
+                    {h.entry: h.score for h in score_entries(index, D, I, RANK_ALL, 10**6)}
+                )
         res[str(size)]["hints"] = _hint_report(
             hints, _spoken(rows, glossary, size), model.config.threshold_for(size)
         )

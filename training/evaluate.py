@@ -8,6 +8,7 @@ Reports Recall@1/5/10 and MRR per glossary size.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ import torch
 from rasst.retriever.g2p import normalize_term
 from rasst.retriever.index import TermIndex
 from rasst.retriever.model import DualEncoder, int8_speech_head
-from rasst.retriever.rescore import alignment_regions, fuse, keyword_scores
+from rasst.retriever.rescore import alignment_regions, keyword_scores
+from rasst.retriever.scoring import RANK_ALL, score_entries
 
 from .features import FeatureCache
 
@@ -99,14 +101,23 @@ class Rescorer:
     def hits(
         self, index: TermIndex, vectors, spans, rel, threshold: float, top_k: int, per_window=None
     ):
-        """(entry, fused score) of a query's best ``top_k`` entries after rescoring (see
-        ``candidates``), those at or above ``threshold``."""
-        entries, cos, kw, n = self.candidates(
-            index, vectors, spans, rel, threshold, top_k, per_window
+        """(entry, fused score) of a query's best ``top_k`` entries at or above
+        ``threshold``, scored as the server scores them (``rasst.retriever.scoring``); each
+        window votes for its ``per_window`` nearest rows (default: ``rescore_top``)."""
+        c = self.model.config
+        D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
+        scored = score_entries(
+            index,
+            D,
+            I,
+            threshold,
+            top_k,
+            row_phones=self.row_phones,
+            spans=spans,
+            rescore=functools.partial(self.model.rescore, rel),
+            pool=c.rescore_top,
         )
-        fused = fuse(cos, kw, n, self.model.config.rescore_weight)
-        order = np.argsort(-fused, kind="stable")[:top_k]
-        return [(int(entries[k]), float(fused[k])) for k in order if fused[k] >= threshold]
+        return [(h.entry, h.score) for h in scored]
 
 
 @torch.no_grad()
@@ -178,9 +189,9 @@ def ranked_entries(
     ``vectors``: by cosine, or by fused score with ``rescorer`` (which needs the windows'
     ``spans`` and the clip's phone log-probs ``rel``)."""
     if rescorer is not None:
-        return [e for e, _ in rescorer.hits(index, vectors, spans, rel, -2.0, top_k)]
+        return [e for e, _ in rescorer.hits(index, vectors, spans, rel, RANK_ALL, top_k)]
     D, I = index.search(vectors, min(top_k, index.ntotal))
-    return [h.entry for h in index.best_entries(D, I, threshold=-2.0, top_k=top_k)]
+    return [h.entry for h in score_entries(index, D, I, RANK_ALL, top_k)]
 
 
 def retrieval_metrics(
@@ -308,11 +319,16 @@ def calibrate_thresholds(
         for u, want in spoken.items():
             if rescorer is not None:
                 found = rescorer.hits(
-                    index, occ.all_vectors[u], occ.all_spans[u], occ.phone_logprobs[u], -2.0, top_k
+                    index,
+                    occ.all_vectors[u],
+                    occ.all_spans[u],
+                    occ.phone_logprobs[u],
+                    RANK_ALL,
+                    top_k,
                 )
             else:
                 D, I = index.search(occ.all_vectors[u], 16)
-                found = [(h.entry, h.score) for h in index.best_entries(D, I, -2.0, top_k)]
+                found = [(h.entry, h.score) for h in score_entries(index, D, I, RANK_ALL, top_k)]
             scored += [(score, entry in want) for entry, score in found]
         scored.sort(key=lambda x: -x[0])
         tp = fp = 0

@@ -248,6 +248,7 @@ def tune_rescore_weight(
     from rasst.retriever.g2p import normalize_term
     from rasst.retriever.index import TermIndex
     from rasst.retriever.rescore import fuse
+    from rasst.retriever.scoring import RANK_ALL
 
     from .evaluate import Rescorer, build_glossary, encode_occurrences
 
@@ -260,7 +261,7 @@ def tune_rescore_weight(
     rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
     found = [
-        rescorer.candidates(index, v, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]], -2.0)
+        rescorer.candidates(index, v, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]], RANK_ALL)
         for i, v in enumerate(occ.vectors)
     ]
     targets = [pos[normalize_term(t).lower()] for t in occ.terms]

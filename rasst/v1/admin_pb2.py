@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rasst/v1/admin.proto\x12\x08rasst.v1\"\xb0\x01\n\rGlossaryEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\t\x12?\n\x0ctranslations\x18\x03 \x03(\x0b\x32).rasst.v1.GlossaryEntry.TranslationsEntry\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x1a\x33\n\x11TranslationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbe\x01\n\x08Glossary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bglossary_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ntry_count\x18\x04 \x01(\x05\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12(\n\x07\x65ntries\x18\x06 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x13\n\x0bupdate_time\x18\x07 \x01(\x01\x12\x17\n\x0fnext_page_token\x18\x08 \x01(\t\"\x8e\x01\n\x12PutGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.rasst.v1.GlossaryFormat\"\x83\x01\n\x14PatchGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12(\n\x07upserts\x18\x02 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x12\n\ndelete_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"i\n\x12GetGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_entries\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x17\n\x15ListGlossariesRequest\"@\n\x16ListGlossariesResponse\x12&\n\nglossaries\x18\x01 \x03(\x0b\x32\x12.rasst.v1.Glossary\",\n\x15\x44\x65leteGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteGlossaryResponse\"-\n\x12ReloadModelRequest\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\"W\n\x13ReloadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1d\n\x15glossaries_reembedded\x18\x02 \x01(\x05\x12\x0f\n\x07took_ms\x18\x03 \x01(\x02\"\x11\n\x0fGetStatsRequest\"\xa3\x02\n\x05Stats\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\x05\x12\x16\n\x0erequests_total\x18\x03 \x01(\x03\x12\x15\n\rdropped_total\x18\x04 \x01(\x03\x12&\n\nglossaries\x18\x05 \x03(\x0b\x32\x12.rasst.v1.Glossary\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x05\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\x14\n\x0cindex_device\x18\x08 \x01(\t\x12\x16\n\x0e\x65ncoder_device\x18\t \x01(\t\x12\x17\n\x0f\x65ncoder_workers\x18\n \x01(\x05\x12\x17\n\x0f\x65ncoder_threads\x18\x0b \x01(\x05\x12\x11\n\tprecision\x18\x0c \x01(\t*\xb5\x01\n\x0eGlossaryFormat\x12\x1f\n\x1bGLOSSARY_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15GLOSSARY_FORMAT_JSONL\x10\x01\x12\x17\n\x13GLOSSARY_FORMAT_CSV\x10\x02\x12\x17\n\x13GLOSSARY_FORMAT_TSV\x10\x03\x12\x1c\n\x18GLOSSARY_FORMAT_ACL_JSON\x10\x04\x12\x17\n\x13GLOSSARY_FORMAT_TBX\x10\x05\x32\x84\x04\n\rGlossaryAdmin\x12?\n\x0bPutGlossary\x12\x1c.rasst.v1.PutGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12\x43\n\rPatchGlossary\x12\x1e.rasst.v1.PatchGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12?\n\x0bGetGlossary\x12\x1c.rasst.v1.GetGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12S\n\x0eListGlossaries\x12\x1f.rasst.v1.ListGlossariesRequest\x1a .rasst.v1.ListGlossariesResponse\x12S\n\x0e\x44\x65leteGlossary\x12\x1f.rasst.v1.DeleteGlossaryRequest\x1a .rasst.v1.DeleteGlossaryResponse\x12J\n\x0bReloadModel\x12\x1c.rasst.v1.ReloadModelRequest\x1a\x1d.rasst.v1.ReloadModelResponse\x12\x36\n\x08GetStats\x12\x19.rasst.v1.GetStatsRequest\x1a\x0f.rasst.v1.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rasst/v1/admin.proto\x12\x08rasst.v1\"\xb0\x01\n\rGlossaryEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\t\x12?\n\x0ctranslations\x18\x03 \x03(\x0b\x32).rasst.v1.GlossaryEntry.TranslationsEntry\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x1a\x33\n\x11TranslationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x08Glossary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bglossary_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x65ntry_count\x18\x04 \x01(\x05\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12(\n\x07\x65ntries\x18\x06 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x13\n\x0bupdate_time\x18\x07 \x01(\x01\x12\x17\n\x0fnext_page_token\x18\x08 \x01(\t\x12\x10\n\x08warnings\x18\t \x03(\t\"\x8e\x01\n\x12PutGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12(\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.rasst.v1.GlossaryFormat\"\x83\x01\n\x14PatchGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12(\n\x07upserts\x18\x02 \x03(\x0b\x32\x17.rasst.v1.GlossaryEntry\x12\x12\n\ndelete_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"i\n\x12GetGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_entries\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x17\n\x15ListGlossariesRequest\"@\n\x16ListGlossariesResponse\x12&\n\nglossaries\x18\x01 \x03(\x0b\x32\x12.rasst.v1.Glossary\",\n\x15\x44\x65leteGlossaryRequest\x12\x13\n\x0bglossary_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteGlossaryResponse\"-\n\x12ReloadModelRequest\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\"W\n\x13ReloadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1d\n\x15glossaries_reembedded\x18\x02 \x01(\x05\x12\x0f\n\x07took_ms\x18\x03 \x01(\x02\"\x11\n\x0fGetStatsRequest\"\xa3\x02\n\x05Stats\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\x05\x12\x16\n\x0erequests_total\x18\x03 \x01(\x03\x12\x15\n\rdropped_total\x18\x04 \x01(\x03\x12&\n\nglossaries\x18\x05 \x03(\x0b\x32\x12.rasst.v1.Glossary\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x05\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\x14\n\x0cindex_device\x18\x08 \x01(\t\x12\x16\n\x0e\x65ncoder_device\x18\t \x01(\t\x12\x17\n\x0f\x65ncoder_workers\x18\n \x01(\x05\x12\x17\n\x0f\x65ncoder_threads\x18\x0b \x01(\x05\x12\x11\n\tprecision\x18\x0c \x01(\t*\xb5\x01\n\x0eGlossaryFormat\x12\x1f\n\x1bGLOSSARY_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15GLOSSARY_FORMAT_JSONL\x10\x01\x12\x17\n\x13GLOSSARY_FORMAT_CSV\x10\x02\x12\x17\n\x13GLOSSARY_FORMAT_TSV\x10\x03\x12\x1c\n\x18GLOSSARY_FORMAT_ACL_JSON\x10\x04\x12\x17\n\x13GLOSSARY_FORMAT_TBX\x10\x05\x32\x84\x04\n\rGlossaryAdmin\x12?\n\x0bPutGlossary\x12\x1c.rasst.v1.PutGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12\x43\n\rPatchGlossary\x12\x1e.rasst.v1.PatchGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12?\n\x0bGetGlossary\x12\x1c.rasst.v1.GetGlossaryRequest\x1a\x12.rasst.v1.Glossary\x12S\n\x0eListGlossaries\x12\x1f.rasst.v1.ListGlossariesRequest\x1a .rasst.v1.ListGlossariesResponse\x12S\n\x0e\x44\x65leteGlossary\x12\x1f.rasst.v1.DeleteGlossaryRequest\x1a .rasst.v1.DeleteGlossaryResponse\x12J\n\x0bReloadModel\x12\x1c.rasst.v1.ReloadModelRequest\x1a\x1d.rasst.v1.ReloadModelResponse\x12\x36\n\x08GetStats\x12\x19.rasst.v1.GetStatsRequest\x1a\x0f.rasst.v1.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GLOSSARYENTRY_TRANSLATIONSENTRY']._loaded_options = None
   _globals['_GLOSSARYENTRY_TRANSLATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_GLOSSARYFORMAT']._serialized_start=1405
-  _globals['_GLOSSARYFORMAT']._serialized_end=1586
+  _globals['_GLOSSARYFORMAT']._serialized_start=1423
+  _globals['_GLOSSARYFORMAT']._serialized_end=1604
   _globals['_GLOSSARYENTRY']._serialized_start=35
   _globals['_GLOSSARYENTRY']._serialized_end=211
   _globals['_GLOSSARYENTRY_TRANSLATIONSENTRY']._serialized_start=160
   _globals['_GLOSSARYENTRY_TRANSLATIONSENTRY']._serialized_end=211
   _globals['_GLOSSARY']._serialized_start=214
-  _globals['_GLOSSARY']._serialized_end=404
-  _globals['_PUTGLOSSARYREQUEST']._serialized_start=407
-  _globals['_PUTGLOSSARYREQUEST']._serialized_end=549
-  _globals['_PATCHGLOSSARYREQUEST']._serialized_start=552
-  _globals['_PATCHGLOSSARYREQUEST']._serialized_end=683
-  _globals['_GETGLOSSARYREQUEST']._serialized_start=685
-  _globals['_GETGLOSSARYREQUEST']._serialized_end=790
-  _globals['_LISTGLOSSARIESREQUEST']._serialized_start=792
-  _globals['_LISTGLOSSARIESREQUEST']._serialized_end=815
-  _globals['_LISTGLOSSARIESRESPONSE']._serialized_start=817
-  _globals['_LISTGLOSSARIESRESPONSE']._serialized_end=881
-  _globals['_DELETEGLOSSARYREQUEST']._serialized_start=883
-  _globals['_DELETEGLOSSARYREQUEST']._serialized_end=927
-  _globals['_DELETEGLOSSARYRESPONSE']._serialized_start=929
-  _globals['_DELETEGLOSSARYRESPONSE']._serialized_end=953
-  _globals['_RELOADMODELREQUEST']._serialized_start=955
-  _globals['_RELOADMODELREQUEST']._serialized_end=1000
-  _globals['_RELOADMODELRESPONSE']._serialized_start=1002
-  _globals['_RELOADMODELRESPONSE']._serialized_end=1089
-  _globals['_GETSTATSREQUEST']._serialized_start=1091
-  _globals['_GETSTATSREQUEST']._serialized_end=1108
-  _globals['_STATS']._serialized_start=1111
-  _globals['_STATS']._serialized_end=1402
-  _globals['_GLOSSARYADMIN']._serialized_start=1589
-  _globals['_GLOSSARYADMIN']._serialized_end=2105
+  _globals['_GLOSSARY']._serialized_end=422
+  _globals['_PUTGLOSSARYREQUEST']._serialized_start=425
+  _globals['_PUTGLOSSARYREQUEST']._serialized_end=567
+  _globals['_PATCHGLOSSARYREQUEST']._serialized_start=570
+  _globals['_PATCHGLOSSARYREQUEST']._serialized_end=701
+  _globals['_GETGLOSSARYREQUEST']._serialized_start=703
+  _globals['_GETGLOSSARYREQUEST']._serialized_end=808
+  _globals['_LISTGLOSSARIESREQUEST']._serialized_start=810
+  _globals['_LISTGLOSSARIESREQUEST']._serialized_end=833
+  _globals['_LISTGLOSSARIESRESPONSE']._serialized_start=835
+  _globals['_LISTGLOSSARIESRESPONSE']._serialized_end=899
+  _globals['_DELETEGLOSSARYREQUEST']._serialized_start=901
+  _globals['_DELETEGLOSSARYREQUEST']._serialized_end=945
+  _globals['_DELETEGLOSSARYRESPONSE']._serialized_start=947
+  _globals['_DELETEGLOSSARYRESPONSE']._serialized_end=971
+  _globals['_RELOADMODELREQUEST']._serialized_start=973
+  _globals['_RELOADMODELREQUEST']._serialized_end=1018
+  _globals['_RELOADMODELRESPONSE']._serialized_start=1020
+  _globals['_RELOADMODELRESPONSE']._serialized_end=1107
+  _globals['_GETSTATSREQUEST']._serialized_start=1109
+  _globals['_GETSTATSREQUEST']._serialized_end=1126
+  _globals['_STATS']._serialized_start=1129
+  _globals['_STATS']._serialized_end=1420
+  _globals['_GLOSSARYADMIN']._serialized_start=1607
+  _globals['_GLOSSARYADMIN']._serialized_end=2123
 # @@protoc_insertion_point(module_scope)

@@ -42,7 +42,7 @@ class GlossaryEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., term: _Optional[str] = ..., translations: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Glossary(_message.Message):
-    __slots__ = ("name", "glossary_id", "version", "entry_count", "languages", "entries", "update_time", "next_page_token")
+    __slots__ = ("name", "glossary_id", "version", "entry_count", "languages", "entries", "update_time", "next_page_token", "warnings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GLOSSARY_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Glossary(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     glossary_id: str
     version: int
@@ -59,7 +60,8 @@ class Glossary(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[GlossaryEntry]
     update_time: float
     next_page_token: str
-    def __init__(self, name: _Optional[str] = ..., glossary_id: _Optional[str] = ..., version: _Optional[int] = ..., entry_count: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[GlossaryEntry, _Mapping]]] = ..., update_time: _Optional[float] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., glossary_id: _Optional[str] = ..., version: _Optional[int] = ..., entry_count: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[GlossaryEntry, _Mapping]]] = ..., update_time: _Optional[float] = ..., next_page_token: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PutGlossaryRequest(_message.Message):
     __slots__ = ("glossary_id", "entries", "content", "format")
