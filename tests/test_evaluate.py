@@ -99,3 +99,38 @@ def test_operating_point_takes_the_most_recall_at_the_precision_target():
     # A target no threshold meets falls back to the best F1.
     none = operating_point(played, opt, precision_target=1.01)
     assert none["rule"] == "best F1" and none["hint_f1"] > 0.8
+
+
+def test_offline_scoring_gives_the_server_s_entries_and_scores(
+    live_server, default_checkpoint, tts
+):
+    """The offline evaluation's path (frames -> windows -> index -> scoring.score_entries)
+    and a running server agree on one clip: same entries, same scores."""
+    import torch
+    from rasst.client.api import Client
+    from rasst.retriever.engine import embed_glossary
+    from rasst.retriever.model import DualEncoder, build_frontend
+    from rasst.training.evaluate import Rescorer
+
+    s = live_server(checkpoint=str(default_checkpoint), precision="float32")
+    clip = tts("today we talk about the attention mechanism and semantic parsing")
+    c = Client(s.address)
+    served = c.retrieve(clip, "demo", "de", top_k=10, threshold=0.2)
+    c.close()
+    assert served.hits
+
+    model = DualEncoder.from_pretrained(default_checkpoint)
+    glossary = s.state.store.get("demo")
+    sg = embed_glossary(model, glossary, precision="float32")
+    from rasst.pcm import from_s16le, to_s16le
+
+    wire = from_s16le(to_s16le(clip))  # the samples the server decodes
+    frames = build_frontend(model.config.frontend).frames([wire])[0]
+    vectors, spans = model.encode_audio(torch.from_numpy(np.asarray(frames, np.float32)))
+    rescorer = Rescorer(model, list(sg.row_phones))
+    rel = model.phone_logprobs(torch.from_numpy(np.asarray(frames, np.float32)))
+    offline = rescorer.hits(sg.index, vectors, spans, rel, 0.2, 10, per_window=2)
+    assert [glossary.entries[e].id for e, _ in offline] == [h.entry_id for h in served.hits]
+    np.testing.assert_allclose(
+        [score for _, score in offline], [h.score for h in served.hits], atol=1e-4
+    )
