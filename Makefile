@@ -63,7 +63,7 @@ train: data
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/test_heldout/manifest.jsonl --distractors $(DISTRACTORS) --out runs/model/eval_heldout.json
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/test_seen/manifest.jsonl --distractors $(DISTRACTORS) --out runs/model/eval_seen.json
 	$(BIN)/rasst eval --checkpoint runs/model --manifest data/corpus/smoke/manifest.jsonl --distractors $(DISTRACTORS) --sizes 1000,10000 --out runs/model/eval_smoke.json
-	$(BIN)/rasst eval --streaming --checkpoint runs/model --manifest data/corpus/test_heldout/manifest.jsonl --distractors $(DISTRACTORS) --size 1000 --budget-ms 100 --out runs/model/streaming_heldout.json
+	$(BIN)/rasst eval --streaming --checkpoint runs/model --manifest data/corpus/test_heldout/manifest.jsonl --distractors $(DISTRACTORS) --budget-ms 100 --sizes 1000,10000,100000 --out runs/model/streaming_heldout.json
 	$(BIN)/python scripts/model_card.py runs/model --synth "rasst data synth $(SYNTH_FLAGS)" --report held-out-voices=runs/model/eval_heldout.json --report seen-voices=runs/model/eval_seen.json --report real-human-smoke=runs/model/eval_smoke.json --streaming runs/model/streaming_heldout.json
 	@echo "to ship: cp runs/model/{config.json,model.safetensors,metrics.json,README.md,training_curves.png,phone_curves.png} retriever/default_checkpoint/"
 

@@ -166,21 +166,23 @@ def main(argv=None) -> int:
         rep = json.loads(Path(path).read_text())
         L += ["", f"### {name} — `{rep.get('manifest', path)}`", "", table(rep)]
     if args.streaming:
-        s = json.loads(args.streaming.read_text())
+        rep = json.loads(args.streaming.read_text())
         L += [
             "",
             "### Streaming hint quality (`rasst eval --streaming`)",
             "",
-            f"Glossary {s['glossary_size']:,}, budget {s['budget_ms']} ms, chunk {s['chunk_s']} s, look-back {s['lookback_s']} s, threshold {s['threshold']}:",
-            f"precision {s['hint_precision']:.3f}, recall {s['hint_recall']:.3f}, F1 {s['hint_f1']:.3f}, on time {s['on_time']:.3f},",
-            f"client latency p50/p95/p99 {s['latency_ms_p50']:.1f} / {s['latency_ms_p95']:.1f} / {s['latency_ms_p99']:.1f} ms.",
+            f"{rep['mode']}, budget {rep['budget_ms']} ms, chunk {rep['chunk_s']} s, look-back"
+            f" {rep['lookback_s']} s; {rep['distractors_dropped']:,} distractors left out for being"
+            " spoken in the test audio or inside a test term.",
             "",
-            "| threshold | precision | recall | F1 |",
-            "|---:|---:|---:|---:|",
+            "| glossary | threshold | precision | recall | F1 | on time | client p50 / p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         L += [
-            f"| {r['threshold']} | {r['hint_precision']:.3f} | {r['hint_recall']:.3f} | {r['hint_f1']:.3f} |"
-            for r in s["threshold_sweep"]
+            f"| {s['glossary_size']:,} | {s['threshold']:.3f} | {s['hint_precision']:.3f} |"
+            f" {s['hint_recall']:.3f} | {s['hint_f1']:.3f} | {s['on_time']:.3f} |"
+            f" {s['latency_ms_p50']:.1f} / {s['latency_ms_p99']:.1f} |"
+            for s in rep["sizes"].values()
         ]
     (args.checkpoint / "README.md").write_text("\n".join(L) + "\n")
     print(args.checkpoint / "README.md")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -166,3 +167,18 @@ def demo_server(default_checkpoint):
     s = LiveServer(checkpoint=str(default_checkpoint)).start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_texts(tmp_path_factory):
+    """A two-utterance manifest (real espeak speech, exact term spans) and its texts."""
+    from rasst.training import data as D
+
+    out = tmp_path_factory.mktemp("texts")
+    voices = D.training_voices(0, n=1)
+    D.synthesize(
+        D.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "tx"), out, workers=1
+    )
+    manifest = out / "manifest.jsonl"
+    texts = [json.loads(line)["text"] for line in manifest.read_text().splitlines() if line]
+    return manifest, texts

@@ -134,3 +134,41 @@ def test_offline_scoring_gives_the_server_s_entries_and_scores(
     np.testing.assert_allclose(
         [score for _, score in offline], [h.score for h in served.hits], atol=1e-4
     )
+
+
+def test_spoken_distractors_are_dropped():
+    from rasst.training.evaluate import drop_spoken
+
+    kept, dropped = drop_spoken(
+        ["factor", "scale", "neural", "factory", "in more detail", "More Detail", "zebra"],
+        ["Today we talk about the scale factor in more detail."],
+        ["neural network"],
+    )
+    assert kept == ["factory", "zebra"] and dropped == 5
+
+
+def test_a_spoken_distractor_no_longer_counts_against_precision(tiny_corpus_texts):
+    """A distractor the carrier sentence says ("detail") would be a right hint counted as a
+    false one; the streaming evaluation leaves it out of the glossary."""
+    from rasst.training.streaming_eval import StreamOptions, play_manifest
+
+    manifest, texts = tiny_corpus_texts
+    said = texts[0].split()[-1].strip(".").lower()
+    played = play_manifest(manifest, _default_ckpt(), [said, "zebra crossing"], 3, StreamOptions())
+    assert played.distractors_dropped == 1
+    assert said not in played.id_of and "zebra crossing" in played.id_of
+    spoken_ids = {played.id_of[o["term"].lower()] for occs in played.occs for o in occs}
+    wrong = {
+        h
+        for recs in played.records
+        for r in recs
+        for h in r.fresh
+        if h not in spoken_ids and h != played.id_of["zebra crossing"]
+    }
+    assert wrong == set()
+
+
+def _default_ckpt():
+    from rasst.retriever.model import default_checkpoint_dir
+
+    return default_checkpoint_dir()

@@ -341,3 +341,28 @@ def test_streaming_eval_defaults_to_the_threshold_for_the_glossary_it_built(tiny
     model = DualEncoder.load_config(ck)
     assert played.threshold == model.threshold_for(4) != model.threshold_for(1)
     assert len(played.records) == len(played.raw) >= 1
+
+
+def test_streaming_eval_reports_a_block_per_size_and_streams_single_utterances(
+    tiny_corpus, tmp_path
+):
+    from rasst.cli import main as rasst
+
+    out = tmp_path / "streaming.json"
+    args = ["eval", "--streaming", "--manifest", str(tiny_corpus / "dev" / "manifest.jsonl")]
+    args += ["--distractors", str(tiny_corpus / "terms" / "train.txt")]
+    assert rasst([*args, "--sizes", "4,6", "--single", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert list(rep["sizes"]) == ["4", "6"] and rep["mode"] == "single"
+    assert rep["distractors_dropped"] >= 0
+    for size, block in rep["sizes"].items():
+        assert block["glossary_size"] == int(size)
+        for key in ("hint_precision", "hint_recall", "on_time", "threshold", "threshold_sweep"):
+            assert key in block
+        assert (
+            block["recall_by_position"]["start"]["n"]
+            + block["recall_by_position"]["end"]["n"]
+            + block["recall_by_position"]["middle"]["n"]
+            == block["n_occurrences"]
+        )
+    assert rasst([*args, "--sizes", "4,x"]) == 2

@@ -157,8 +157,8 @@ def bench_encoder(
 
 def _bench_terms() -> list[str]:
     """Real terms for glossaries: the corpus' training terms, else the offline word lists."""
-    from .cli import DEFAULT_CORPUS, default_distractors
-    from .data import read_lines
+    from .cli import DEFAULT_CORPUS
+    from .data import default_distractors, read_lines
 
     path = DEFAULT_CORPUS / "terms" / "train.txt"
     return read_lines(path) if path.exists() else default_distractors()
@@ -1219,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     if "quality" in parts:
         if args.manifest.exists():
-            from .cli import default_distractors
+            from .data import default_distractors
 
             sizes = [1000, 10000]
             report["quality"] = bench_quality(

@@ -385,7 +385,11 @@ def eval_main(argv: list[str] | None = None) -> int:
         default=None,
         help="distractor terms, one per line (default: offline word lists)",
     )
-    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="glossary sizes, comma-separated (default 1000,10000,100000; --streaming: the --size)",
+    )
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -420,6 +424,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--realtime", action="store_true")
     p.add_argument(
+        "--single",
+        action="store_true",
+        help="--streaming: every utterance its own session (default: talks of 10)",
+    )
+    p.add_argument(
         "--window-top",
         type=int,
         default=2,
@@ -441,12 +450,45 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     _setup(args.threads)
+    try:
+        sizes = sorted(
+            {int(x) for x in (args.sizes or "1000,10000,100000").split(",") if x.strip()}
+        )
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"rasst eval: --sizes must be positive integers, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    from .data import ManifestError, default_distractors, read_lines
+
     if args.streaming:
-        from .streaming_eval import run_streaming_eval
+        from .streaming_eval import StreamEval, StreamOptions, run_streaming_eval
 
         try:
-            report = run_streaming_eval(args)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            report = run_streaming_eval(
+                StreamEval(
+                    manifest=args.manifest,
+                    checkpoint=args.checkpoint,
+                    distractors=read_lines(args.distractors) if args.distractors else None,
+                    sizes=tuple(sizes) if args.sizes else (args.size,),
+                    threshold=args.threshold,
+                    server=args.server,
+                    glossary_id=args.glossary_id,
+                    single=args.single,
+                    stream=StreamOptions(
+                        lang=args.lang,
+                        chunk=args.chunk,
+                        lookback=args.lookback,
+                        budget_ms=args.budget_ms,
+                        realtime=args.realtime,
+                        threads=args.threads,
+                        window_top=args.window_top,
+                        precision=args.precision,
+                        rescore_candidates=args.rescore_candidates,
+                    ),
+                )
+            )
+        except (ManifestError, ValueError, FileNotFoundError, RuntimeError) as e:
             print(f"rasst eval: {e}", file=sys.stderr)
             return 1
         print(json.dumps(report, indent=2))
@@ -457,17 +499,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     from rasst.retriever.glossary import load_file
     from rasst.retriever.model import DualEncoder, default_checkpoint_dir
 
-    from .data import ManifestError, read_lines
+    from .data import read_manifest
     from .evaluate import evaluate, plot_recall, print_table, save_report
     from .features import cached
 
-    try:
-        sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
-        if not sizes or min(sizes) < 1:
-            raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
-    except ValueError as e:
-        print(f"rasst eval: {e}", file=sys.stderr)
-        return 2
     try:
         ckpt = args.checkpoint or default_checkpoint_dir()
         model = DualEncoder.from_pretrained(ckpt)
@@ -484,6 +519,7 @@ def eval_main(argv: list[str] | None = None) -> int:
             glossary_terms,
             progress=True,
             precision=args.precision,
+            transcripts=[r.get("text", "") for r in read_manifest(args.manifest)],
         )
         report["precision"] = args.precision
     except (ManifestError, FileNotFoundError, ValueError) as e:
@@ -498,10 +534,3 @@ def eval_main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(report))
     return 0
-
-
-def default_distractors() -> list[str]:
-    """Offline word lists (WordNet, FOLDOC, wamerican) as distractor terms."""
-    from .data import collect_terms
-
-    return collect_terms()

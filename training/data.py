@@ -214,6 +214,11 @@ def write_terms(
     return counts
 
 
+def default_distractors() -> list[str]:
+    """Offline word lists (WordNet, FOLDOC, wamerican) as distractor terms."""
+    return collect_terms()
+
+
 def read_lines(path: Path) -> list[str]:
     return [s for s in (line.strip() for line in Path(path).read_text().splitlines()) if s]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,29 @@ def prefix(prior: np.ndarray | None, size: int) -> np.ndarray | None:
     return None if prior is None else prior[:size]
 
 
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(normalize_term(text).lower()))
+
+
+def drop_spoken(
+    distractors: list[str], transcripts: list[str], test_terms: list[str]
+) -> tuple[list[str], int]:
+    """Distractors that are never spoken: without those whose words occur as a word
+    sequence in any transcript (a hint for one of them is a right answer, not a false
+    alarm) or inside a test term (a sub-phrase of what is said). Returns (kept, dropped)."""
+    spans = [_words(t) for t in (*transcripts, *test_terms)]
+    longest = max((len(_words(d)) for d in distractors), default=0)
+    said: set[tuple[str, ...]] = set()
+    for w in spans:
+        for n in range(1, min(longest, len(w)) + 1):
+            said.update(w[i : i + n] for i in range(len(w) - n + 1))
+    kept = [d for d in distractors if _words(d) and _words(d) not in said]
+    return kept, len(distractors) - len(kept)
+
+
 def build_glossary(
     test_terms: list[str], distractors: list[str], size: int, seed: int = 0
 ) -> list[str]:
@@ -248,10 +272,17 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     precision: str = "float32",
+    transcripts: list[str] | None = None,
 ) -> dict:
+    """Recall@k and MRR at each glossary size. With ``transcripts`` (the manifest's texts),
+    distractors that are spoken in them or inside a test term are left out first."""
     occ = encode_occurrences(model, cache, precision)
     test_terms = glossary_terms or list(dict.fromkeys(occ.terms))
-    report = {"sizes": {}}
+    report: dict = {"sizes": {}}
+    if transcripts is not None:
+        distractors, report["distractors_dropped"] = drop_spoken(
+            distractors, transcripts, test_terms
+        )
     # Group occurrences by speech source ("flite", "piper", "espeak-ng", "human"...).
     engines = [cache.utt_speaker[u].split(":")[0] or "?" for u in occ.occ_utt]
     biggest = build_glossary(test_terms, distractors, max(sizes), seed)

@@ -18,7 +18,8 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rasst.client.api import Client, SessionOptions, make_channel
@@ -52,16 +53,24 @@ def make_talks(
     return talks
 
 
+EDGE_S = 0.3  # an occurrence this close to a stream's start or end is at its edge
+
+
 def score(
     records_by_talk: list[list],
     occs_by_talk: list[list[dict]],
     chunk_s: float,
     lookback_s: float,
     id_of: dict[str, str],
+    durations: list[float] | None = None,
 ) -> dict:
+    """Hint precision, recall and F1 (see the module docstring). With each talk's
+    ``durations``, recall is also split by where the occurrence lies: starting within
+    ``EDGE_S`` of the stream's start, ending within ``EDGE_S`` of its end, or between."""
     tp_hints = n_hints = 0
     recalled = n_occ = 0
-    for records, occs in zip(records_by_talk, occs_by_talk, strict=True):
+    edges = {"start": [0, 0], "end": [0, 0], "middle": [0, 0]}  # [recalled, occurrences]
+    for t, (records, occs) in enumerate(zip(records_by_talk, occs_by_talk, strict=True)):
         spoken = [(id_of[o["term"].lower()], o["start"], o["end"]) for o in occs]
         delivered: dict[str, list[int]] = {}
         for r in records:
@@ -77,17 +86,26 @@ def score(
         for eid, s, e in spoken:
             n_occ += 1
             first, last = int(s // chunk_s), int(e // chunk_s) + 1
-            if any(first <= st <= last for st in delivered.get(eid, [])):
-                recalled += 1
+            hit = any(first <= st <= last for st in delivered.get(eid, []))
+            recalled += hit
+            if durations is not None:
+                where = "start" if s < EDGE_S else "end" if e > durations[t] - EDGE_S else "middle"
+                edges[where][0] += hit
+                edges[where][1] += 1
     p = tp_hints / n_hints if n_hints else 0.0
     r = recalled / n_occ if n_occ else 0.0
-    return {
+    out = {
         "hint_precision": p,
         "hint_recall": r,
         "hint_f1": 2 * p * r / (p + r) if p + r else 0.0,
         "n_hints": n_hints,
         "n_occurrences": n_occ,
     }
+    if durations is not None:
+        out["recall_by_position"] = {
+            k: {"recall": a / n if n else None, "n": n} for k, (a, n) in edges.items()
+        }
+    return out
 
 
 async def _play(
@@ -191,6 +209,8 @@ class Played:
     glossary_size: int
     wall_s: float
     threshold: float  # the merger's: what ``records`` kept
+    durations: list[float]  # per talk, seconds of audio
+    distractors_dropped: int  # spoken in the manifest or inside a test term
 
 
 def play_manifest(
@@ -202,23 +222,27 @@ def play_manifest(
     threshold: float | None = None,
     server: str | None = None,
     glossary_id: str | None = None,
+    per_talk: int = TALK_UTTERANCES,
 ) -> Played:
     """Join the manifest's utterances into talks and play them through the real client,
     against ``server`` or an in-process server on 127.0.0.1:0 holding ``checkpoint``, with
     a glossary of the manifest's terms plus ``distractors`` up to ``size`` entries (more
     when the manifest has more terms). The merger keeps hints at ``threshold`` or above
     (None: the model's own default for the glossary as built, as the server would use);
-    the raw responses keep everything."""
+    the raw responses keep everything. Distractors spoken in the manifest's transcripts, or
+    inside one of its terms, are left out (``Played.distractors_dropped``). ``per_talk``:
+    utterances per stream (1 streams each utterance as its own session)."""
     from rasst.retriever.config import ServerConfig
     from rasst.retriever.model import DualEncoder
     from rasst.retriever.server import create_server, drain
 
     from .data import read_manifest
-    from .evaluate import build_glossary
+    from .evaluate import build_glossary, drop_spoken
 
     rows = read_manifest(manifest)
-    talks = make_talks(rows)
+    talks = make_talks(rows, per_talk)
     terms = list(dict.fromkeys(o["term"] for _, occs in talks for o in occs))
+    distractors, dropped = drop_spoken(distractors, [r.get("text", "") for r in rows], terms)
     gl_terms = build_glossary(terms, distractors, size)
     if threshold is None:
         threshold = DualEncoder.load_config(checkpoint).threshold_for(len(gl_terms))
@@ -276,6 +300,8 @@ def play_manifest(
         len(gl_terms),
         wall,
         threshold,
+        [len(x) / SAMPLE_RATE for x, _ in talks],
+        dropped,
     )
 
 
@@ -344,37 +370,26 @@ def calibrate_streaming(
     return out
 
 
-def run_streaming_eval(args) -> dict:
-    from rasst.retriever.model import default_checkpoint_dir
+@dataclass
+class StreamEval:
+    """What ``rasst eval --streaming`` runs."""
 
-    from .cli import default_distractors
-    from .data import read_lines
+    manifest: Path
+    checkpoint: Path | None = None  # None: the shipped checkpoint
+    distractors: list[str] | None = None  # None: the offline word lists
+    sizes: tuple[int, ...] = (1000,)
+    threshold: float | None = None  # None: the model's own for each glossary as built
+    server: str | None = None  # a running server instead of an in-process one
+    glossary_id: str | None = None  # with server: a glossary already loaded there
+    single: bool = False  # every utterance its own session instead of talks
+    stream: StreamOptions = field(default_factory=StreamOptions)
 
-    ckpt_dir = args.checkpoint or default_checkpoint_dir()
-    distractors = read_lines(args.distractors) if args.distractors else default_distractors()
-    opt = StreamOptions(
-        lang=args.lang,
-        chunk=args.chunk,
-        lookback=args.lookback,
-        budget_ms=args.budget_ms,
-        realtime=args.realtime,
-        threads=args.threads,
-        window_top=args.window_top,
-        precision=args.precision,
-        rescore_candidates=args.rescore_candidates,
-    )
-    played = play_manifest(
-        args.manifest,
-        ckpt_dir,
-        distractors,
-        args.size,
-        opt,
-        args.threshold,  # None: the server's own default for the glossary as built
-        server=args.server,
-        glossary_id=args.glossary_id,
-    )
+
+def _size_block(played: Played, opt: StreamOptions) -> dict:
     threshold = played.threshold
-    report = score(played.records, played.occs, opt.chunk, opt.lookback, played.id_of)
+    report = score(
+        played.records, played.occs, opt.chunk, opt.lookback, played.id_of, played.durations
+    )
     report["threshold"] = threshold
     # Precision/recall at other thresholds: the recorded responses replayed (no new audio).
     sweep = []
@@ -397,13 +412,52 @@ def run_streaming_eval(args) -> dict:
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p95": float(np.percentile(lat, 95)),
             "latency_ms_p99": float(np.percentile(lat, 99)),
-            "budget_ms": args.budget_ms,
             "glossary_size": played.glossary_size,
-            "chunk_s": args.chunk,
-            "lookback_s": args.lookback,
             "audio_s": round(played.talks_audio_s, 1),
             "wall_s": round(played.wall_s, 1),
-            "manifest": str(args.manifest),
         }
     )
+    return report
+
+
+def run_streaming_eval(e: StreamEval) -> dict:
+    """Stream the manifest at each glossary size; one block of figures per size."""
+    from rasst.retriever.model import default_checkpoint_dir
+
+    from .data import default_distractors
+
+    ckpt_dir = e.checkpoint or default_checkpoint_dir()
+    distractors = e.distractors if e.distractors is not None else default_distractors()
+    opt = e.stream
+    report: dict = {
+        "manifest": str(e.manifest),
+        "checkpoint": str(ckpt_dir),
+        "mode": "single" if e.single else f"talks of {TALK_UTTERANCES} utterances",
+        "budget_ms": opt.budget_ms,
+        "chunk_s": opt.chunk,
+        "lookback_s": opt.lookback,
+        "sizes": {},
+    }
+    for size in e.sizes:
+        played = play_manifest(
+            e.manifest,
+            ckpt_dir,
+            distractors,
+            size,
+            opt,
+            e.threshold,
+            server=e.server,
+            glossary_id=e.glossary_id,
+            per_talk=1 if e.single else TALK_UTTERANCES,
+        )
+        report["distractors_dropped"] = played.distractors_dropped
+        report["sizes"][str(size)] = _size_block(played, opt)
+        b = report["sizes"][str(size)]
+        logger.info(
+            "streamed at %d entries: P %.3f R %.3f on time %.3f",
+            b["glossary_size"],
+            b["hint_precision"],
+            b["hint_recall"],
+            b["on_time"],
+        )
     return report
