@@ -279,3 +279,93 @@ def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
         err = capsys.readouterr().err
         assert flag in err and bad in err
     assert not (tmp_path / "c").exists()  # nothing was written
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+@pytest.fixture(scope="module")
+def two_utterances(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond")
+    voices = D.training_voices(0, n=1)
+    D.synthesize(
+        D.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "cd"), out, workers=1
+    )
+    return out / "manifest.jsonl"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "reverb",
+        "noise:10",
+        "noise:0:brown",
+        "babble:5",
+        "phone",
+        "phone:alaw",
+        "codec",
+        "codec:opus",
+        "codec:mp3",
+    ],
+)
+def test_augment_keeps_lengths_and_spans_and_is_reproducible(two_utterances, tmp_path, spec):
+    from rasst.training.conditions import augment_manifest
+
+    a = augment_manifest(two_utterances, spec, tmp_path / "a", seed=3)
+    b = augment_manifest(two_utterances, spec, tmp_path / "b", seed=3)
+    src = D.read_manifest(two_utterances)
+    got = D.read_manifest(a)
+    assert [r["terms"] for r in got] == [r["terms"] for r in src]
+    for r0, r1, r2 in zip(src, got, D.read_manifest(b), strict=True):
+        x, y = A.load_audio(r0["audio_path"]), A.load_audio(r1["audio_path"])
+        assert len(y) == len(x)
+        assert not np.allclose(x, y, atol=1e-3)  # something was done
+        np.testing.assert_array_equal(y, A.load_audio(r2["audio_path"]))  # the same twice
+
+
+def test_noise_lands_at_its_snr_and_phone_keeps_its_band(two_utterances, tmp_path):
+    from rasst.training.conditions import Condition, apply
+
+    x = A.load_audio(D.read_manifest(two_utterances)[0]["audio_path"])
+    rng = np.random.default_rng(0)
+    for snr in (0.0, 10.0, 20.0):
+        y = apply(x, Condition("noise", snr, "pink"), rng)
+        measured = 10 * np.log10((x**2).mean() / ((y - x) ** 2).mean())
+        assert abs(measured - snr) < 0.5
+    y = apply(x, Condition("phone", None, "mulaw"), rng)
+    spec = np.abs(np.fft.rfft(y)) ** 2
+    f = np.fft.rfftfreq(len(y), 1 / 16000)
+    assert spec[f > 3600].sum() < 1e-3 * spec.sum()
+
+
+def test_babble_is_never_a_glossary_term(two_utterances):
+    from rasst.training.conditions import term_free_speech
+
+    rows = D.read_manifest(two_utterances)
+    pool = term_free_speech(rows)
+    for r, speech in zip(rows, pool, strict=True):
+        x = A.load_audio(r["audio_path"])
+        cut = sum(int(np.ceil(t["end"] * 16000)) - int(t["start"] * 16000) for t in r["terms"])
+        assert len(speech) == len(x) - cut
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "bogus",
+        "noise",
+        "noise:loud",
+        "noise:99",
+        "babble:5:pink",
+        "phone:gsm",
+        "codec:aac",
+        "reverb:1",
+    ],
+)
+def test_bad_conditions_are_refused_with_a_reason(two_utterances, tmp_path, bad):
+    from rasst.cli import main as rasst
+
+    assert (
+        rasst(["data", "augment", str(two_utterances), "--condition", bad, "--out", str(tmp_path)])
+        == 2
+    )

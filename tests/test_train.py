@@ -366,3 +366,20 @@ def test_streaming_eval_reports_a_block_per_size_and_streams_single_utterances(
             == block["n_occurrences"]
         )
     assert rasst([*args, "--sizes", "4,x"]) == 2
+
+
+def test_eval_by_condition_offline(tiny_corpus, tmp_path):
+    from rasst.cli import main as rasst
+
+    out = tmp_path / "cond.json"
+    manifest = tiny_corpus / "dev" / "manifest.jsonl"
+    args = ["eval", "--manifest", str(manifest), "--sizes", "4,6"]
+    args += ["--distractors", str(tiny_corpus / "terms" / "train.txt")]
+    assert rasst([*args, "--conditions", "clean,noise:10", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert list(rep["by_condition"]) == ["clean", "noise10-pink"]
+    for block in rep["by_condition"].values():
+        assert list(block["sizes"]) == ["4", "6"]
+    assert (tiny_corpus / "dev" / "conditions" / "noise10-pink" / "manifest.jsonl").exists()
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert rasst([*args, "--conditions", "noise:loud"]) == 2

@@ -72,7 +72,35 @@ def data_main(argv: list[str] | None = None) -> int:
     i.add_argument("--out", type=Path, required=True, help="output manifest path")
     m = sub.add_parser("smoke", help="real human clips from Debian pocketsphinx-testdata, aligned")
     m.add_argument("--out", type=Path, default=DEFAULT_CORPUS / "smoke")
+    a = sub.add_parser(
+        "augment",
+        help="a manifest under an acoustic condition (reverb, noise, babble, phone, codec), "
+        "spans kept",
+    )
+    a.add_argument("manifest", type=Path)
+    a.add_argument(
+        "--condition",
+        required=True,
+        help="reverb | noise:SNR[:white|pink|brown] | babble:SNR | phone[:mulaw|alaw] | "
+        "codec[:vorbis|opus|mp3]",
+    )
+    a.add_argument("--out", type=Path, required=True, help="output folder")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--babble-from",
+        type=Path,
+        default=None,
+        help="manifest whose term-free speech makes the babble (default: the manifest)",
+    )
     args = p.parse_args(argv)
+    if args.cmd == "augment":
+        from .conditions import parse_condition
+
+        try:
+            parse_condition(args.condition)
+        except ValueError as e:
+            print(f"rasst data augment: --condition: {e}", file=sys.stderr)
+            return 2
     if args.cmd == "synth":
         for flag, low in (
             ("train_terms", 1),
@@ -121,10 +149,18 @@ def data_main(argv: list[str] | None = None) -> int:
             print(f"imported {n} utterances to {args.out}")
         elif args.cmd == "smoke":
             print(smoke_set(args.out))
+        elif args.cmd == "augment":
+            from .conditions import augment_manifest
+
+            print(
+                augment_manifest(
+                    args.manifest, args.condition, args.out, args.seed, args.babble_from, True
+                )
+            )
     except ManifestError as e:
-        print(f"rasst data import: {args.manifest}: {e}", file=sys.stderr)
+        print(f"rasst data {args.cmd}: {args.manifest}: {e}", file=sys.stderr)
         return 1
-    except (RuntimeError, FileNotFoundError) as e:
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
         print(f"rasst data: {e}", file=sys.stderr)
         return 1
     return 0
@@ -424,6 +460,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--realtime", action="store_true")
     p.add_argument(
+        "--conditions",
+        default=None,
+        help="evaluate under each acoustic condition too, e.g. "
+        "clean,reverb,noise:10,babble:10,phone,codec (see rasst data augment); "
+        "the report has one block per condition",
+    )
+    p.add_argument(
         "--single",
         action="store_true",
         help="--streaming: every utterance its own session (default: talks of 10)",
@@ -461,13 +504,23 @@ def eval_main(argv: list[str] | None = None) -> int:
         return 2
     from .data import ManifestError, default_distractors, read_lines
 
+    conditions = [c.strip() for c in (args.conditions or "").split(",") if c.strip()]
+    if conditions:
+        from .conditions import parse_condition
+
+        try:
+            for c in conditions:
+                parse_condition(c)
+        except ValueError as e:
+            print(f"rasst eval: --conditions: {e}", file=sys.stderr)
+            return 2
     if args.streaming:
         from .streaming_eval import StreamEval, StreamOptions, run_streaming_eval
 
-        try:
-            report = run_streaming_eval(
+        def streamed(manifest: Path) -> dict:
+            return run_streaming_eval(
                 StreamEval(
-                    manifest=args.manifest,
+                    manifest=manifest,
                     checkpoint=args.checkpoint,
                     distractors=read_lines(args.distractors) if args.distractors else None,
                     sizes=tuple(sizes) if args.sizes else (args.size,),
@@ -488,6 +541,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                     ),
                 )
             )
+
+        try:
+            report = _by_condition(streamed, args.manifest, conditions)
         except (ManifestError, ValueError, FileNotFoundError, RuntimeError) as e:
             print(f"rasst eval: {e}", file=sys.stderr)
             return 1
@@ -500,37 +556,67 @@ def eval_main(argv: list[str] | None = None) -> int:
     from rasst.retriever.model import DualEncoder, default_checkpoint_dir
 
     from .data import read_manifest
-    from .evaluate import evaluate, plot_recall, print_table, save_report
+    from .evaluate import (
+        condition_table,
+        evaluate,
+        plot_conditions,
+        plot_recall,
+        print_table,
+        save_report,
+    )
     from .features import cached
 
     try:
         ckpt = args.checkpoint or default_checkpoint_dir()
         model = DualEncoder.from_pretrained(ckpt)
-        cache = cached(
-            args.manifest, model.config.frontend, args.manifest.parent / "cache", args.workers
-        )
         glossary_terms = [e.term for e in load_file(args.glossary)] if args.glossary else None
         distractors = read_lines(args.distractors) if args.distractors else default_distractors()
-        report = evaluate(
-            model,
-            cache,
-            distractors,
-            sizes,
-            glossary_terms,
-            progress=True,
-            precision=args.precision,
-            transcripts=[r.get("text", "") for r in read_manifest(args.manifest)],
-        )
+
+        def offline(manifest: Path) -> dict:
+            cache = cached(manifest, model.config.frontend, manifest.parent / "cache", args.workers)
+            return evaluate(
+                model,
+                cache,
+                distractors,
+                sizes,
+                glossary_terms,
+                progress=True,
+                precision=args.precision,
+                transcripts=[r.get("text", "") for r in read_manifest(manifest)],
+            )
+
+        report = _by_condition(offline, args.manifest, conditions)
         report["precision"] = args.precision
     except (ManifestError, FileNotFoundError, ValueError) as e:
         print(f"rasst eval: {e}", file=sys.stderr)
         return 1
     report["checkpoint"] = str(ckpt)
     report["manifest"] = str(args.manifest)
-    print(print_table(report))
+    if conditions:
+        print(condition_table(report))
+    else:
+        print(print_table(report))
     if args.out:
         save_report(report, args.out)
-        plot_recall(report, args.out.with_suffix(".png"), f"{args.manifest.parent.name}")
+        if conditions:
+            plot_conditions(report, args.out.with_suffix(".png"), args.manifest.parent.name)
+        else:
+            plot_recall(report, args.out.with_suffix(".png"), f"{args.manifest.parent.name}")
     else:
         print(json.dumps(report))
     return 0
+
+
+def _by_condition(run, manifest: Path, conditions: list[str]) -> dict:
+    """``run(manifest)``'s report, or with ``conditions`` one per condition under
+    ``by_condition`` (each on the manifest made for it by ``rasst data augment``)."""
+    if not conditions:
+        return run(manifest)
+    from .conditions import condition_manifest, parse_condition
+
+    return {
+        "by_condition": {
+            parse_condition(c).name: run(condition_manifest(manifest, c)) for c in conditions
+        },
+        "manifest": str(manifest),
+    }

@@ -431,6 +431,46 @@ def plot_recall(report: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def condition_table(report: dict) -> str:
+    """One row per acoustic condition: R@1 / R@10 at each size (offline reports), or hint
+    precision / recall (streaming reports)."""
+    conds = report["by_condition"]
+    sizes = list(next(iter(conds.values()))["sizes"])
+    streaming = "hint_recall" in next(iter(conds.values()))["sizes"][sizes[0]]
+    cols = ("P", "R") if streaming else ("R@1", "R@10")
+    keys = ("hint_precision", "hint_recall") if streaming else ("recall@1", "recall@10")
+    head = " | ".join(f"{c} @{int(s):,}" for s in sizes for c in cols)
+    lines = [f"| condition | {head} |", "|---|" + "---:|" * (len(sizes) * 2)]
+    for name, rep in conds.items():
+        cells = " | ".join(f"{rep['sizes'][s][k]:.3f}" for s in sizes for k in keys)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot_conditions(report: dict, path: Path, title: str = "") -> None:
+    """Recall@10 (or hint recall) against glossary size, one line per condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rep in report["by_condition"].items():
+        sizes = [int(s) for s in rep["sizes"]]
+        first = rep["sizes"][str(sizes[0])]
+        key = "hint_recall" if "hint_recall" in first else "recall@10"
+        ax.plot(sizes, [rep["sizes"][str(s)][key] for s in sizes], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("glossary entries")
+    ax.set_ylabel(key.replace("_", " ").replace("recall@10", "R@10"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "by acoustic condition")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def save_report(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
