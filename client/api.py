@@ -350,8 +350,8 @@ class Session:
         self.on_response = on_response
         self.responses: asyncio.Queue = asyncio.Queue()
         self._pending: dict[
-            int, tuple[bytes, float, float]
-        ] = {}  # seq -> (pcm, stream_start_s, sent_at)
+            int, tuple[bytes, float, float, bool]
+        ] = {}  # seq -> (pcm, stream_start_s, sent_at, last)
         self._next_seq = 0
         self._t_stream = 0.0
         self._outbox: asyncio.Queue | None = None
@@ -367,9 +367,11 @@ class Session:
         self._task = asyncio.create_task(self._run())
         return self
 
-    async def send(self, samples: np.ndarray) -> int:
+    async def send(self, samples: np.ndarray, last: bool = False) -> int:
         """Queue one chunk: float samples in [-1, 1], or int16, mono or ``(frames,
-        channels)``; returns its sequence number. Raises :class:`PcmError` for an array
+        channels)``; returns its sequence number. Mark the stream's final chunk ``last``:
+        the server then hears its last words with silence after them (right context that
+        a next chunk would otherwise give), and no chunk may follow. Raises :class:`PcmError` for an array
         that is not audio, and the session's error (a status, or the exception the
         ``on_response`` callback raised) once it has failed."""
         samples = as_mono_float(samples)
@@ -392,7 +394,7 @@ class Session:
             await self._window.acquire()
         seq = self._next_seq
         self._next_seq += 1
-        self._pending[seq] = (to_s16le(samples), self._t_stream, time.monotonic())
+        self._pending[seq] = (to_s16le(samples), self._t_stream, time.monotonic(), last)
         self._t_stream += len(samples) / self.o.sample_rate
         if self._outbox is not None:
             self._outbox.put_nowait(seq)
@@ -455,7 +457,9 @@ class Session:
                         if seq in self._pending:
                             yield retrieval_pb2.StreamRetrieveRequest(
                                 chunk=retrieval_pb2.AudioChunk(
-                                    sequence=seq, pcm=self._pending[seq][0]
+                                    sequence=seq,
+                                    pcm=self._pending[seq][0],
+                                    last=self._pending[seq][3],
                                 )
                             )
 

@@ -86,7 +86,7 @@ async def run_translator(
             delay = t0 + (i + 1) * options.chunk_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        seq = await session.send(chunk)
+        seq = await session.send(chunk, last=i == n_chunks - 1)
         end_s = min(len(samples), (i + 1) * hop) / sample_rate
         res: StepResult = await merger.wait_step(seq, budget_ms, end_s)
         if not realtime and not res.on_time:

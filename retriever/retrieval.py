@@ -7,6 +7,7 @@ import logging
 import time
 
 import grpc
+import numpy as np
 
 from rasst.v1 import retrieval_pb2, retrieval_pb2_grpc
 
@@ -16,6 +17,7 @@ from .rpc import Failure, FieldError, abort, shown
 from .session import (
     DEFAULT_TOP_K,
     ENCODINGS,
+    FLUSH_S,
     MIN_SEARCH_S,
     Lookback,
     SessionSpec,
@@ -189,11 +191,14 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             t_stream = spec.stream_offset_s  # stream time of the next chunk's start
             expected = spec.first_sequence
             held: list = []  # answers to chunks too short to search, in order
+            ended = False  # the last chunk has come
             while (req := await self._next(it)) is not None:
                 t_arrival = time.monotonic()
                 if req.WhichOneof("message") != "chunk":
                     raise FieldError("config", "SessionConfig is only allowed as the first message")
                 ch = req.chunk
+                if ended:
+                    raise FieldError("chunk", "no chunk may follow the one marked last")
                 if ch.sequence != expected:
                     raise FieldError(
                         "chunk.sequence",
@@ -216,9 +221,14 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                     sequence=ch.sequence, chunk_start_s=chunk_start, chunk_end_s=t_stream
                 )
                 held.append((resp, t_arrival))
-                if lookback.unsearched < MIN_SEARCH_SAMPLES:
+                pad = 0
+                if ch.last:
+                    ended = True
+                    pad = int(FLUSH_S * A.SAMPLE_RATE)
+                    lookback.push(np.zeros(pad, np.float32))
+                elif lookback.unsearched < MIN_SEARCH_SAMPLES:
                     continue  # too little new audio to search: held for the next chunk
-                async for out in self._answer(spec, lookback, t_stream, held):
+                async for out in self._answer(spec, lookback, t_stream, held, pad):
                     answered += 1
                     yield out
             # The caller has half-closed: whatever is held is searched now.
@@ -234,11 +244,14 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             if spec is not None:
                 logger.info("session %s closed after %d chunks", shown(spec.session_id), answered)
 
-    async def _answer(self, spec: SessionSpec, lookback: Lookback, t_stream: float, held: list):
-        """Search the audio not yet searched (with its look-back) and answer every held chunk
-        in order; the hits go with the last of them."""
+    async def _answer(
+        self, spec: SessionSpec, lookback: Lookback, t_stream: float, held: list, pad: int = 0
+    ):
+        """Search the audio not yet searched (with its look-back, and ``pad`` samples of
+        silence after it) and answer every held chunk in order; the hits go with the last
+        of them, their times inside the audio."""
         clip, prev = lookback.take()
-        clip_start = t_stream - len(clip) / A.SAMPLE_RATE
+        clip_start = t_stream - (len(clip) - pad) / A.SAMPLE_RATE
         result = None
         if len(clip) >= MIN_SEARCH_SAMPLES:
             fut = self._submit(
@@ -267,6 +280,8 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                 resp.dropped = result.dropped
                 if last:
                     resp.hits.extend(_hits_pb(result, spec.target_lang))
+                    for h in resp.hits:  # a window may reach into the flush's silence
+                        h.end_s = min(h.end_s, t_stream)
                     resp.timings.CopyFrom(_timings(result, t_arrival))
             else:
                 resp.glossary_version = version

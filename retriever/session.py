@@ -26,6 +26,9 @@ MAX_TOP_K = 100
 # so a flood of tiny chunks costs no more encoder time than chunks of this length.
 MIN_SEARCH_S = 0.1
 MAX_SESSION_ID_CHARS = 128
+# Silence searched after a stream's last chunk: its last words get right context, as the
+# next chunk gives them in the middle of a stream.
+FLUSH_S = 0.48
 ENCODINGS = {
     retrieval_pb2.AUDIO_ENCODING_S16LE: "s16le",
     retrieval_pb2.AUDIO_ENCODING_F32LE: "f32le",

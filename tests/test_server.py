@@ -777,3 +777,41 @@ def test_reload_with_a_damaged_checkpoint_is_invalid_argument(
     assert e.value.field_violations[0][0] == "checkpoint_path"
     assert admin.stats().model_id == before
     admin.close()
+
+
+def test_the_last_chunk_is_searched_with_silence_after_it(demo_server, tts):
+    x = tts("today we talk about the attention mechanism")
+    hop = 15360
+    chunks = [x[i : i + hop] for i in range(0, len(x), hop)]
+
+    def reqs(extra: bool):
+        yield retrieval_pb2.StreamRetrieveRequest(
+            config=retrieval_pb2.SessionConfig(
+                glossary_id="demo",
+                target_lang="de",
+                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+                sample_rate_hz=16000,
+                score_threshold=0.2,
+            )
+        )
+        for i, c in enumerate(chunks):
+            yield retrieval_pb2.StreamRetrieveRequest(
+                chunk=retrieval_pb2.AudioChunk(sequence=i, pcm=_pcm(c), last=i == len(chunks) - 1)
+            )
+        if extra:
+            yield retrieval_pb2.StreamRetrieveRequest(
+                chunk=retrieval_pb2.AudioChunk(sequence=len(chunks), pcm=_pcm(x[:1600]))
+            )
+
+    with grpc.insecure_channel(demo_server.address) as ch:
+        stub = retrieval_pb2_grpc.TermRetrievalStub(ch)
+        out = list(stub.StreamRetrieve(reqs(False), timeout=60))
+        assert [r.sequence for r in out] == list(range(len(chunks)))
+        end = len(x) / 16000
+        assert out[-1].chunk_end_s == pytest.approx(end)
+        assert all(h.end_s <= end + 1e-6 for r in out for h in r.hits)
+        assert "attention mechanism" in {h.term for r in out for h in r.hits}
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.StreamRetrieve(reqs(True), timeout=60))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "last" in e.value.details()

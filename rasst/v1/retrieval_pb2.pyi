@@ -113,12 +113,14 @@ class SessionConfig(_message.Message):
     def __init__(self, glossary_id: _Optional[str] = ..., target_lang: _Optional[str] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., chunk_s: _Optional[float] = ..., lookback_s: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., first_sequence: _Optional[int] = ..., stream_offset_s: _Optional[float] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
-    __slots__ = ("sequence", "pcm")
+    __slots__ = ("sequence", "pcm", "last")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     pcm: bytes
-    def __init__(self, sequence: _Optional[int] = ..., pcm: _Optional[bytes] = ...) -> None: ...
+    last: bool
+    def __init__(self, sequence: _Optional[int] = ..., pcm: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class StreamRetrieveRequest(_message.Message):
     __slots__ = ("config", "chunk")
