@@ -38,7 +38,7 @@ COMMANDS = {
         "server,train",
     ),
     "port-frontend": (
-        "rasst.retriever.whisper_torch",
+        "rasst.retriever.port_frontend",
         "main",
         "copy a checkpoint with its CTranslate2 front-end ported to PyTorch (for GPUs)",
         "server",

@@ -16,9 +16,9 @@ from rasst.retriever.model import (
     _package_model_dir,
     build_frontend,
 )
+from rasst.retriever.port_frontend import port_checkpoint
 from rasst.retriever.whisper_torch import (
     encode_unpadded,
-    port_checkpoint,
     read_ct2_variables,
     whisper_encoder_from_ct2,
 )
