@@ -44,7 +44,7 @@ COMMANDS = {
         "server",
     ),
     "bench": (
-        "rasst.training.bench",
+        "rasst.training.bench.cli",
         "main",
         "latency, load, index scaling and ASR baselines",
         "server,train,bench",

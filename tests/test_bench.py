@@ -8,16 +8,12 @@ import math
 import numpy as np
 import pytest
 from rasst.retriever.model import default_checkpoint_dir
-from rasst.training.bench import (
-    LOAD_MODES,
-    _hint_quality,
-    _hint_report,
-    bench_encoder,
-    bench_index,
-    bench_load,
-    bench_rpc_overhead,
-    markdown,
-)
+from rasst.training.bench.encoder import bench_encoder
+from rasst.training.bench.index import bench_index
+from rasst.training.bench.load import LOAD_MODES, bench_load
+from rasst.training.bench.quality import _hint_quality, _hint_report
+from rasst.training.bench.report import markdown
+from rasst.training.bench.rpc import bench_rpc_overhead
 
 
 def test_hint_quality_counts_delivered_hints_and_spoken_terms():
@@ -131,7 +127,7 @@ def test_encoder_part_times_batches_on_the_serving_device():
     "flag", [["--workers", "99"], ["--threads", "0"], ["--load-modes", "sometimes"]]
 )
 def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
-    from rasst.training.bench import main
+    from rasst.training.bench.cli import main
 
     assert main(["--only", "load", "--out", str(tmp_path), *flag]) == 2
     err = capsys.readouterr().err

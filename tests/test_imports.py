@@ -17,8 +17,9 @@ PACKAGES = {
 def _modules() -> dict[str, Path]:
     mods = {}
     for pkg, folder in PACKAGES.items():
-        for f in folder.glob("*.py"):
-            name = pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"
+        for f in folder.rglob("*.py"):
+            sub = ".".join(f.relative_to(folder).with_suffix("").parts)
+            name = pkg if sub == "__init__" else f"{pkg}.{sub}".removesuffix(".__init__")
             mods[name] = f
     return mods
 
