@@ -39,7 +39,7 @@ def main() -> int:
     )
     shutil.copy(SRC / "LICENSE", OUT / "LICENSE.acl6060_glossaries")
     from rasst.retriever.audio import write_wav
-    from rasst.training.data import Voice, render
+    from rasst.training.voices import Voice, render
 
     x = render(Voice("piper", "en_US-joe-medium"), TALK)
     write_wav(

@@ -172,12 +172,13 @@ def demo_server(default_checkpoint):
 @pytest.fixture(scope="session")
 def tiny_corpus_texts(tmp_path_factory):
     """A two-utterance manifest (real espeak speech, exact term spans) and its texts."""
-    from rasst.training import data as D
+    from rasst.training import synthesis as S
+    from rasst.training import voices as V
 
     out = tmp_path_factory.mktemp("texts")
-    voices = D.training_voices(0, n=1)
-    D.synthesize(
-        D.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "tx"), out, workers=1
+    voices = V.training_voices(0, n=1)
+    S.synthesize(
+        S.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "tx"), out, workers=1
     )
     manifest = out / "manifest.jsonl"
     texts = [json.loads(line)["text"] for line in manifest.read_text().splitlines() if line]

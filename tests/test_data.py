@@ -7,25 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rasst.retriever import audio as A
-from rasst.training import data as D
+from rasst.training import manifests as M
+from rasst.training import synthesis as S
+from rasst.training import terms as T
+from rasst.training import voices as V
 
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    voices = D.training_voices(0, n=2) + [
-        D.Voice("festival", "ked_diphone", 100),
-        D.Voice("flite", "slt"),
+    voices = V.training_voices(0, n=2) + [
+        V.Voice("festival", "ked_diphone", 100),
+        V.Voice("flite", "slt"),
     ]
-    specs = D.plan(
+    specs = S.plan(
         ["attention mechanism", "semantic parsing", "pembrolizumab", "NLP"],
         voices,
         2,
         seed=1,
         augment_prob=0.0,
         prefix="t",
-    ) + D.plan(["semantic parsing"], [D.Voice("kokoro", "jf_alpha+jm_kumo", 110)], 1, 2, 0.0, "k")
-    manifest = D.synthesize(specs, out, workers=1, desc="test")
+    ) + S.plan(["semantic parsing"], [V.Voice("kokoro", "jf_alpha+jm_kumo", 110)], 1, 2, 0.0, "k")
+    manifest = S.synthesize(specs, out, workers=1, desc="test")
     return out, manifest, specs
 
 
@@ -41,7 +44,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_spans_hold_the_term(tiny_corpus):
     out, manifest, specs = tiny_corpus
-    rows = D.read_manifest(manifest, check_audio=True)
+    rows = M.read_manifest(manifest, check_audio=True)
     assert len(rows) == len(specs) == 9
     assert "kokoro" in {s.voice.engine for s in specs}
     by_uid = {s.uid: s for s in specs}
@@ -55,7 +58,7 @@ def test_spans_hold_the_term(tiny_corpus):
         # rendering of the term by the same voice, sample for sample.
         assert _energy(inside) > 0.01
         spec = by_uid[Path(row["audio"]).stem]
-        alone = D.render(spec.voice, spec.term)
+        alone = V.render(spec.voice, spec.term)
         # Times are rounded to 0.1 ms (1.6 samples): allow a shift of a few samples.
         assert abs(len(alone) - (e - s)) <= 3
         best = max(_corr(x[s + d : s + d + len(alone)], alone) for d in range(-3, 4))
@@ -67,32 +70,32 @@ def test_spans_hold_the_term(tiny_corpus):
 def test_resume_skips_finished_files_and_is_deterministic(tiny_corpus):
     out, manifest, specs = tiny_corpus
     before = {p.name: p.stat().st_mtime_ns for p in (out / "wav").glob("*.wav")}
-    again = D.synthesize(specs, out, workers=1, desc="again")
+    again = S.synthesize(specs, out, workers=1, desc="again")
     after = {p.name: p.stat().st_mtime_ns for p in (out / "wav").glob("*.wav")}
     assert before == after
     assert again.read_text() == manifest.read_text()
-    assert D.plan(["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x") == D.plan(
-        ["a b", "c"], D.training_voices(0, 4), 2, 3, 0.5, "x"
+    assert S.plan(["a b", "c"], V.training_voices(0, 4), 2, 3, 0.5, "x") == S.plan(
+        ["a b", "c"], V.training_voices(0, 4), 2, 3, 0.5, "x"
     )
 
 
 def test_heldout_voices_are_other_engines():
-    train = {v.engine for v in D.training_voices(0) + D.kokoro_voices(0)}
-    held = {v.engine for v in D.heldout_voices()}
+    train = {v.engine for v in V.training_voices(0) + V.kokoro_voices(0)}
+    held = {v.engine for v in V.heldout_voices()}
     assert train == {"espeak-ng", "festival", "kokoro"}
     assert held and not (held & train)
 
 
 def test_kokoro_voice_speaks_english_at_its_speed():
-    slow, fast = D.Voice("kokoro", "jm_kumo", 90), D.Voice("kokoro", "jm_kumo", 120)
+    slow, fast = V.Voice("kokoro", "jm_kumo", 90), V.Voice("kokoro", "jm_kumo", 120)
     a, b = (
-        D.render(slow, "convolutional neural network"),
-        D.render(fast, "convolutional neural network"),
+        V.render(slow, "convolutional neural network"),
+        V.render(fast, "convolutional neural network"),
     )
     assert 0.8 < len(a) / A.SAMPLE_RATE < 3.0 and _energy(a) > 0.01
     assert len(b) < len(a)  # speed is the voice's rate in percent
     with pytest.raises(ValueError, match="unknown Kokoro style"):
-        D.render(D.Voice("kokoro", "nobody", 100), "hello")
+        V.render(V.Voice("kokoro", "nobody", 100), "hello")
 
 
 def _median_f0(x: np.ndarray) -> float:
@@ -110,19 +113,19 @@ def _median_f0(x: np.ndarray) -> float:
 
 
 def test_festival_voices_vary_pitch_and_rate():
-    voices = D.festival_voices()
+    voices = V.festival_voices()
     assert len({v.id for v in voices}) == len(voices) >= 8
     assert {v.engine for v in voices} == {"festival"}
     text = "the hippopotamus wallowed in the river"
-    low, high = (D.render(D.Voice("festival", "ked_diphone", 100, f), text) for f in (85, 160))
+    low, high = (V.render(V.Voice("festival", "ked_diphone", 100, f), text) for f in (85, 160))
     assert _median_f0(high) > 1.4 * _median_f0(low)
-    fast = D.render(D.Voice("festival", "ked_diphone", 85, 105), text)
-    slow = D.render(D.Voice("festival", "ked_diphone", 120, 105), text)
+    fast = V.render(V.Voice("festival", "ked_diphone", 85, 105), text)
+    slow = V.render(V.Voice("festival", "ked_diphone", 120, 105), text)
     assert len(slow) > 1.2 * len(fast)
     # The default voice keeps its id (corpora made before pitch existed stay valid).
-    assert D.Voice("festival", "ked_diphone", 100).id == "festival:ked_diphone:d100"
+    assert V.Voice("festival", "ked_diphone", 100).id == "festival:ked_diphone:d100"
     with pytest.raises(ValueError, match="no known F0 model"):
-        D.render(D.Voice("festival", "kal_diphone", 100, 120), text)
+        V.render(V.Voice("festival", "kal_diphone", 100, 120), text)
 
 
 def test_festival_interpreter_matches_text2wave_byte_for_byte(tmp_path):
@@ -130,27 +133,27 @@ def test_festival_interpreter_matches_text2wave_byte_for_byte(tmp_path):
     every setting an earlier request changed (rate, pitch) and for text with quotes."""
     import subprocess
 
-    f = D.Festival()
+    f = V.Festival()
     try:
         cases = [
-            (D.Voice("festival", "ked_diphone", 120, 160), "the x-ray crystallography"),
-            (D.Voice("festival", "ked_diphone", 100), 'say "hi" to o\'clock \\ now'),
-            (D.Voice("festival", "ked_diphone", 85, 85), "semantic parsing"),
-            (D.Voice("festival", "ked_diphone", 100), "semantic parsing"),
+            (V.Voice("festival", "ked_diphone", 120, 160), "the x-ray crystallography"),
+            (V.Voice("festival", "ked_diphone", 100), 'say "hi" to o\'clock \\ now'),
+            (V.Voice("festival", "ked_diphone", 85, 85), "semantic parsing"),
+            (V.Voice("festival", "ked_diphone", 100), "semantic parsing"),
             # Several sentences: split into utterances and joined, as text2wave does.
-            (D.Voice("festival", "ked_diphone", 115), "what? now! a. e. housman."),
+            (V.Voice("festival", "ked_diphone", 115), "what? now! a. e. housman."),
         ]
         for i, (voice, text) in enumerate(cases):
             ours, theirs = tmp_path / f"pipe{i}.wav", tmp_path / f"t2w{i}.wav"
-            f.synth(D._festival_settings(voice), text, str(ours))
-            settings = f"(begin {D._festival_settings(voice)})"
+            f.synth(V._festival_settings(voice), text, str(ours))
+            settings = f"(begin {V._festival_settings(voice)})"
             cmd = ["text2wave", "-eval", settings, "-o", str(theirs)]
             subprocess.run(cmd, input=text.encode(), check=True)
             assert ours.read_bytes() == theirs.read_bytes(), (voice, text)
         # A bad request fails with festival's own message; the interpreter goes on.
         with pytest.raises(RuntimeError, match="unbound variable"):
             f.synth("(voice_no_such_diphone)", "hello", str(tmp_path / "bad.wav"))
-        f.synth(D._festival_settings(cases[0][0]), "hello", str(tmp_path / "after.wav"))
+        f.synth(V._festival_settings(cases[0][0]), "hello", str(tmp_path / "after.wav"))
         assert (tmp_path / "after.wav").stat().st_size > 1000
     finally:
         f.close()
@@ -159,31 +162,31 @@ def test_festival_interpreter_matches_text2wave_byte_for_byte(tmp_path):
 def test_forked_workers_start_their_own_festival():
     from multiprocessing import get_context
 
-    here = D._festival()
+    here = V._festival()
     with get_context("fork").Pool(1) as pool:
         child_pid, child_festival = pool.apply(_festival_owner)
     assert child_pid != here.pid and child_festival == child_pid
-    assert D._festival() is here
+    assert V._festival() is here
 
 
 def _festival_owner() -> tuple[int, int]:
     import os
 
-    return os.getpid(), D._festival().pid
+    return os.getpid(), V._festival().pid
 
 
 def test_augmentation_scales_spans():
     rng = np.random.default_rng(0)
     x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
     for _ in range(20):
-        y, scale, applied = D.augment(x, rng)
+        y, scale, applied = S.augment(x, rng)
         assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
         assert abs(len(y) - len(x) * scale) <= 2
 
 
 def test_term_splits_are_disjoint():
     terms = [f"term {i}" for i in range(3000)] + ["Term 1"]
-    s = D.split_terms(terms, seed=0, dev_frac=0.05, test_frac=0.1)
+    s = T.split_terms(terms, seed=0, dev_frac=0.05, test_frac=0.1)
     lower = {k: {t.lower() for t in v} for k, v in s.items()}
     assert (
         not (lower["train"] & lower["test"])
@@ -191,16 +194,16 @@ def test_term_splits_are_disjoint():
         and not (lower["dev"] & lower["test"])
     )
     assert 200 < len(s["test"]) < 400
-    assert D.split_terms(terms, 0, 0.05, 0.1) == s
+    assert T.split_terms(terms, 0, 0.05, 0.1) == s
 
 
 def test_collected_terms_exclude_test_only_glossaries():
-    acl = D.acl_terms()
+    acl = T.acl_terms()
     assert "semantic parsing" in acl
-    terms = D.collect_terms()
+    terms = T.collect_terms()
     assert len(terms) > 50_000
     assert not ({t.lower() for t in random.Random(0).sample(terms, 20000)} & acl)
-    kinds = {D.term_kind(t) for t in terms[:5000]} | {D.term_kind(t) for t in terms[-5000:]}
+    kinds = {T.term_kind(t) for t in terms[:5000]} | {T.term_kind(t) for t in terms[-5000:]}
     assert {"word", "phrase"} <= kinds
 
 
@@ -233,8 +236,8 @@ def test_import_rejects_malformed_lines(tmp_path, tts, row, msg):
     sf.write(str(tmp_path / "slow.wav"), np.zeros(4000, np.float32), 4000)
     good = {"audio": "ok.wav", "terms": [{"term": "hello", "start": 0.0, "end": 0.3}]}
     _write(tmp_path / "m.jsonl", [good, row])
-    with pytest.raises(D.ManifestError) as e:
-        D.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
+    with pytest.raises(M.ManifestError) as e:
+        M.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
     assert "line 2" in str(e.value) and msg in str(e.value)
     assert not (tmp_path / "out" / "m.jsonl").exists()
 
@@ -255,8 +258,8 @@ def test_import_converts_a_valid_corpus(tmp_path, tts):
             }
         ],
     )
-    n = D.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
-    rows = D.read_manifest(tmp_path / "out" / "m.jsonl", check_audio=True)
+    n = M.import_corpus(tmp_path / "m.jsonl", tmp_path / "out" / "m.jsonl")
+    rows = M.read_manifest(tmp_path / "out" / "m.jsonl", check_audio=True)
     assert (
         n == 1
         and rows[0]["speaker"] == "me"
@@ -265,8 +268,8 @@ def test_import_converts_a_valid_corpus(tmp_path, tts):
 
 
 def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):
-    m = D.smoke_set(tmp_path)
-    rows = D.read_manifest(m, check_audio=True)
+    m = M.smoke_set(tmp_path)
+    rows = M.read_manifest(m, check_audio=True)
     assert len(rows) >= 5 and all(r["speaker"].startswith("human:") for r in rows)
     assert sum(len(r["terms"]) for r in rows) >= 10
 
@@ -287,9 +290,9 @@ def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_utterances(tmp_path_factory):
     out = tmp_path_factory.mktemp("cond")
-    voices = D.training_voices(0, n=1)
-    D.synthesize(
-        D.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "cd"), out, workers=1
+    voices = V.training_voices(0, n=1)
+    S.synthesize(
+        S.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "cd"), out, workers=1
     )
     return out / "manifest.jsonl"
 
@@ -313,10 +316,10 @@ def test_augment_keeps_lengths_and_spans_and_is_reproducible(two_utterances, tmp
 
     a = augment_manifest(two_utterances, spec, tmp_path / "a", seed=3)
     b = augment_manifest(two_utterances, spec, tmp_path / "b", seed=3)
-    src = D.read_manifest(two_utterances)
-    got = D.read_manifest(a)
+    src = M.read_manifest(two_utterances)
+    got = M.read_manifest(a)
     assert [r["terms"] for r in got] == [r["terms"] for r in src]
-    for r0, r1, r2 in zip(src, got, D.read_manifest(b), strict=True):
+    for r0, r1, r2 in zip(src, got, M.read_manifest(b), strict=True):
         x, y = A.load_audio(r0["audio_path"]), A.load_audio(r1["audio_path"])
         assert len(y) == len(x)
         assert not np.allclose(x, y, atol=1e-3)  # something was done
@@ -326,7 +329,7 @@ def test_augment_keeps_lengths_and_spans_and_is_reproducible(two_utterances, tmp
 def test_noise_lands_at_its_snr_and_phone_keeps_its_band(two_utterances, tmp_path):
     from rasst.training.conditions import Condition, apply
 
-    x = A.load_audio(D.read_manifest(two_utterances)[0]["audio_path"])
+    x = A.load_audio(M.read_manifest(two_utterances)[0]["audio_path"])
     rng = np.random.default_rng(0)
     for snr in (0.0, 10.0, 20.0):
         y = apply(x, Condition("noise", snr, "pink"), rng)
@@ -341,7 +344,7 @@ def test_noise_lands_at_its_snr_and_phone_keeps_its_band(two_utterances, tmp_pat
 def test_babble_is_never_a_glossary_term(two_utterances):
     from rasst.training.conditions import term_free_speech
 
-    rows = D.read_manifest(two_utterances)
+    rows = M.read_manifest(two_utterances)
     pool = term_free_speech(rows)
     for r, speech in zip(rows, pool, strict=True):
         x = A.load_audio(r["audio_path"])

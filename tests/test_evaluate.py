@@ -88,7 +88,7 @@ def test_operating_point_takes_the_most_recall_at_the_precision_target():
         raw.append([resp(0, [(f"t{k}", 0.5 + 0.04 * k), ("d", 0.6 if k < 5 else 0.3)])])
         occs.append([{"term": f"t{k}", "start": 0.1, "end": 0.6}])
     id_of = {f"t{k}": f"t{k}" for k in range(10)} | {"d": "d"}
-    played = Played([[None]] * 10, raw, occs, id_of, 9.6, 11, 0.0, -1.0)
+    played = Played([[None]] * 10, raw, occs, id_of, 9.6, 11, 0.0, -1.0, [0.96] * 10, 0)
     opt = StreamOptions()
     point = operating_point(played, opt, precision_target=0.9)
     # Above 0.6 no false hint passes: talks 3-9 (scores 0.62..0.86) are recalled, P = 1.

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 from rasst.retriever.model import DualEncoder
-from rasst.training import data as D
+from rasst.training import synthesis as S
+from rasst.training import voices as V
 from rasst.training.features import FeatureCache
 from rasst.training.loss import DualContrastiveLoss
 
@@ -32,9 +33,9 @@ TERMS = [
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
-    voices = D.training_voices(0, n=2)
-    D.synthesize(D.plan(TERMS, voices, 2, 0, 0.0, "tr"), out / "train", workers=1)  # 16 utterances
-    D.synthesize(D.plan(TERMS[:4], voices, 1, 1, 0.0, "dv"), out / "dev", workers=1)
+    voices = V.training_voices(0, n=2)
+    S.synthesize(S.plan(TERMS, voices, 2, 0, 0.0, "tr"), out / "train", workers=1)  # 16 utterances
+    S.synthesize(S.plan(TERMS[:4], voices, 1, 1, 0.0, "dv"), out / "dev", workers=1)
     (out / "terms").mkdir()
     (out / "terms" / "train.txt").write_text(
         "\n".join(TERMS + ["zebra crossing", "quantum dot", "tokenizer", "semantic role"]) + "\n"
@@ -373,7 +374,9 @@ def test_eval_by_condition_offline(tiny_corpus, tmp_path):
 
     out = tmp_path / "cond.json"
     manifest = tiny_corpus / "dev" / "manifest.jsonl"
-    args = ["eval", "--manifest", str(manifest), "--sizes", "4,6"]
+    # One worker: a forked feature pool can hang in a process that already ran a gRPC
+    # server (earlier tests here do).
+    args = ["eval", "--manifest", str(manifest), "--sizes", "4,6", "--workers", "1"]
     args += ["--distractors", str(tiny_corpus / "terms" / "train.txt")]
     assert rasst([*args, "--conditions", "clean,noise:10", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())

@@ -119,7 +119,9 @@ def data_main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     _setup()
-    from .data import ManifestError, build_corpus, import_corpus, smoke_set, write_terms
+    from .manifests import ManifestError, import_corpus, smoke_set
+    from .synthesis import build_corpus
+    from .terms import write_terms
 
     try:
         if args.cmd == "terms":
@@ -284,8 +286,8 @@ def train_main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from rasst.retriever.model import FrontendConfig, ModelConfig
 
-    from .data import read_lines
     from .features import FeatureCache, cached
+    from .terms import read_lines
     from .train import add_stages, run
 
     ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -502,7 +504,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"rasst eval: --sizes must be positive integers, got {args.sizes!r}", file=sys.stderr)
         return 2
-    from .data import ManifestError, default_distractors, read_lines
+    from .manifests import ManifestError
+    from .terms import default_distractors, read_lines
 
     conditions = [c.strip() for c in (args.conditions or "").split(",") if c.strip()]
     if conditions:
@@ -555,7 +558,6 @@ def eval_main(argv: list[str] | None = None) -> int:
     from rasst.retriever.glossary import load_file
     from rasst.retriever.model import DualEncoder, default_checkpoint_dir
 
-    from .data import read_manifest
     from .evaluate import (
         condition_table,
         evaluate,
@@ -565,6 +567,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         save_report,
     )
     from .features import cached
+    from .manifests import read_manifest
 
     try:
         ckpt = args.checkpoint or default_checkpoint_dir()

@@ -253,7 +253,7 @@ def augment_manifest(
     import soundfile as sf
     from rasst.retriever.audio import load_audio
 
-    from .data import _atomic_write, read_manifest
+    from .manifests import atomic_write_text, read_manifest
 
     cond = parse_condition(condition)
     rows = read_manifest(manifest, check_audio=True)
@@ -282,7 +282,7 @@ def augment_manifest(
         row["condition"] = cond.name
         out_rows.append(row)
     out = out_dir / "manifest.jsonl"
-    _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
     (out_dir / "condition.json").write_text(
         json.dumps(
             {"condition": condition, "name": cond.name, "seed": seed, "source": str(manifest)}

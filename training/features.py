@@ -188,7 +188,7 @@ def cached(
     speed: float = 1.0,
 ) -> FeatureCache:
     """Load the cache for a manifest, building it first when missing or stale."""
-    from .data import read_manifest
+    from .manifests import read_manifest
 
     if not 0.5 <= speed <= 2.0:
         raise ValueError(f"speed perturbation factor must be in [0.5, 2], got {speed}")

@@ -236,8 +236,8 @@ def play_manifest(
     from rasst.retriever.model import DualEncoder
     from rasst.retriever.server import create_server, drain
 
-    from .data import read_manifest
     from .evaluate import build_glossary, drop_spoken
+    from .manifests import read_manifest
 
     rows = read_manifest(manifest)
     talks = make_talks(rows, per_talk)
@@ -348,7 +348,7 @@ def calibrate_streaming(
     """Per glossary size, the threshold at which hints streamed from ``manifest`` (dev:
     unseen terms, training voices) reach ``precision_target`` with the most recall
     (``operating_point``). Sizes the terms and distractors cannot fill are skipped."""
-    from .data import read_manifest
+    from .manifests import read_manifest
 
     opt = opt or StreamOptions()
     n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
@@ -424,7 +424,7 @@ def run_streaming_eval(e: StreamEval) -> dict:
     """Stream the manifest at each glossary size; one block of figures per size."""
     from rasst.retriever.model import default_checkpoint_dir
 
-    from .data import default_distractors
+    from .terms import default_distractors
 
     ckpt_dir = e.checkpoint or default_checkpoint_dir()
     distractors = e.distractors if e.distractors is not None else default_distractors()

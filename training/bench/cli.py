@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     if "quality" in parts:
         if args.manifest.exists():
-            from ..data import default_distractors
+            from ..terms import default_distractors
 
             sizes = [1000, 10000]
             report["quality"] = bench_quality(

@@ -35,7 +35,7 @@ def device_name() -> str:
 def _bench_terms() -> list[str]:
     """Real terms for glossaries: the corpus' training terms, else the offline word lists."""
     from ..cli import DEFAULT_CORPUS
-    from ..data import default_distractors, read_lines
+    from ..terms import default_distractors, read_lines
 
     path = DEFAULT_CORPUS / "terms" / "train.txt"
     return read_lines(path) if path.exists() else default_distractors()

@@ -90,8 +90,8 @@ def bench_quality(
     from rasst.retriever.audio import load_audio
     from rasst.retriever.model import DualEncoder, _package_model_dir, build_frontend
 
-    from ..data import read_manifest
     from ..evaluate import Rescorer, build_glossary, covering_windows, prefix, ranked_entries
+    from ..manifests import read_manifest
 
     rows = read_manifest(manifest)[:limit]
     audios = [load_audio(r["audio_path"]) for r in rows]
