@@ -301,6 +301,7 @@ def two_utterances(tmp_path_factory):
     "spec",
     [
         "reverb",
+        "reverb+babble:10",
         "noise:10",
         "noise:0:brown",
         "babble:5",

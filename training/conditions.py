@@ -39,6 +39,22 @@ BABBLE_TALKERS = 3
 
 
 @dataclass(frozen=True)
+class Chain:
+    """Conditions applied one after another, e.g. ``reverb+babble:10`` (a room, then
+    talkers in it)."""
+
+    parts: tuple[Condition, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(c.name for c in self.parts)
+
+    @property
+    def kind(self) -> str:
+        return "+".join(c.kind for c in self.parts)
+
+
+@dataclass(frozen=True)
 class Condition:
     kind: str
     snr_db: float | None = None
@@ -55,9 +71,16 @@ class Condition:
         return s
 
 
-def parse_condition(spec: str) -> Condition:
+def parse_condition(spec: str) -> Condition | Chain:
     """``reverb``, ``noise:10``, ``noise:10:brown``, ``babble:5``, ``phone:alaw``,
-    ``codec:opus`` or ``clean``; raises ValueError naming what is allowed."""
+    ``codec:opus`` or ``clean``, or several joined by ``+`` (applied in that order);
+    raises ValueError naming what is allowed."""
+    if "+" in spec:
+        return Chain(tuple(_parse_one(s) for s in spec.split("+")))
+    return _parse_one(spec)
+
+
+def _parse_one(spec: str) -> Condition:
     parts = spec.strip().lower().split(":")
     kind, args = parts[0], parts[1:]
     if kind not in KINDS:
@@ -216,11 +239,15 @@ def babble(x: np.ndarray, pool: list[np.ndarray], rng: np.random.Generator) -> n
 
 def apply(
     x: np.ndarray,
-    cond: Condition,
+    cond: Condition | Chain,
     rng: np.random.Generator,
     babble_pool: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """``x`` (16 kHz float32) under ``cond``, the same length."""
+    if isinstance(cond, Chain):
+        for c in cond.parts:
+            x = apply(x, c, rng, babble_pool)
+        return x
     if cond.kind == "clean":
         return x
     if cond.kind == "reverb":
@@ -258,7 +285,7 @@ def augment_manifest(
     cond = parse_condition(condition)
     rows = read_manifest(manifest, check_audio=True)
     pool = None
-    if cond.kind == "babble":
+    if "babble" in cond.kind.split("+"):
         pool = term_free_speech(read_manifest(babble_manifest or manifest))
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +296,7 @@ def augment_manifest(
         it = tqdm(it, total=len(rows), desc=cond.name, unit="utt")
     out_rows = []
     for i, r in it:
-        rng = np.random.default_rng([seed, i, KINDS.index(cond.kind)])
+        rng = np.random.default_rng([seed, i, *(KINDS.index(k) for k in cond.kind.split("+"))])
         x = load_audio(r["audio_path"])
         others = pool
         if pool is not None and babble_manifest is None and len(pool) > 1:
