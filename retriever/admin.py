@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import logging
 import secrets
@@ -190,6 +191,21 @@ def resolve_checkpoint(path: str) -> Path:
 # --------------------------------------------------------------------------- servicer
 
 
+def _statuses(method):
+    """An admin method whose GlossaryError and Failure end the call with their status."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        try:
+            return await method(self, request, context)
+        except GlossaryError as e:
+            await abort(context, FieldError(e.field, e.message))
+        except Failure as f:
+            await abort(context, f)
+
+    return handler
+
+
 class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
     """Admin calls; the token was checked by :class:`AdminAuth` before any of these runs."""
 
@@ -228,100 +244,86 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
         pb.warnings.extend(_warnings(g))
         return pb
 
+    @_statuses
     async def PutGlossary(self, request, context):
-        try:
-            gid = validate_glossary_id(request.glossary_id)
-            if request.content:
-                fmt = FORMATS.get(request.format)
-                if fmt is None:
-                    raise FieldError(
-                        "format", "required with content: JSONL, CSV, TSV, ACL_JSON or TBX"
-                    )
-                entries = await asyncio.to_thread(parse, request.content, fmt)
-            else:
-                entries = await asyncio.to_thread(_entries_from_pb, request.entries, "entries")
-            if not entries:
-                raise FieldError("entries", "a glossary needs at least one entry")
-            async with self.s.admin_lock:
-                g = await asyncio.to_thread(self.s.store.prepare_put, gid, entries)
-                return await self._commit(context, g)
-        except GlossaryError as e:
-            await abort(context, FieldError(e.field, e.message))
-        except Failure as f:
-            await abort(context, f)
-
-    async def PatchGlossary(self, request, context):
-        try:
-            gid = validate_glossary_id(request.glossary_id)
-            upserts = await asyncio.to_thread(_entries_from_pb, request.upserts, "upserts")
-            async with self.s.admin_lock:
-                try:
-                    g = self.s.store.prepare_patch(
-                        gid, upserts, list(request.delete_ids), request.expected_version
-                    )
-                except KeyError:
-                    raise Failure(
-                        grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid}"
-                    ) from None
-                except VersionConflict as e:
-                    raise Failure(grpc.StatusCode.ABORTED, str(e)) from None
-                except LookupError as e:
-                    raise Failure(grpc.StatusCode.NOT_FOUND, str(e)) from None
-                if not g.entries:
-                    raise FieldError(
-                        "delete_ids",
-                        "the patch would leave the glossary empty; a glossary needs at least "
-                        "one entry (DeleteGlossary removes it)",
-                    )
-                return await self._commit(context, g)
-        except GlossaryError as e:
-            await abort(context, FieldError(e.field, e.message))
-        except Failure as f:
-            await abort(context, f)
-
-    async def GetGlossary(self, request, context):
-        try:
-            gid = validate_glossary_id(request.glossary_id)
-            g = self.s.store.get(gid)
-            if g is None:
-                raise Failure(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid}")
-            if not request.include_entries:
-                return _glossary_pb(g)
-            size = request.page_size or DEFAULT_PAGE_SIZE
-            if not 1 <= size <= MAX_PAGE_SIZE:
+        gid = validate_glossary_id(request.glossary_id)
+        if request.content:
+            fmt = FORMATS.get(request.format)
+            if fmt is None:
                 raise FieldError(
-                    "page_size",
-                    f"must be in [1, {MAX_PAGE_SIZE}] (0 = {DEFAULT_PAGE_SIZE}), "
-                    f"got {request.page_size}",
+                    "format", "required with content: JSONL, CSV, TSV, ACL_JSON or TBX"
                 )
-            offset = 0
-            if request.page_token:
-                version, offset = _read_page_token(request.page_token, gid)
-                if version != g.version:
-                    raise Failure(
-                        grpc.StatusCode.ABORTED,
-                        f"glossary {gid} changed from version {version} to {g.version} since "
-                        "the page token was issued; start again from the first page",
-                    )
-            pb = _glossary_pb(g, g.entries[offset : offset + size])
-            if offset + size < len(g.entries):
-                pb.next_page_token = _page_token(gid, g.version, offset + size)
-            return pb
-        except GlossaryError as e:
-            await abort(context, FieldError(e.field, e.message))
-        except Failure as f:
-            await abort(context, f)
+            entries = await asyncio.to_thread(parse, request.content, fmt)
+        else:
+            entries = await asyncio.to_thread(_entries_from_pb, request.entries, "entries")
+        if not entries:
+            raise FieldError("entries", "a glossary needs at least one entry")
+        async with self.s.admin_lock:
+            g = await asyncio.to_thread(self.s.store.prepare_put, gid, entries)
+            return await self._commit(context, g)
+
+    @_statuses
+    async def PatchGlossary(self, request, context):
+        gid = validate_glossary_id(request.glossary_id)
+        upserts = await asyncio.to_thread(_entries_from_pb, request.upserts, "upserts")
+        async with self.s.admin_lock:
+            try:
+                g = self.s.store.prepare_patch(
+                    gid, upserts, list(request.delete_ids), request.expected_version
+                )
+            except KeyError:
+                raise Failure(
+                    grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid}"
+                ) from None
+            except VersionConflict as e:
+                raise Failure(grpc.StatusCode.ABORTED, str(e)) from None
+            except LookupError as e:
+                raise Failure(grpc.StatusCode.NOT_FOUND, str(e)) from None
+            if not g.entries:
+                raise FieldError(
+                    "delete_ids",
+                    "the patch would leave the glossary empty; a glossary needs at least "
+                    "one entry (DeleteGlossary removes it)",
+                )
+            return await self._commit(context, g)
+
+    @_statuses
+    async def GetGlossary(self, request, context):
+        gid = validate_glossary_id(request.glossary_id)
+        g = self.s.store.get(gid)
+        if g is None:
+            raise Failure(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid}")
+        if not request.include_entries:
+            return _glossary_pb(g)
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise FieldError(
+                "page_size",
+                f"must be in [1, {MAX_PAGE_SIZE}] (0 = {DEFAULT_PAGE_SIZE}), "
+                f"got {request.page_size}",
+            )
+        offset = 0
+        if request.page_token:
+            version, offset = _read_page_token(request.page_token, gid)
+            if version != g.version:
+                raise Failure(
+                    grpc.StatusCode.ABORTED,
+                    f"glossary {gid} changed from version {version} to {g.version} since "
+                    "the page token was issued; start again from the first page",
+                )
+        pb = _glossary_pb(g, g.entries[offset : offset + size])
+        if offset + size < len(g.entries):
+            pb.next_page_token = _page_token(gid, g.version, offset + size)
+        return pb
 
     async def ListGlossaries(self, request, context):
         return admin_pb2.ListGlossariesResponse(
             glossaries=[_glossary_pb(g) for g in self.s.store.list()]
         )
 
+    @_statuses
     async def DeleteGlossary(self, request, context):
-        try:
-            gid = validate_glossary_id(request.glossary_id)
-        except GlossaryError as e:
-            await abort(context, FieldError(e.field, e.message))
+        gid = validate_glossary_id(request.glossary_id)
         async with self.s.admin_lock:
             ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
         if not ok:

@@ -183,3 +183,23 @@ def tiny_corpus_texts(tmp_path_factory):
     manifest = out / "manifest.jsonl"
     texts = [json.loads(line)["text"] for line in manifest.read_text().splitlines() if line]
     return manifest, texts
+
+
+def config_request(**config):
+    """The first message of a StreamRetrieve session: the demo glossary in German, s16le at
+    16 kHz, unless ``config`` says otherwise."""
+    from rasst.v1 import retrieval_pb2
+
+    fields = dict(
+        glossary_id="demo",
+        target_lang="de",
+        encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
+        sample_rate_hz=16000,
+    )
+    fields.update(config)
+    return retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**fields))
+
+
+@pytest.fixture
+def session_config():
+    return config_request

@@ -288,13 +288,8 @@ def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def two_utterances(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cond")
-    voices = V.training_voices(0, n=1)
-    S.synthesize(
-        S.plan(["attention mechanism", "bleu score"], voices, 1, 0, 0.0, "cd"), out, workers=1
-    )
-    return out / "manifest.jsonl"
+def two_utterances(tiny_corpus_texts):
+    return tiny_corpus_texts[0]
 
 
 @pytest.mark.parametrize(

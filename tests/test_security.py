@@ -396,7 +396,7 @@ def test_hostile_glossary_files_are_invalid_argument(demo_server, content, fmt, 
     c.close()
 
 
-def test_a_session_id_cannot_forge_a_log_line(demo_server, tts, caplog):
+def test_a_session_id_cannot_forge_a_log_line(demo_server, tts, caplog, session_config):
     import logging
 
     from rasst.pcm import to_s16le
@@ -405,15 +405,7 @@ def test_a_session_id_cannot_forge_a_log_line(demo_server, tts, caplog):
     forged = "x\n2026-01-01 INFO rasst.retriever.admin: admin token: accepted"
 
     def reqs():
-        yield retrieval_pb2.StreamRetrieveRequest(
-            config=retrieval_pb2.SessionConfig(
-                glossary_id="demo",
-                target_lang="de",
-                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
-                sample_rate_hz=16000,
-                session_id=forged,
-            )
-        )
+        yield session_config(session_id=forged)
         yield retrieval_pb2.StreamRetrieveRequest(
             chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=to_s16le(tts("hello")))
         )

@@ -670,20 +670,13 @@ def test_a_huge_id_is_invalid_argument_with_a_short_echo(demo_server):
     c.close()
 
 
-def test_a_chunk_after_its_glossary_is_deleted_is_not_found(demo_server, tts):
+def test_a_chunk_after_its_glossary_is_deleted_is_not_found(demo_server, tts, session_config):
     c = Client(demo_server.address, TOKEN)
     c.put_glossary("short-lived", [{"term": "bleu score", "translations": {"de": "BLEU"}}])
     x = tts("we report the bleu score")
 
     def reqs():
-        yield retrieval_pb2.StreamRetrieveRequest(
-            config=retrieval_pb2.SessionConfig(
-                glossary_id="short-lived",
-                target_lang="de",
-                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
-                sample_rate_hz=16000,
-            )
-        )
+        yield session_config(glossary_id="short-lived")
         yield retrieval_pb2.StreamRetrieveRequest(
             chunk=retrieval_pb2.AudioChunk(sequence=0, pcm=_pcm(x[:15360]))
         )
@@ -779,21 +772,13 @@ def test_reload_with_a_damaged_checkpoint_is_invalid_argument(
     admin.close()
 
 
-def test_the_last_chunk_is_searched_with_silence_after_it(demo_server, tts):
+def test_the_last_chunk_is_searched_with_silence_after_it(demo_server, tts, session_config):
     x = tts("today we talk about the attention mechanism")
     hop = 15360
     chunks = [x[i : i + hop] for i in range(0, len(x), hop)]
 
     def reqs(extra: bool):
-        yield retrieval_pb2.StreamRetrieveRequest(
-            config=retrieval_pb2.SessionConfig(
-                glossary_id="demo",
-                target_lang="de",
-                encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
-                sample_rate_hz=16000,
-                score_threshold=0.2,
-            )
-        )
+        yield session_config(score_threshold=0.2)
         for i, c in enumerate(chunks):
             yield retrieval_pb2.StreamRetrieveRequest(
                 chunk=retrieval_pb2.AudioChunk(sequence=i, pcm=_pcm(c), last=i == len(chunks) - 1)
