@@ -35,19 +35,13 @@ def _pcm(x: np.ndarray) -> bytes:
 
 def _stream(address: str, chunks: list[bytes], **cfg) -> list:
     """Run one StreamRetrieve session synchronously; return the responses."""
-    config = dict(
-        glossary_id="demo",
-        target_lang="de",
-        encoding=retrieval_pb2.AUDIO_ENCODING_S16LE,
-        sample_rate_hz=16000,
-    )
-    config.update(cfg)
+    from conftest import config_request
 
     def reqs():
-        yield retrieval_pb2.StreamRetrieveRequest(config=retrieval_pb2.SessionConfig(**config))
+        yield config_request(**cfg)
         for i, c in enumerate(chunks):
             yield retrieval_pb2.StreamRetrieveRequest(
-                chunk=retrieval_pb2.AudioChunk(sequence=config.get("first_sequence", 0) + i, pcm=c)
+                chunk=retrieval_pb2.AudioChunk(sequence=cfg.get("first_sequence", 0) + i, pcm=c)
             )
 
     with grpc.insecure_channel(address) as ch:
