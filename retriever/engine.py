@@ -19,6 +19,8 @@ import asyncio
 import copy
 import functools
 import gc
+import hashlib
+import json
 import logging
 import queue
 import threading
@@ -238,10 +240,12 @@ def embed_rows(
         if new
         else np.zeros((0, model.config.embed_dim), np.float32)
     )
-    new_prior = model.entry_prior(new_vecs) if new else None
+    new_prior = model.row_penalty(new_vecs, new_units) if new else None
     at_new = {f: i for i, f in enumerate(new)}
     units, vecs, prior = [], np.zeros((len(forms), model.config.embed_dim), np.float32), []
-    has_prior = bool(model.config.background_size) and model.config.prior_weight != 0
+    has_prior = (
+        bool(model.config.background_size) and model.config.prior_weight != 0
+    ) or model.config.length_penalty != 0
     for r, f in enumerate(forms):
         if f in at_new:
             i = at_new[f]
@@ -351,7 +355,13 @@ class Engine:
     def _embed(self, model: DualEncoder, model_id: str, g: Glossary) -> ServedGlossary:
         """Embed a version, reusing the rows its model saved for the glossary's last one,
         and save the new rows."""
-        key = model_id.rsplit("@", 1)[-1]  # the weights hash: a copied checkpoint matches
+        # The weights and every setting that shapes a row (its penalties): a copied
+        # checkpoint matches, a recalibrated one does not.
+        key = hashlib.sha256(
+            (
+                model_id.rsplit("@", 1)[-1] + json.dumps(model.config.to_dict(), sort_keys=True)
+            ).encode()
+        ).hexdigest()[:16]
         reuse = self.embeddings.load(g.glossary_id, key)
         served = embed_glossary(
             model, g, self.cfg.exact_max, precision=self.cfg.precision, model_key=key, reuse=reuse

@@ -132,6 +132,12 @@ class ModelConfig:
     prior_k: int = 10
     prior_weight: float = 0.0
     prior_ref: float = 0.0
+    # Length penalty (``row_penalty``): a spoken form of few phonemes matches more ordinary
+    # speech than a long one (most wrong hints at 10K entries were single short words);
+    # its scores lose ``length_penalty * max(0, length_ref - phonemes) / length_ref``.
+    # Chosen with the thresholds on dev streamed through the client (0 = none).
+    length_penalty: float = 0.0
+    length_ref: int = 14
 
     def __post_init__(self):
         validate_config(self)
@@ -220,6 +226,10 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"prior_weight must be in [0, 10], got {c.prior_weight}")
     if not -1.0 <= c.prior_ref <= 1.0:
         raise ValueError(f"prior_ref must be in [-1, 1], got {c.prior_ref}")
+    if not 0.0 <= c.length_penalty <= 1.0:
+        raise ValueError(f"length_penalty must be in [0, 1], got {c.length_penalty}")
+    if not 1 <= c.length_ref <= 256:
+        raise ValueError(f"length_ref must be in [1, 256] phonemes, got {c.length_ref}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -775,6 +785,19 @@ class DualEncoder(nn.Module):
             return None
         h = self.hubness(vectors)
         return (c.prior_weight * np.maximum(0.0, h - c.prior_ref)).astype(np.float32)
+
+    def row_penalty(self, vectors: np.ndarray, unit_strings: list[str]) -> np.ndarray | None:
+        """Per-row score penalty (>= 0) of glossary rows: the specificity prior of their
+        ``vectors`` plus the length penalty of their phoneme strings (``term_units``);
+        None when both are off. Serving and every evaluation subtract it from the rows'
+        scores."""
+        prior = self.entry_prior(vectors)
+        c = self.config
+        if not c.length_penalty or not len(unit_strings):
+            return prior
+        n = np.array([sum(not ch.isspace() for ch in u) for u in unit_strings], np.float32)
+        short = c.length_penalty * np.maximum(0.0, c.length_ref - n) / c.length_ref
+        return (short if prior is None else prior + short).astype(np.float32)
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:

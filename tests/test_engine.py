@@ -290,3 +290,33 @@ def test_a_term_embeds_the_same_whatever_else_is_in_the_batch(tiny_checkpoint):
     together = m.encode_terms(terms)
     alone = np.concatenate([m.encode_terms([t]) for t in terms])
     np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_a_recalibrated_checkpoint_embeds_again(tmp_path, tiny_checkpoint, monkeypatch):
+    """Saved rows carry their penalties: a checkpoint with the same weights and another
+    length penalty must not reuse them."""
+    import json
+    import shutil
+
+    from rasst.retriever.model import DualEncoder
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["length_penalty"] = 0.2
+    (other / "config.json").write_text(json.dumps(cfg))
+    e = Engine(GlossaryStore(tmp_path / "data"), EngineConfig(workers=1))
+    e.load_model(tiny_checkpoint)
+    e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "bleu"}, "e")]))
+    assert e.snapshot.glossaries["g"].rows.prior is None
+    encoded = []
+    real = DualEncoder.encode_units
+    monkeypatch.setattr(
+        DualEncoder,
+        "encode_units",
+        lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
+    )
+    e.load_model(other)
+    assert sum(encoded) == 1
+    assert e.snapshot.glossaries["g"].rows.prior[0] > 0
+    e.close()

@@ -172,3 +172,16 @@ def _default_ckpt():
     from rasst.retriever.model import default_checkpoint_dir
 
     return default_checkpoint_dir()
+
+
+def test_replay_subtracts_a_penalty_before_the_threshold():
+    from rasst.training.streaming_eval import replay
+
+    from rasst.v1 import retrieval_pb2
+
+    r = retrieval_pb2.StreamRetrieveResponse(sequence=0, chunk_end_s=0.96)
+    r.hits.add(entry_id="short", term="x", score=0.6, start_s=0.1, end_s=0.5)
+    r.hits.add(entry_id="long", term="y", score=0.6, start_s=0.1, end_s=0.5)
+    (step,) = replay([r], 1, 0.96, 1.92, 0.5, {"short": 0.2})
+    assert step.fresh == ["long"]
+    assert r.hits[0].score == pytest.approx(0.6)  # the recording is left as it was

@@ -220,3 +220,19 @@ def test_window_layout_is_cached_but_each_caller_gets_its_own_copy(default_check
     a = model.windows(144)
     a[:] = 0
     assert model.windows(144).any()
+
+
+def test_row_penalty_adds_a_length_penalty_on_phonemes(tiny_checkpoint):
+    import dataclasses
+
+    from rasst.retriever.model import DualEncoder
+
+    m = DualEncoder.from_pretrained(tiny_checkpoint)
+    vecs = np.zeros((3, m.config.embed_dim), np.float32)
+    units = ["a b", "abcdef", "abcdefghijklmn"]  # 2, 6 and 14 phonemes
+    assert m.row_penalty(vecs, units) is None  # off
+    m.config = dataclasses.replace(m.config, length_penalty=0.2, length_ref=12)
+    p = m.row_penalty(vecs, units)
+    np.testing.assert_allclose(p, [0.2 * 10 / 12, 0.2 * 6 / 12, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="length_penalty must be in"):
+        dataclasses.replace(m.config, length_penalty=2.0)

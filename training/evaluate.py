@@ -156,7 +156,7 @@ def encode_occurrences(
 
 
 def prefix(prior: np.ndarray | None, size: int) -> np.ndarray | None:
-    """The rows of a nested glossary's prior (``DualEncoder.entry_prior``) for its first
+    """The rows of a nested glossary's prior (``DualEncoder.row_penalty``) for its first
     ``size`` entries."""
     return None if prior is None else prior[:size]
 
@@ -289,7 +289,7 @@ def evaluate(
     unit_strings = model.term_units(biggest)
     vecs = model.encode_units(unit_strings, progress=progress)
     rescorer = Rescorer.of(model, unit_strings)
-    prior = model.entry_prior(vecs)
+    prior = model.row_penalty(vecs, unit_strings)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
         report["sizes"][str(size)] = retrieval_metrics(
@@ -337,7 +337,7 @@ def calibrate_thresholds(
     unit_strings = model.term_units(biggest)
     vecs = model.encode_units(unit_strings)
     rescorer = Rescorer.of(model, unit_strings)
-    prior = model.entry_prior(vecs)
+    prior = model.row_penalty(vecs, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(biggest)}
     spoken: dict[int, set[int]] = {}
     for u, t in zip(occ.occ_utt, occ.terms, strict=True):

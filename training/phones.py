@@ -257,7 +257,9 @@ def tune_rescore_weight(
     glossary = build_glossary(terms, distractors, min(size, len(terms) + len(distractors)))
     unit_strings = model.term_units(glossary)
     vecs = model.encode_units(unit_strings)
-    index = TermIndex(vecs, np.arange(len(glossary)), row_prior=model.entry_prior(vecs))
+    index = TermIndex(
+        vecs, np.arange(len(glossary)), row_prior=model.row_penalty(vecs, unit_strings)
+    )
     rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
     found = [

@@ -157,6 +157,14 @@ async def _play(
     return results, raw
 
 
+def _penalised(resp, penalty: dict[str, float]):
+    out = type(resp)()
+    out.CopyFrom(resp)
+    for h in out.hits:
+        h.score -= penalty.get(h.entry_id, 0.0)
+    return out
+
+
 @dataclass
 class _Replayed:
     step: int
@@ -165,11 +173,19 @@ class _Replayed:
 
 
 def replay(
-    responses: list, n_steps: int, chunk_s: float, lookback_s: float, threshold: float
+    responses: list,
+    n_steps: int,
+    chunk_s: float,
+    lookback_s: float,
+    threshold: float,
+    penalty: dict[str, float] | None = None,
 ) -> list[_Replayed]:
-    """Re-merge recorded responses at another threshold, each arriving in its own step."""
+    """Re-merge recorded responses at another threshold, each arriving in its own step;
+    ``penalty`` (entry id -> score penalty) is subtracted from the recorded scores first."""
     m = HintMerger(MergerOptions(ttl_s=chunk_s + lookback_s, min_score=threshold))
     by_seq = {r.sequence: r for r in responses}
+    if penalty:
+        by_seq = {k: _penalised(r, penalty) for k, r in by_seq.items()}
     out = []
     for i in range(n_steps):
         resp = by_seq.get(i)
@@ -305,28 +321,36 @@ def play_manifest(
     )
 
 
-def rescore_at(played: Played, opt: StreamOptions, threshold: float) -> dict:
+def rescore_at(
+    played: Played, opt: StreamOptions, threshold: float, penalty: dict[str, float] | None = None
+) -> dict:
     """Hint precision / recall / F1 had the merger kept hints at ``threshold`` (the recorded
-    responses replayed, each arriving in its own step: no new audio)."""
+    responses replayed, each arriving in its own step: no new audio), with ``penalty``
+    subtracted from each entry's recorded scores."""
     replayed = [
-        replay(r, len(rec), opt.chunk, opt.lookback, float(threshold))
+        replay(r, len(rec), opt.chunk, opt.lookback, float(threshold), penalty)
         for r, rec in zip(played.raw, played.records, strict=True)
     ]
     return score(replayed, played.occs, opt.chunk, opt.lookback, played.id_of)
 
 
 def operating_point(
-    played: Played, opt: StreamOptions, precision_target: float = 0.9, step: float = 0.005
+    played: Played,
+    opt: StreamOptions,
+    precision_target: float = 0.9,
+    step: float = 0.005,
+    penalty: dict[str, float] | None = None,
 ) -> dict:
     """The threshold with the most hint recall at ``precision_target`` or above (the
-    best-F1 one when none reaches it), searched on a grid over the recorded scores."""
+    best-F1 one when none reaches it), searched on a grid over the recorded scores (less
+    ``penalty``)."""
     scores = [h.score for rs in played.raw for r in rs for h in r.hits]
     if not scores:
         raise ValueError("no hits were recorded: nothing to calibrate")
     lo, hi = np.floor(min(scores) / step) * step, np.ceil(max(scores) / step) * step
     best_p = best_f = None
     for t in np.arange(lo, hi + step, step):
-        m = {"threshold": round(float(t), 4), **rescore_at(played, opt, float(t))}
+        m = {"threshold": round(float(t), 4), **rescore_at(played, opt, float(t), penalty)}
         if m["hint_precision"] >= precision_target and (
             best_p is None or m["hint_recall"] > best_p["hint_recall"]
         ):
@@ -337,37 +361,82 @@ def operating_point(
     return {**chosen, "rule": "recall at precision" if best_p else "best F1"}
 
 
+# The hint precision the served threshold must reach at each glossary size (the smallest
+# listed size at or above a glossary's applies; 0.9 beyond): a bigger glossary offers more
+# near misses, and most users of one trade a little precision for recall.
+PRECISION_TARGETS = ((1000, 0.92), (10_000, 0.90), (100_000, 0.85))
+LENGTH_PENALTIES = (0.0, 0.1, 0.2, 0.3)  # candidates, chosen on dev with the thresholds
+LENGTH_REF = 12  # phonemes: forms shorter than this are penalised
+
+
+def precision_target_for(size: int) -> float:
+    return next((p for n, p in PRECISION_TARGETS if size <= n), 0.9)
+
+
+def length_penalty_of(model, terms: list[str], weight: float, ref: int = LENGTH_REF) -> list:
+    """The length penalty of each term (``DualEncoder.row_penalty``'s length part)."""
+    units = model.term_units(terms)
+    return [weight * max(0, ref - sum(not ch.isspace() for ch in u)) / ref for u in units]
+
+
 def calibrate_streaming(
     checkpoint,
     manifest,
     distractors: list[str],
     sizes: tuple[int, ...],
-    precision_target: float = 0.9,
     opt: StreamOptions | None = None,
-) -> list[dict]:
-    """Per glossary size, the threshold at which hints streamed from ``manifest`` (dev:
-    unseen terms, training voices) reach ``precision_target`` with the most recall
-    (``operating_point``). Sizes the terms and distractors cannot fill are skipped."""
+    length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
+) -> tuple[list[dict], float]:
+    """The served operating point, from ``manifest`` (dev: unseen terms, training voices)
+    streamed once per glossary size through the real client: per size, the threshold with
+    the most hint recall at that size's precision target (``PRECISION_TARGETS``;
+    ``operating_point``), and one length penalty for every size, the candidate with the
+    most recall on average. The checkpoint is played without a length penalty; each
+    candidate's is subtracted from the recorded scores. Sizes the terms and distractors
+    cannot fill are skipped. Returns (points per size, the chosen length penalty)."""
+    from rasst.retriever.model import DualEncoder
+
     from .manifests import read_manifest
 
     opt = opt or StreamOptions()
+    model = DualEncoder.from_pretrained(checkpoint)
+    if model.config.length_penalty:
+        raise ValueError(f"{checkpoint} has a length penalty: calibrate it without one")
     n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
-    out = []
+    by_weight: dict[float, list[dict]] = {w: [] for w in length_penalties}
     for size in sorted(set(sizes)):
         if size > n_terms + len(distractors):
             continue
         played = play_manifest(manifest, checkpoint, distractors, size, opt, -1.0)
-        point = operating_point(played, opt, precision_target)
-        out.append({**point, "glossary_size": played.glossary_size})
+        terms = list(played.id_of)
+        target = precision_target_for(played.glossary_size)
+        for w in length_penalties:
+            penalty = None
+            if w:
+                pen = length_penalty_of(model, terms, w)
+                penalty = {played.id_of[t]: p for t, p in zip(terms, pen, strict=True)}
+            point = operating_point(played, opt, target, penalty=penalty)
+            by_weight[w].append(
+                {**point, "glossary_size": played.glossary_size, "precision_target": target}
+            )
+    if not any(by_weight.values()):
+        return [], 0.0
+    best = max(
+        length_penalties,
+        key=lambda w: (np.mean([p["hint_recall"] for p in by_weight[w]]), -w),
+    )
+    for p in by_weight[best]:
         logger.info(
-            "streaming calibration at %d entries: threshold %.4f, P %.3f R %.3f (%s)",
-            played.glossary_size,
-            point["threshold"],
-            point["hint_precision"],
-            point["hint_recall"],
-            point["rule"],
+            "streaming calibration at %d entries, length penalty %.2f: threshold %.4f, "
+            "P %.3f R %.3f (%s)",
+            p["glossary_size"],
+            best,
+            p["threshold"],
+            p["hint_precision"],
+            p["hint_recall"],
+            p["rule"],
         )
-    return out
+    return by_weight[best], float(best)
 
 
 @dataclass

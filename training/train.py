@@ -33,7 +33,7 @@ from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
 from .prior import PriorConfig, fit_prior
-from .streaming_eval import calibrate_streaming
+from .streaming_eval import LENGTH_REF, calibrate_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -492,16 +492,24 @@ def finish(
     phone_history = metrics.pop("phone_history", None)
     model.save_pretrained(out_dir, metrics=metrics)
     if calibrate_sizes and dev_manifest is not None:
-        stream = calibrate_streaming(out_dir, dev_manifest, distractors, calibrate_sizes)
+        if model.config.length_penalty:  # calibrated again from a model without one
+            model.config = replace(model.config, length_penalty=0.0)
+            model.save_pretrained(out_dir, metrics=metrics)
+        stream, length_penalty = calibrate_streaming(
+            out_dir, dev_manifest, distractors, calibrate_sizes
+        )
         for prev, cur in zip(stream, stream[1:], strict=False):
             cur["threshold"] = max(cur["threshold"], prev["threshold"])  # as the offline ones
         if stream:
             metrics["streaming_calibration"] = stream
+            metrics["length_penalty"] = length_penalty
             first = next((c for c in stream if c["glossary_size"] == calibrate_sizes[0]), stream[0])
             model.config = replace(
                 model.config,
                 threshold=first["threshold"],
                 thresholds=tuple((c["glossary_size"], c["threshold"]) for c in stream),
+                length_penalty=length_penalty,
+                length_ref=LENGTH_REF,
             )
             model.save_pretrained(out_dir, metrics=metrics)
     if phone_history:

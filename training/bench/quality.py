@@ -106,7 +106,7 @@ def bench_quality(
     fe = build_frontend(model.config.frontend, threads=1)
     unit_strings = model.term_units(glossary)
     term_vecs = model.encode_units(unit_strings)
-    prior = model.entry_prior(term_vecs)
+    prior = model.row_penalty(term_vecs, unit_strings)
     from rasst.retriever.index import TermIndex
     from rasst.retriever.scoring import RANK_ALL, score_entries
 
