@@ -118,7 +118,7 @@ class ModelConfig:
     rescore_weight: float = 0.1
     # Candidates (entries above the threshold, best cosine first) rescored per query. At
     # 100K entries the spoken term is among the best 64 / 128 / 256 by cosine for 0.91 /
-    # 0.94 / 0.96 of held-out occurrences (README, second stage).
+    # 0.94 / 0.96 of held-out occurrences.
     rescore_top: int = 256
     # Frames added on each side of a candidate's window before aligning its phonemes (a
     # window may cut a term short; 15 did as well as the whole clip, 3 lost 0.03 R@10).
@@ -163,7 +163,7 @@ class ModelConfig:
         d = dict(d)
         d["frontend"] = FrontendConfig(**d.get("frontend", {}))
         if d.get("phone_hidden") and "phone_kind" not in d:
-            d["phone_kind"] = "gru"  # the first phone heads (2026-11-26) were BiGRUs
+            d["phone_kind"] = "gru"  # configs without the key come from BiGRU phone heads
         if "pool_thirds" in d and "pool_segments" not in d:
             d["pool_segments"] = 3 if d.pop("pool_thirds") else 0
         for key in ("text_vocab", "window_frames"):

@@ -124,7 +124,13 @@ def test_encoder_part_times_batches_on_the_serving_device():
 
 
 @pytest.mark.parametrize(
-    "flag", [["--workers", "99"], ["--threads", "0"], ["--load-modes", "sometimes"]]
+    "flag",
+    [
+        ["--workers", "99"],
+        ["--threads", "0"],
+        ["--load-modes", "sometimes"],
+        ["--load-entries", "0"],
+    ],
 )
 def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
     from rasst.training.bench.cli import main

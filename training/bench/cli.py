@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget per chunk")
     p.add_argument(
+        "--load-entries",
+        type=int,
+        default=10_000,
+        help="glossary entries in the load test (default 10000)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -97,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             validate_config(ServerConfig(threads=args.threads, workers=args.workers))
         except ValueError as e:
             print(f"rasst bench: --{e}", file=sys.stderr)
+            return 2
+        if not 1 <= args.load_entries <= 2_000_000:
+            print(
+                f"rasst bench: --load-entries must be in [1, 2000000], got {args.load_entries}",
+                file=sys.stderr,
+            )
             return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in (args.streams or ("1,4,8" if args.quick else "1,2,4,8,16,32")).split(",")
         ]
         seconds = args.seconds or (8.0 if args.quick else 30.0)
-        report["load_glossary"] = 10_000
+        report["load_glossary"] = args.load_entries
         report["load_threads"] = args.threads
         report["load_workers"] = resolve_workers(args.workers, device, args.threads)
         report["load_precision"] = args.precision
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 talk,
                 streams,
                 seconds,
-                10_000,
+                args.load_entries,
                 args.budget_ms,
                 modes,
                 args.threads,
