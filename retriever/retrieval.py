@@ -145,7 +145,10 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         """The stream's next message, None at its end; Failure after idle_timeout_s."""
         idle = self.s.config.idle_timeout_s
         try:
-            return await asyncio.wait_for(it.__anext__(), idle)
+            # In the handler's own task (no wait_for task): grpc expects a call's reads
+            # there, and a read from another task can end the call with INTERNAL.
+            async with asyncio.timeout(idle):
+                return await it.__anext__()
         except StopAsyncIteration:
             return None
         except TimeoutError:
