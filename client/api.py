@@ -20,7 +20,7 @@ import numpy as np
 
 # PcmError is re-exported: Client.retrieve and Session.send raise it for arrays that are
 # not audio.
-from rasst.pcm import SAMPLE_RATE, PcmError, as_mono_float, to_s16le  # noqa: F401
+from rasst.pcm import CHUNK_S, LOOKBACK_S, SAMPLE_RATE, PcmError, as_mono_float, to_s16le  # noqa: F401
 from rasst.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,8 @@ class SessionOptions:
     target_lang: str
     top_k: int = 10
     score_threshold: float | None = None
-    chunk_s: float = 0.96
-    lookback_s: float = 1.92
+    chunk_s: float = CHUNK_S
+    lookback_s: float = LOOKBACK_S
     deadline_ms: int = 1000
     sample_rate: int = SAMPLE_RATE
     session_id: str = ""

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from rasst.pcm import CHUNK_S, LOOKBACK_S
+
 from .api import AudioFileError, RasstError, Session, SessionOptions, make_channel, read_audio
 from .merger import HintMerger, MergerOptions, PromptBuilder, StepResult
 
@@ -167,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--glossary", required=True, help="glossary id")
     p.add_argument("--lang", required=True, help="target language, e.g. de")
-    p.add_argument("--chunk", type=float, default=0.96, help="chunk length in seconds")
-    p.add_argument("--lookback", type=float, default=1.92)
+    p.add_argument("--chunk", type=float, default=CHUNK_S, help="chunk length in seconds")
+    p.add_argument("--lookback", type=float, default=LOOKBACK_S)
     p.add_argument(
         "--budget-ms", type=float, default=80.0, help="how long each step may wait for its hints"
     )

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rasst.pcm import CHUNK_S, LOOKBACK_S
+
 from .audio import SAMPLE_RATE
 from .config import EngineConfig, resolve_device, resolve_workers, validate_config
 from .embeddings import EmbeddingStore, Rows
@@ -54,10 +56,10 @@ from .model import (
 from .scoring import score_entries
 
 logger = logging.getLogger(__name__)
-# The clip lengths of a default session: its first chunk (0.96 s), then with 0.96 s and
-# then 1.92 s of look-back. Each new length is a new input shape, whose first run on a GPU
-# selects kernels (~100 ms on an H200): no live chunk should pay for that.
-WARM_UP_CLIPS_S = (0.96, 1.92, 2.88)
+# The clip lengths of a default session: its first chunk, then with one chunk and then
+# the whole look-back before it. Each new length is a new input shape, whose first run on
+# a GPU selects kernels (~100 ms on an H200): no live chunk should pay for that.
+WARM_UP_CLIPS_S = (CHUNK_S, CHUNK_S + CHUNK_S, CHUNK_S + LOOKBACK_S)  # 0.96, 1.92, 2.88 s
 # The largest GPU batch (clips of one length) warmed up before serving.
 WARM_UP_MAX_BATCH = 256
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rasst.retriever.config import PRECISIONS
 
+from rasst.pcm import CHUNK_S, LOOKBACK_S
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = Path("data/corpus")
@@ -452,8 +454,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--lang", default="de")
     p.add_argument("--budget-ms", type=float, default=100.0)
-    p.add_argument("--chunk", type=float, default=0.96)
-    p.add_argument("--lookback", type=float, default=1.92)
+    p.add_argument("--chunk", type=float, default=CHUNK_S)
+    p.add_argument("--lookback", type=float, default=LOOKBACK_S)
     p.add_argument(
         "--size",
         type=int,

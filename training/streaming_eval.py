@@ -26,6 +26,8 @@ from rasst.client.api import Client, SessionOptions, make_channel
 from rasst.client.merger import HintMerger, MergerOptions
 from rasst.client.translate import run_translator
 
+from rasst.pcm import CHUNK_S, LOOKBACK_S
+
 logger = logging.getLogger(__name__)
 
 TALK_UTTERANCES = 10
@@ -202,8 +204,8 @@ class StreamOptions:
     """How a manifest is played (``rasst eval --streaming``'s flags)."""
 
     lang: str = "de"
-    chunk: float = 0.96
-    lookback: float = 1.92
+    chunk: float = CHUNK_S
+    lookback: float = LOOKBACK_S
     budget_ms: float = 100.0
     realtime: bool = False
     # In-process server only:
