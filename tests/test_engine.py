@@ -260,18 +260,11 @@ def test_a_patch_embeds_only_new_forms_and_a_restart_none(tmp_path, tiny_checkpo
 
 def test_another_model_embeds_again(tmp_path, tiny_checkpoint, default_checkpoint, monkeypatch):
     from rasst.retriever.engine import embed_glossary
-    from rasst.retriever.model import DualEncoder
 
     e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
     e.load_model(tiny_checkpoint)
     e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "attention mechanism"}, "e")]))
-    encoded = []
-    real = DualEncoder.encode_units
-    monkeypatch.setattr(
-        DualEncoder,
-        "encode_units",
-        lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
-    )
+    encoded = _count_encoded(monkeypatch)
     e.load_model(default_checkpoint)
     assert sum(encoded) == 1
     # A model with a prior keeps each row's penalty beside its vector, reused by a patch.
@@ -298,8 +291,6 @@ def test_a_recalibrated_checkpoint_embeds_again(tmp_path, tiny_checkpoint, monke
     import json
     import shutil
 
-    from rasst.retriever.model import DualEncoder
-
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other)
     cfg = json.loads((other / "config.json").read_text())
@@ -309,14 +300,22 @@ def test_a_recalibrated_checkpoint_embeds_again(tmp_path, tiny_checkpoint, monke
     e.load_model(tiny_checkpoint)
     e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "bleu"}, "e")]))
     assert e.snapshot.glossaries["g"].rows.prior is None
-    encoded = []
+    encoded = _count_encoded(monkeypatch)
+    e.load_model(other)
+    assert sum(encoded) == 1
+    assert e.snapshot.glossaries["g"].rows.prior[0] > 0
+    e.close()
+
+
+def _count_encoded(monkeypatch) -> list[int]:
+    """From now on, how many term strings each ``encode_units`` call embeds."""
+    from rasst.retriever.model import DualEncoder
+
+    encoded: list[int] = []
     real = DualEncoder.encode_units
     monkeypatch.setattr(
         DualEncoder,
         "encode_units",
         lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
     )
-    e.load_model(other)
-    assert sum(encoded) == 1
-    assert e.snapshot.glossaries["g"].rows.prior[0] > 0
-    e.close()
+    return encoded
