@@ -56,6 +56,11 @@ def _timings(result: Result, t_arrival: float) -> retrieval_pb2.ServerTimings:
     )
 
 
+def _gone(glossary_id: str) -> Failure:
+    """NOT_FOUND for a glossary deleted after the call checked it."""
+    return Failure(grpc.StatusCode.NOT_FOUND, f"glossary {shown(glossary_id)} no longer exists")
+
+
 def _decode_clip(r: retrieval_pb2.RetrieveRequest):
     if not r.HasField("audio"):
         raise FieldError("audio", "required")
@@ -86,9 +91,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         except EngineNotReady as e:
             raise Failure(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         except UnknownGlossary:
-            raise Failure(
-                grpc.StatusCode.NOT_FOUND, f"glossary {shown(glossary_id)} no longer exists"
-            ) from None
+            raise _gone(glossary_id) from None
 
     @staticmethod
     async def _await(fut):
@@ -270,10 +273,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         else:
             served = self.s.engine.snapshot.glossaries.get(spec.glossary_id)
             if served is None:
-                raise Failure(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"glossary {shown(spec.glossary_id)} no longer exists",
-                )
+                raise _gone(spec.glossary_id)
             version = served.glossary.version
         answers, held[:] = list(held), []
         for i, (resp, t_arrival) in enumerate(answers):

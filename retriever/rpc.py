@@ -54,34 +54,26 @@ class FieldError(Failure):
 
 
 async def abort(context, failure: Failure):
-    """End the call with the failure's status (BadRequest details for a field error)."""
+    """End the call with the failure's status; a field error carries a
+    ``google.rpc.BadRequest`` naming the field."""
     message = failure.message[:MAX_MESSAGE_CHARS]
+    trailing: tuple = ()
     if isinstance(failure, FieldError):
-        await abort_invalid(context, failure.field, failure.description)
-    await context.abort(failure.code, message)
-
-
-async def abort_invalid(context, field_name: str, description: str):
-    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field."""
-    field_name, description = field_name[:MAX_ECHO_CHARS], description[:MAX_MESSAGE_CHARS]
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=field_name, description=description
-                )
-            ]
+        field, description = failure.field[:MAX_ECHO_CHARS], failure.description
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=field, description=description[:MAX_MESSAGE_CHARS]
+                    )
+                ]
+            )
         )
-    )
-    st = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[detail]
-    )
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        st.message,
-        trailing_metadata=rpc_status.to_status(st).trailing_metadata,
-    )
+        message = f"{field}: {description}"[:MAX_MESSAGE_CHARS]
+        st = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+        trailing = rpc_status.to_status(st).trailing_metadata
+    await context.abort(failure.code, message, trailing_metadata=trailing)
 
 
 def _parse(cls, data: bytes):
