@@ -245,9 +245,7 @@ def embed_rows(
     new_prior = model.row_penalty(new_vecs, new_units) if new else None
     at_new = {f: i for i, f in enumerate(new)}
     units, vecs, prior = [], np.zeros((len(forms), model.config.embed_dim), np.float32), []
-    has_prior = (
-        bool(model.config.background_size) and model.config.prior_weight != 0
-    ) or model.config.length_penalty != 0
+    has_prior = model.penalises_rows
     for r, f in enumerate(forms):
         if f in at_new:
             i = at_new[f]

@@ -786,6 +786,12 @@ class DualEncoder(nn.Module):
         h = self.hubness(vectors)
         return (c.prior_weight * np.maximum(0.0, h - c.prior_ref)).astype(np.float32)
 
+    @property
+    def penalises_rows(self) -> bool:
+        """Whether ``row_penalty`` gives anything (a prior or a length penalty)."""
+        c = self.config
+        return bool(c.background_size and c.prior_weight) or bool(c.length_penalty)
+
     def row_penalty(self, vectors: np.ndarray, unit_strings: list[str]) -> np.ndarray | None:
         """Per-row score penalty (>= 0) of glossary rows: the specificity prior of their
         ``vectors`` plus the length penalty of their phoneme strings (``term_units``);
