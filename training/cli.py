@@ -222,6 +222,15 @@ def train_main(argv: list[str] | None = None) -> int:
         "training utterance played that much faster (tempo and pitch)",
     )
     p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="train also on K augmented copies of every training utterance, each utterance "
+        "under its own draw of reverb, noise, babble, telephone band or codec at 0-20 dB SNR "
+        "(see rasst data augment)",
+    )
+    p.add_argument(
         "--frontend-path",
         default="",
         help="a CTranslate2 Whisper model directory instead of the packaged tiny.en",
@@ -284,6 +293,9 @@ def train_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if not 0 <= args.augment <= 8:
+        print(f"rasst train: --augment must be in [0, 8], got {args.augment}", file=sys.stderr)
+        return 2
     _setup(args.threads)
     import torch.distributed as dist
     from rasst.retriever.model import FrontendConfig, ModelConfig
@@ -317,6 +329,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
         def caches(workers: int):
             train = [cached(train_m, fe, cache_dir, workers, f) for f in [1.0, *speeds]]
+            train += [
+                cached(train_m, fe, cache_dir, workers, augment=k)
+                for k in range(1, args.augment + 1)
+            ]
             train_c = train[0] if len(train) == 1 else FeatureCache.concat(train)
             return train_c, cached(dev_m, fe, cache_dir, workers)
 

@@ -265,6 +265,41 @@ def apply(
     raise ValueError(f"unknown condition {cond.kind!r}")
 
 
+# The training mix: every augmented copy of a training utterance draws one of these, SNRs
+# uniform in [0, 20] dB, so the model hears each room at many levels. Weights sum to 1.
+TRAIN_MIX = (
+    ("reverb", 0.15),
+    ("noise", 0.20),
+    ("babble", 0.25),
+    ("reverb+babble", 0.15),
+    ("reverb+noise", 0.05),
+    ("phone", 0.10),
+    ("codec", 0.10),
+)
+TRAIN_SNR_DB = (0.0, 20.0)
+
+
+def training_condition(rng: np.random.Generator) -> Condition | Chain:
+    """One draw from ``TRAIN_MIX``: kind by weight, then its SNR, noise colour, companding
+    law or codec."""
+    kinds = [k for k, _ in TRAIN_MIX]
+    kind = kinds[int(rng.choice(len(kinds), p=[w for _, w in TRAIN_MIX]))]
+    parts = []
+    for k in kind.split("+"):
+        snr = round(float(rng.uniform(*TRAIN_SNR_DB)), 1)
+        if k == "noise":
+            parts.append(Condition(k, snr, NOISE_COLORS[int(rng.integers(len(NOISE_COLORS)))]))
+        elif k == "babble":
+            parts.append(Condition(k, snr))
+        elif k == "phone":
+            parts.append(Condition(k, None, list(LAWS)[int(rng.integers(len(LAWS)))]))
+        elif k == "codec":
+            parts.append(Condition(k, None, ("vorbis", "opus")[int(rng.integers(2))]))
+        else:
+            parts.append(Condition(k))
+    return parts[0] if len(parts) == 1 else Chain(tuple(parts))
+
+
 def augment_manifest(
     manifest: Path,
     condition: str,

@@ -94,15 +94,18 @@ class FeatureCache:
 
 _FRONTEND = None
 _SPEED = 1.0
+_AUGMENT = 0  # which augmented copy (0: the audio as it is)
+_BABBLE: list[np.ndarray] | None = None  # term-free speech for babble (augmented copies)
 
 
-def _init(cfg_dict: dict, speed: float = 1.0) -> None:
-    global _FRONTEND, _SPEED
+def _init(cfg_dict: dict, speed: float = 1.0, augment: int = 0) -> None:
+    global _FRONTEND, _SPEED, _AUGMENT
     import torch
 
     torch.set_num_threads(1)
     _FRONTEND = build_frontend(FrontendConfig(**cfg_dict), threads=1)
     _SPEED = speed
+    _AUGMENT = augment
 
 
 def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
@@ -111,8 +114,23 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     return x if factor == 1.0 else A.resample(x, A.SAMPLE_RATE * factor)
 
 
-def _one(row: dict):
+def _condition(x: np.ndarray, i: int) -> np.ndarray:
+    """Utterance ``i`` of augmented copy ``_AUGMENT`` under its own draw from the training
+    mix (the copy and the index seed it; babble never uses the utterance itself)."""
+    from .conditions import apply, training_condition
+
+    rng = np.random.default_rng([_AUGMENT, i])
+    pool = _BABBLE
+    if pool is not None and i < len(pool) and len(pool) > 1:
+        pool = pool[:i] + pool[i + 1 :]
+    return apply(x, training_condition(rng), rng, pool)
+
+
+def _one(item: tuple[int, dict]):
+    i, row = item
     x = speed_perturb(A.load_audio(row["audio_path"]), _SPEED)
+    if _AUGMENT:
+        x = _condition(x, i)
     fr = _FRONTEND.frames([x])[0]
     rate = _FRONTEND.frame_rate / _SPEED  # frames per second of the original timeline
     spans = [
@@ -129,6 +147,8 @@ def _one(row: dict):
     speaker = row.get("speaker", "")
     if _SPEED != 1.0:
         speaker = f"{speaker}@speed{_SPEED:g}"
+    if _AUGMENT:
+        speaker = f"{speaker}@aug{_AUGMENT}"
     return crop, rel, [t["term"] for t in row["terms"]], speaker
 
 
@@ -138,23 +158,43 @@ def build_cache(
     workers: int = 2,
     desc: str = "frames",
     speed: float = 1.0,
+    augment: int = 0,
 ) -> FeatureCache:
     """Run the frozen front-end over every utterance (parallel, with a progress bar),
-    optionally on speed-perturbed copies of the audio (term spans follow)."""
+    optionally on speed-perturbed copies of the audio (term spans follow), or with
+    ``augment`` >= 1 on augmented copy number ``augment``: each utterance under a room drawn
+    from the training mix (``conditions.TRAIN_MIX``), babble cut from the rows' own
+    term-free speech."""
     from dataclasses import asdict
     from multiprocessing import get_context
 
     from tqdm import tqdm
 
+    global _BABBLE
+    if augment:
+        from .conditions import term_free_speech
+
+        _BABBLE = term_free_speech(rows)
     cfg = asdict(frontend)
-    if workers > 1:
-        with get_context("fork").Pool(workers, initializer=_init, initargs=(cfg, speed)) as pool:
-            results = list(
-                tqdm(pool.imap(_one, rows, chunksize=8), total=len(rows), desc=desc, unit="utt")
-            )
-    else:
-        _init(cfg, speed)
-        results = [_one(r) for r in tqdm(rows, desc=desc, unit="utt")]
+    items = list(enumerate(rows))
+    try:
+        if workers > 1:
+            with get_context("fork").Pool(
+                workers, initializer=_init, initargs=(cfg, speed, augment)
+            ) as pool:
+                results = list(
+                    tqdm(
+                        pool.imap(_one, items, chunksize=8),
+                        total=len(rows),
+                        desc=desc,
+                        unit="utt",
+                    )
+                )
+        else:
+            _init(cfg, speed, augment)
+            results = [_one(it) for it in tqdm(items, desc=desc, unit="utt")]
+    finally:
+        _BABBLE = None
     offsets = np.zeros(len(results) + 1, dtype=np.int64)
     occ_utt, occ_span, occ_term, speakers = [], [], [], []
     for u, (crop, rel, terms, spk) in enumerate(results):
@@ -186,14 +226,18 @@ def cached(
     cache_dir: Path,
     workers: int = 2,
     speed: float = 1.0,
+    augment: int = 0,
 ) -> FeatureCache:
-    """Load the cache for a manifest, building it first when missing or stale."""
+    """Load the cache for a manifest, building it first when missing or stale (``speed``
+    and ``augment`` as in ``build_cache``; each copy has its own cache)."""
     from .manifests import read_manifest
 
     if not 0.5 <= speed <= 2.0:
         raise ValueError(f"speed perturbation factor must be in [0.5, 2], got {speed}")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if speed == 1.0 else f"_speed{speed:g}"
+    if augment < 0:
+        raise ValueError(f"augmented copy number must be >= 0, got {augment}")
+    suffix = ("" if speed == 1.0 else f"_speed{speed:g}") + (f"_aug{augment}" if augment else "")
     # A split's manifest.jsonl is keyed by its folder; any other manifest also by its own
     # name, so two manifests in one folder never share (and silently reuse) frames.
     name = manifest.parent.name + ("" if manifest.name == "manifest.jsonl" else f"-{manifest.stem}")
@@ -207,6 +251,7 @@ def cached(
         workers,
         desc=f"frames {name}{suffix}",
         speed=speed,
+        augment=augment,
     )
     cache.save(path)
     return cache

@@ -383,12 +383,26 @@ def voice_mix(speakers: list[str]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     seen: dict[str, set[str]] = {}
     for sp in speakers:
+        sp = sp.split("@", 1)[0]  # a speed-perturbed or augmented copy is the same voice
         engine = sp.split(":", 1)[0] or "unknown"
         out.setdefault(engine, {"utterances": 0, "voices": 0})["utterances"] += 1
         seen.setdefault(engine, set()).add(sp)
     for engine, ids in seen.items():
         out[engine]["voices"] = len(ids)
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["utterances"]))
+
+
+def train_conditions(speakers: list[str]) -> dict:
+    """What rooms the training audio was heard in: utterances as synthesised and in
+    augmented copies (``@augK`` speakers), with the mix the copies drew from."""
+    from .conditions import TRAIN_MIX, TRAIN_SNR_DB
+
+    augmented = sum("@aug" in sp for sp in speakers)
+    out = {"as_synthesised": len(speakers) - augmented, "augmented": augmented}
+    if augmented:
+        out["mix"] = dict(TRAIN_MIX)
+        out["snr_db"] = list(TRAIN_SNR_DB)
+    return out
 
 
 def run(
@@ -428,6 +442,7 @@ def run(
         "n_train_occurrences": len(train_cache.occ_term),
         "n_train_terms": len(trainer.spoken),
         "train_voices": voice_mix(train_cache.utt_speaker),
+        "train_conditions": train_conditions(train_cache.utt_speaker),
     }
     finish(
         trainer.module.eval(),
