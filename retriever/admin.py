@@ -21,7 +21,7 @@ import grpc
 from rasst.v1 import admin_pb2, admin_pb2_grpc
 
 from .config import ServerConfig
-from .engine import DeadlineExpired
+from .engine import DeadlineExpired, SwitchFailed
 from .glossary import (
     GlossaryError,
     VersionConflict,
@@ -233,6 +233,12 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             raise Failure(
                 grpc.StatusCode.INTERNAL, f"could not persist glossary {g.glossary_id}: {e}"
             ) from None
+        except SwitchFailed as e:
+            raise Failure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"glossary {g.glossary_id} version {g.version} was not committed: {e}; "
+                "nothing changed",
+            ) from None
         self.s.refresh_glossary_metrics()
         logger.info(
             "glossary %s committed at version %d (%d entries)",
@@ -325,7 +331,13 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
     async def DeleteGlossary(self, request, context):
         gid = validate_glossary_id(request.glossary_id)
         async with self.s.admin_lock:
-            ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
+            try:
+                ok = await asyncio.to_thread(self.s.engine.delete_glossary, gid)
+            except SwitchFailed as e:
+                raise Failure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"glossary {gid} was not deleted: {e}; nothing changed",
+                ) from None
         if not ok:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"glossary_id: no glossary {gid}")
         for gauge in (self.s.metrics.glossary_entries, self.s.metrics.glossary_version):

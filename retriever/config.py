@@ -124,6 +124,37 @@ class ServerConfig(EngineConfig):
     )
     log_level: str = setting("INFO", "log level", choices=LOG_LEVELS)
     json_logs: bool = setting(False, "one JSON object per log line")
+    # Ray Serve: this process terminates the gRPC calls and sessions; replicas (anywhere in
+    # the Ray cluster) encode and search. The data_dir and checkpoint must be readable on
+    # every node (a shared directory).
+    cluster: str = setting(
+        "",
+        "run the encoders as Ray Serve replicas: 'auto' (join the local Ray instance or start "
+        "one) or a Ray address such as ray://head:10001; empty = one process",
+    )
+    cluster_min_replicas: int = setting(
+        1, "fewest replicas (the autoscaler's floor)", lo=1, hi=1024
+    )
+    cluster_max_replicas: int = setting(
+        1, "most replicas (= cluster_min_replicas: a fixed number)", lo=1, hi=1024
+    )
+    cluster_target_ongoing_requests: float = setting(
+        4.0, "clips in flight per replica the autoscaler aims for", lo=0.1, hi=10_000
+    )
+    cluster_max_ongoing_requests: int = setting(
+        64, "clips in flight on one replica before callers queue", lo=1, hi=100_000
+    )
+    cluster_replica_cpus: float = setting(1.0, "CPUs reserved per replica", lo=0, hi=1024)
+    cluster_replica_gpus: float = setting(
+        0.0, "GPUs per replica (fractions share one GPU, e.g. 0.25)", lo=0, hi=64
+    )
+    cluster_switch_timeout_s: float = setting(
+        600.0,
+        "seconds every replica gets to load a new glossary version or model before the "
+        "change is called off",
+        lo=1,
+        hi=86400,
+    )
 
     def engine(self) -> EngineConfig:
         """The engine's settings alone."""

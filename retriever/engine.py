@@ -108,6 +108,7 @@ class Result:
     search_ms: float = 0.0
     batch_windows: int = 0
     dropped: bool = False
+    model_id: str = ""  # the model that answered
 
 
 class EngineNotReady(RuntimeError):
@@ -120,6 +121,11 @@ class DeadlineExpired(TimeoutError):
 
 class UnknownGlossary(LookupError):
     pass
+
+
+class SwitchFailed(RuntimeError):
+    """A change that every replica of a cluster must load was called off (a replica could
+    not load it, or time ran out): nothing changed."""
 
 
 @dataclass
@@ -292,7 +298,20 @@ def embed_glossary(
 
 
 class Engine:
-    def __init__(self, store: GlossaryStore, cfg: EngineConfig | None = None):
+    """The model, the served glossaries and the encoder workers of one process.
+
+    With a ``store`` the engine owns the glossaries (load, commit, delete persist there);
+    without one (a cluster replica) it only builds snapshots for the versions it is given
+    (:meth:`build_snapshot`) and answers from whichever snapshot a request names, keeping
+    embedded rows under ``embeddings_dir``.
+    """
+
+    def __init__(
+        self,
+        store: GlossaryStore | None,
+        cfg: EngineConfig | None = None,
+        embeddings_dir: str | Path | None = None,
+    ):
         # Validated, with "auto" resolved: the device the front-end runs on and the number
         # of workers, as the engine runs them.
         cfg = validate_config(cfg or EngineConfig())
@@ -302,7 +321,11 @@ class Engine:
         )
         self.store = store
         # Every version's embedded rows, beside the glossaries (``{data_dir}/embeddings``).
-        self.embeddings = EmbeddingStore(store.dir.parent / "embeddings")
+        if embeddings_dir is None:
+            if store is None:
+                raise ValueError("an engine without a store needs an embeddings_dir")
+            embeddings_dir = store.dir.parent / "embeddings"
+        self.embeddings = EmbeddingStore(embeddings_dir)
         self._snap = Snapshot(None, None, "", {})
         self._queue = _Dispatch()
         self._running = True
@@ -325,8 +348,26 @@ class Engine:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def load_model(self, checkpoint: str | Path) -> tuple[str, int]:
-        """Load a checkpoint, re-embed every stored glossary, swap. Blocking (call off the loop)."""
+    def build_snapshot(
+        self, checkpoint: str | Path, glossaries: list[Glossary], base: Snapshot | None = None
+    ) -> Snapshot:
+        """A snapshot of ``checkpoint`` serving ``glossaries``, not swapped in. The model of
+        ``base`` is reused when it is the same checkpoint (weights), and so is every
+        glossary ``base`` serves at the same version. Blocking (call off the loop)."""
+        mid = checkpoint_id(checkpoint)
+        if base is not None and base.ready and base.model_id == mid:
+            model, frontend, head = base.model, base.frontend, base.head
+        else:
+            model, frontend, head = self._load(checkpoint)
+        served = {}
+        for g in glossaries:
+            old = base.glossaries.get(g.glossary_id) if base is not None else None
+            same = old is not None and old.glossary.version == g.version and model is base.model
+            served[g.glossary_id] = old if same else self._embed(model, mid, g)
+        return Snapshot(model, frontend, mid, served, head)
+
+    def _load(self, checkpoint: str | Path):
+        """The model, its front-end and its speech head, warmed up on every worker."""
         torch.set_num_threads(self.cfg.threads)
         model = DualEncoder.from_pretrained(checkpoint)
         frontend = build_frontend(
@@ -336,6 +377,11 @@ class Engine:
         # On each worker's own thread: PyTorch keeps cuBLAS / cuDNN handles per thread, and
         # a warm-up elsewhere left the worker's first live chunks ~100 ms slow on a GPU.
         self.on_workers(lambda: _warm_up(model, frontend, head, self.cfg.max_batch_windows))
+        return model, frontend, head
+
+    def load_model(self, checkpoint: str | Path) -> tuple[str, int]:
+        """Load a checkpoint, re-embed every stored glossary, swap. Blocking (call off the loop)."""
+        model, frontend, head = self._load(checkpoint)
         mid = checkpoint_id(checkpoint)
         # Rows saved by this model (the same weights) are loaded, not embedded again.
         served = {g.glossary_id: self._embed(model, mid, g) for g in self.store.list()}
@@ -410,14 +456,16 @@ class Engine:
         deadline_s: float,
         clip_start_s: float = 0.0,
         new_from_s: float = 0.0,
+        snapshot: Snapshot | None = None,
     ) -> asyncio.Future:
         """Queue one clip; the future resolves to a Result. Call from the event loop.
 
         ``new_from_s``: where the audio not seen before starts inside the clip. Windows
         that end before it lie wholly in the look-back and were searched with the previous
-        chunk, so they are skipped (encode once, search once).
+        chunk, so they are skipped (encode once, search once). ``snapshot``: answer from
+        this one instead of the current one.
         """
-        snap = self._snap
+        snap = snapshot or self._snap
         if not snap.ready:
             raise EngineNotReady(
                 "no model is loaded; load one with the admin ReloadModel call or start with --checkpoint"
@@ -703,6 +751,9 @@ def _clip_windows(n_samples: int, c) -> int:
 
 
 def _resolve(j: _Job, result: Result | None = None, exc: BaseException | None = None) -> None:
+    if result is not None:
+        result.model_id = j.snapshot.model_id
+
     def _set():
         if j.future.done():
             return

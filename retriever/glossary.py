@@ -305,6 +305,27 @@ def parse_tbx(content: bytes | str) -> list[Entry]:
 # --------------------------------------------------------------------------- store
 
 
+def glossary_bytes(g: Glossary) -> bytes:
+    """A version as the store keeps it on disk (UTF-8 JSON)."""
+    body = {
+        "glossary_id": g.glossary_id,
+        "version": g.version,
+        "update_time": g.update_time,
+        "entries": [e.to_dict() for e in g.entries],
+    }
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def read_glossary(p: Path) -> Glossary:
+    """A version written by :func:`glossary_bytes`; raises OSError, ValueError, KeyError
+    or TypeError for a file that is not one."""
+    d = json.loads(p.read_text(encoding="utf-8"))
+    entries = tuple(make_entry(e, f"{p.name} entries[{i}]") for i, e in enumerate(d["entries"]))
+    return Glossary(
+        validate_glossary_id(d["glossary_id"]), int(d["version"]), entries, float(d["update_time"])
+    )
+
+
 class GlossaryStore:
     """Versioned glossaries persisted under ``root/glossaries/{id}.json``.
 
@@ -335,16 +356,7 @@ class GlossaryStore:
             stale.unlink(missing_ok=True)
         for p in sorted(self.dir.glob("*.json")):
             try:
-                d = json.loads(p.read_text(encoding="utf-8"))
-                entries = tuple(
-                    make_entry(e, f"{p.name} entries[{i}]") for i, e in enumerate(d["entries"])
-                )
-                g = Glossary(
-                    validate_glossary_id(d["glossary_id"]),
-                    int(d["version"]),
-                    entries,
-                    float(d["update_time"]),
-                )
+                g = read_glossary(p)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 logger.error("skipping unreadable glossary file %s: %s", p, e)
                 continue
@@ -400,14 +412,8 @@ class GlossaryStore:
     def commit(self, g: Glossary) -> None:
         """Persist atomically, then make it the live version."""
         path = self._path(g.glossary_id)
-        body = {
-            "glossary_id": g.glossary_id,
-            "version": g.version,
-            "update_time": g.update_time,
-            "entries": [e.to_dict() for e in g.entries],
-        }
         with self._lock:
-            atomic_write(path, json.dumps(body, ensure_ascii=False).encode("utf-8"))
+            atomic_write(path, glossary_bytes(g))
             self._live[g.glossary_id] = g
             if self._deleted.pop(g.glossary_id, None) is not None:
                 path.with_suffix(".deleted").unlink(missing_ok=True)

@@ -140,6 +140,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
         return retrieval_pb2.RetrieveResponse(
             hits=_hits_pb(result, r.target_lang),
             glossary_version=result.glossary_version,
+            model_id=result.model_id,
             timings=_timings(result, t_arrival),
             audio_duration_s=len(clip) / A.SAMPLE_RATE,
         )
@@ -271,15 +272,17 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
             )
             result = await self._await(fut)
         else:
-            served = self.s.engine.snapshot.glossaries.get(spec.glossary_id)
+            snap = self.s.engine.snapshot
+            served = snap.glossaries.get(spec.glossary_id)
             if served is None:
                 raise _gone(spec.glossary_id)
-            version = served.glossary.version
+            version, model_id = served.glossary.version, snap.model_id
         answers, held[:] = list(held), []
         for i, (resp, t_arrival) in enumerate(answers):
             last = i == len(answers) - 1
             if result is not None:
                 resp.glossary_version = result.glossary_version
+                resp.model_id = result.model_id
                 resp.dropped = result.dropped
                 if last:
                     resp.hits.extend(_hits_pb(result, spec.target_lang))
@@ -288,6 +291,7 @@ class TermRetrievalServicer(retrieval_pb2_grpc.TermRetrievalServicer):
                     resp.timings.CopyFrom(_timings(result, t_arrival))
             else:
                 resp.glossary_version = version
+                resp.model_id = model_id
             if not resp.HasField("timings"):
                 resp.timings.total_ms = (time.monotonic() - t_arrival) * 1e3
             try:

@@ -49,7 +49,12 @@ async def create_server(
         DualEncoder.load_config(resolve_checkpoint(cfg.checkpoint))
     admin_token = resolve_admin_token(cfg)
     store = GlossaryStore(cfg.data_dir)
-    engine = Engine(store, cfg.engine())
+    if cfg.cluster:
+        from .cluster import ClusterEngine
+
+        engine = await asyncio.to_thread(ClusterEngine, store, cfg)
+    else:
+        engine = Engine(store, cfg.engine())
     if cfg.demo_glossary and store.get("demo") is None and (DEMO_DIR / "glossary.jsonl").exists():
         store.commit(store.prepare_put("demo", load_file(DEMO_DIR / "glossary.jsonl")))
     options = [
@@ -60,6 +65,12 @@ async def create_server(
     server = grpc.aio.server(options=options, interceptors=[AdminAuth(admin_token)])
     health = HealthServicer()
     state = ServerState(cfg, engine, store, health, Metrics())
+    if cfg.cluster:
+        # Replicas come and go: health follows whether any serves the current generation.
+        loop = asyncio.get_running_loop()
+        engine.on_change = lambda: loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(state.set_serving())
+        )
     add_service(server, retrieval_pb2, "TermRetrieval", TermRetrievalServicer(state))
     add_service(server, admin_pb2, "GlossaryAdmin", GlossaryAdminServicer(state))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

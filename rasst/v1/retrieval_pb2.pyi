@@ -73,16 +73,18 @@ class RetrieveRequest(_message.Message):
     def __init__(self, glossary_id: _Optional[str] = ..., target_lang: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("hits", "glossary_version", "timings", "audio_duration_s")
+    __slots__ = ("hits", "glossary_version", "timings", "audio_duration_s", "model_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     GLOSSARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     glossary_version: int
     timings: ServerTimings
     audio_duration_s: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., glossary_version: _Optional[int] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., audio_duration_s: _Optional[float] = ...) -> None: ...
+    model_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., glossary_version: _Optional[int] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., audio_duration_s: _Optional[float] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
     __slots__ = ("glossary_id", "target_lang", "top_k", "score_threshold", "chunk_s", "lookback_s", "encoding", "sample_rate_hz", "deadline_ms", "session_id", "first_sequence", "stream_offset_s")
@@ -131,7 +133,7 @@ class StreamRetrieveRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., chunk: _Optional[_Union[AudioChunk, _Mapping]] = ...) -> None: ...
 
 class StreamRetrieveResponse(_message.Message):
-    __slots__ = ("sequence", "hits", "glossary_version", "timings", "chunk_start_s", "chunk_end_s", "dropped")
+    __slots__ = ("sequence", "hits", "glossary_version", "timings", "chunk_start_s", "chunk_end_s", "dropped", "model_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     GLOSSARY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,7 @@ class StreamRetrieveResponse(_message.Message):
     CHUNK_START_S_FIELD_NUMBER: _ClassVar[int]
     CHUNK_END_S_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     glossary_version: int
@@ -146,4 +149,5 @@ class StreamRetrieveResponse(_message.Message):
     chunk_start_s: float
     chunk_end_s: float
     dropped: bool
-    def __init__(self, sequence: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., glossary_version: _Optional[int] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., chunk_start_s: _Optional[float] = ..., chunk_end_s: _Optional[float] = ..., dropped: _Optional[bool] = ...) -> None: ...
+    model_id: str
+    def __init__(self, sequence: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., glossary_version: _Optional[int] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., chunk_start_s: _Optional[float] = ..., chunk_end_s: _Optional[float] = ..., dropped: _Optional[bool] = ..., model_id: _Optional[str] = ...) -> None: ...
