@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= server,cpu,train,bench,dev
+EXTRAS  ?= server,cpu,cluster,train,bench,dev
 APT_PKGS := espeak-ng flite festival festvox-kdlpc16k sox libsndfile1 pocketsphinx-testdata wamerican dict-foldoc wordnet-base
 export OMP_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1

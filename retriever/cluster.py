@@ -53,8 +53,6 @@ from .model import DualEncoder, checkpoint_id
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "rasst"
-APP_NAME = "rasst"
-BOARD_NAME = "rasst-board"
 # A replica beats this often; one silent for LIVE_S is taken for dead (it will not be
 # waited for, and is dropped from the holders).
 BEAT_S = 0.5
@@ -221,7 +219,7 @@ class Replica:
     generation it is stamped with. It loads the current generation before it takes
     traffic, then follows the board."""
 
-    def __init__(self, data_dir: str, engine_cfg: dict, cpus: float = 1.0):
+    def __init__(self, data_dir: str, engine_cfg: dict, board: str, cpus: float = 1.0):
         import ray
 
         from .engine import Engine
@@ -237,7 +235,8 @@ class Replica:
         self.failed: set[int] = set()
         self._loaded = threading.Condition()
         self._running = True
-        self.board = ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
+        self.board_name = board
+        self.board = ray.get_actor(board, namespace=NAMESPACE)
         # Beat before reading the board: a generation published after the read is then
         # published to a board that already counts this replica as live, and waits for it.
         ray.get(self.board.beat.remote(self.name))
@@ -270,7 +269,7 @@ class Replica:
         import ray
 
         try:
-            return ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
+            return ray.get_actor(self.board_name, namespace=NAMESPACE)
         except ValueError:
             return None
 
@@ -441,18 +440,29 @@ class ClusterEngine:
         self._snap = FrontSnapshot(None, None, "", {})
         self._swap_lock = threading.Lock()
         self._in_flight = 0
+        self._published = 0  # the last generation number published
         self._started_ray = False
+        self.app = cfg.cluster_name
+        self.board_name = f"{self.app}-board"
         if not ray.is_initialized():
             self._started_ray = _init_ray(cfg.cluster)
-        self.board = (
-            ray.remote(Board)
-            .options(name=BOARD_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000)
-            .remote()
-        )
+        try:
+            self.board = (
+                ray.remote(Board)
+                .options(
+                    name=self.board_name, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
+                )
+                .remote()
+            )
+        except ValueError:
+            raise RuntimeError(
+                f"another front-end already runs cluster_name {self.app!r} in this Ray cluster; "
+                "give this one its own cluster_name"
+            ) from None
         serve.start(proxy_location="Disabled")
-        if APP_NAME in serve.status().applications:
-            serve.delete(APP_NAME)  # replicas of an earlier front-end follow a board now gone
-        self.handle = serve.run(self._application(), name=APP_NAME, route_prefix=None)
+        if self.app in serve.status().applications:
+            serve.delete(self.app)  # replicas of an earlier front-end follow a board now gone
+        self.handle = serve.run(self._application(), name=self.app, route_prefix=None)
         self._running = True
         self._watcher = threading.Thread(target=self._follow, name="rasst-holders", daemon=True)
         self._watcher.start()
@@ -481,7 +491,10 @@ class ClusterEngine:
         engine_cfg = {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__}
         dep = serve.deployment(Replica, name="Replica").options(**opts)
         return dep.bind(
-            str(Path(c.data_dir).resolve()), engine_cfg, float(c.cluster_replica_cpus or 1.0)
+            str(Path(c.data_dir).resolve()),
+            engine_cfg,
+            self.board_name,
+            float(c.cluster_replica_cpus or 1.0),
         )
 
     # -- the view the servicers read
@@ -517,8 +530,10 @@ class ClusterEngine:
         one fails), return it; the caller commits. Raises SwitchFailed."""
         import ray
 
-        cur = self._snap.generation
-        number = (cur.number if cur else 0) + 1
+        # Numbers never repeat, not even after a generation was called off: a replica
+        # that failed number N must not mistake a later attempt for it.
+        self._published += 1
+        number = self._published
         g = Generation(number, checkpoint, model_id, tuple(sorted(glossaries)))
         ray.get(self.board.publish.remote(g))
         limit = time.monotonic() + self.server_cfg.cluster_switch_timeout_s
@@ -583,7 +598,7 @@ class ClusterEngine:
             gen = self._switch(
                 cur.checkpoint, cur.model_id, cur.with_glossary(g.glossary_id, g.version), deadline
             )
-        except SwitchFailed as e:
+        except SwitchFailed:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExpired(f"glossary {g.glossary_id} version {g.version}") from None
             raise
@@ -661,7 +676,7 @@ class ClusterEngine:
 
         self._running = False
         try:
-            serve.delete(APP_NAME)
+            serve.delete(self.app)
             ray.kill(self.board)
         except Exception as e:
             logger.warning("cluster shutdown: %s", e)

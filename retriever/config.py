@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -132,6 +133,10 @@ class ServerConfig(EngineConfig):
         "run the encoders as Ray Serve replicas: 'auto' (join the local Ray instance or start "
         "one) or a Ray address such as ray://head:10001; empty = one process",
     )
+    cluster_name: str = setting(
+        "rasst",
+        "the Ray Serve application (and its board actor); one per front-end in a Ray cluster",
+    )
     cluster_min_replicas: int = setting(
         1, "fewest replicas (the autoscaler's floor)", lo=1, hi=1024
     )
@@ -193,6 +198,15 @@ def validate_config(c: EngineConfig) -> EngineConfig:
             raise ValueError("tls_cert and tls_key must be given together")
         if c.admin_token and not c.admin_token.strip():
             raise ValueError("admin_token is blank; give a token or leave it unset to generate one")
+        if c.cluster_max_replicas < c.cluster_min_replicas:
+            raise ValueError(
+                f"cluster_max_replicas ({c.cluster_max_replicas}) must be >= "
+                f"cluster_min_replicas ({c.cluster_min_replicas})"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", c.cluster_name):
+            raise ValueError(
+                f"cluster_name must be 1-64 letters, digits, '_' or '-', got {c.cluster_name!r}"
+            )
     return c
 
 
