@@ -212,7 +212,7 @@ def test_eight_streams_through_ten_swaps_and_a_reload_see_one_version_each(
     out: dict = {}
     t = threading.Thread(
         target=lambda: out.update(
-            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 20))
+            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 20), strict=True)
         )
     )
     t.start()
@@ -265,7 +265,7 @@ def test_kill_9_of_a_replica_under_load_loses_no_stream(cluster, audio):
     out: dict = {}
     t = threading.Thread(
         target=lambda: out.update(
-            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 6))
+            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 6), strict=True)
         )
     )
     t.start()
