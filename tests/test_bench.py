@@ -138,3 +138,12 @@ def test_bench_rejects_bad_load_flags(tmp_path, capsys, flag):
     assert main(["--only", "load", "--out", str(tmp_path), *flag]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rasst bench: ") and flag[0] in err
+
+
+@pytest.mark.parametrize("flag", [["--replicas", "0"], ["--replicas", "two"], ["--rounds", "0"]])
+def test_bench_rejects_bad_cluster_flags(tmp_path, capsys, flag):
+    from rasst.training.bench.cli import main
+
+    assert main(["--only", "cluster", "--out", str(tmp_path), *flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rasst bench: ") and flag[0] in err

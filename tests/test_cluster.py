@@ -358,3 +358,24 @@ def test_start_up_order_and_shutdown_with_streams_in_flight(cluster, audio, defa
         assert "rasst" not in serve.status().applications
     finally:
         s.stop()
+
+
+def test_cluster_bench_measures_both_sides_and_the_ingress(ray_instance, default_checkpoint, tts):
+    """After the other tests (one front-end per cluster_name): the bench's cluster part at
+    one replica and its ingress comparison, small."""
+    from rasst.training.bench.cluster import bench_cluster, bench_ingress
+    from rasst.training.bench.report import markdown
+
+    report = asyncio.run(
+        bench_cluster(str(default_checkpoint), tts(SENTENCES[0]), [1], 2, 2.0, 50, rounds=1)
+    )
+    assert [(r["replicas"], r["mode"]) for r in report["rows"]] == [(1, "max"), (1, "realtime")]
+    for r in report["rows"]:
+        for side in ("single", "cluster"):
+            assert r[side]["errors"] == 0 and r[side]["chunks_per_s"] > 0
+            assert r[side]["client_ms_p99"] >= r[side]["client_ms_p50"] > 0
+    report["ingress"] = asyncio.run(bench_ingress(20))
+    for k in ("bare_grpc", "serve_grpc_proxy", "front_end_and_handle"):
+        assert report["ingress"][k]["ms_p50"] > 0
+    md = markdown({"device": "cpu", "date": "now", "command": "x", "cluster": report})
+    assert "| 1 | max |" in md and "Ray Serve gRPC proxy" in md

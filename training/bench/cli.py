@@ -34,7 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="index,encoder,rpc,load,quality",
-        help="comma-separated parts to run (index, encoder, rpc, load, quality)",
+        help="comma-separated parts to run (index, encoder, rpc, load, quality, cluster)",
+    )
+    p.add_argument(
+        "--replicas",
+        default="1,2,4",
+        help="comma-separated replica counts of the cluster part (Ray Serve)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the cluster part, alternating cluster and single process (medians)",
     )
     p.add_argument(
         "--device",
@@ -107,6 +118,28 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.load_entries <= 2_000_000:
             print(
                 f"rasst bench: --load-entries must be in [1, 2000000], got {args.load_entries}",
+                file=sys.stderr,
+            )
+            return 2
+    if "cluster" in parts:
+        try:
+            replicas = [int(x) for x in args.replicas.split(",")]
+        except ValueError:
+            replicas = []
+        if not replicas or min(replicas) < 1 or max(replicas) > 64:
+            print(
+                f"rasst bench: --replicas must be integers in [1, 64], got {args.replicas!r}",
+                file=sys.stderr,
+            )
+            return 2
+        if not 1 <= args.rounds <= 20:
+            print(f"rasst bench: --rounds must be in [1, 20], got {args.rounds}", file=sys.stderr)
+            return 2
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print(
+                "rasst bench: the cluster part needs Ray Serve: pip install 'rasst[cluster]'",
                 file=sys.stderr,
             )
             return 2
@@ -220,6 +253,24 @@ def main(argv: list[str] | None = None) -> int:
                 for m in modes
                 if m != "max"
             }
+    if "cluster" in parts:
+        from .cluster import bench_cluster
+
+        streams = int((args.streams or "8").split(",")[-1])
+        report["cluster"] = asyncio.run(
+            bench_cluster(
+                ckpt,
+                talk,
+                replicas,
+                streams,
+                args.seconds or (5.0 if args.quick else 10.0),
+                args.load_entries,
+                1 if args.quick else args.rounds,
+            )
+        )
+        from .cluster import bench_ingress
+
+        report["cluster"]["ingress"] = asyncio.run(bench_ingress(100 if args.quick else 300))
     if "quality" in parts:
         if args.manifest.exists():
             from ..terms import default_distractors

@@ -102,6 +102,47 @@ def markdown(report: dict) -> str:
                 f"- `{m}`: largest N with server p99 under {report['budget_ms']} ms: **{n}**; with client p99 under budget: **{c}**"
             )
         L.append("")
+    if "cluster" in report:
+        c = report["cluster"]
+        L += [
+            f"## Ray Serve cluster beside one process ({c['streams']} streams, {c['glossary']:,}-entry "
+            f"glossary, {c['cores']} cores shared by the replicas; medians of "
+            f"{c['rows'][0]['single']['rounds'] if c['rows'] else 0} alternating rounds)",
+            "",
+            "| replicas | load | chunks/s one process / cluster | client p50 ms | client p99 ms | "
+            "server p99 ms | outside encode+search p50 / p99 ms | Ray's cost p50 / p99 ms |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in c["rows"]:
+            one, many = r["single"], r["cluster"]
+            L.append(
+                f"| {r['replicas']} | {r['mode']} | {one['chunks_per_s']} / {many['chunks_per_s']} | "
+                f"{one['client_ms_p50']} / {many['client_ms_p50']} | "
+                f"{one['client_ms_p99']} / {many['client_ms_p99']} | "
+                f"{one['server_ms_p99']} / {many['server_ms_p99']} | "
+                f"{one['outside_ms_p50']} / {one['outside_ms_p99']} → "
+                f"{many['outside_ms_p50']} / {many['outside_ms_p99']} | "
+                f"{r['ray_cost_ms_p50']} / {r['ray_cost_ms_p99']} |"
+            )
+        L += [
+            "",
+            "Each cell: one process / cluster. Ray's cost: the cluster's client latency minus the "
+            "single process's at the same load.",
+            "",
+        ]
+        if "ingress" in c:
+            g = c["ingress"]
+            L += [
+                f"Ingress alone ({g['calls']} sequential unary calls with a 2.88 s clip, answered by "
+                "an echo): ms p50 / p99",
+                "",
+                "| bare gRPC server | Ray Serve gRPC proxy → deployment | rasst front-end → handle → deployment |",
+                "|---:|---:|---:|",
+                f"| {g['bare_grpc']['ms_p50']} / {g['bare_grpc']['ms_p99']} | "
+                f"{g['serve_grpc_proxy']['ms_p50']} / {g['serve_grpc_proxy']['ms_p99']} | "
+                f"{g['front_end_and_handle']['ms_p50']} / {g['front_end_and_handle']['ms_p99']} |",
+                "",
+            ]
     if "quality" in report:
         q = report["quality"]
         sizes = [k for k in q["systems"]["rasst"] if k.isdigit()]
