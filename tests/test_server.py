@@ -497,6 +497,9 @@ def test_config_precedence_and_validation(tmp_path):
         ({"threads": 0}, "threads must be in"),
         ({"tls_cert": "c.pem"}, "together"),
         ({"address": "nohostport"}, "host:port"),
+        ({"cluster_min_replicas": 3, "cluster_max_replicas": 2}, "must be >= cluster_min"),
+        ({"cluster_name": "a b"}, "cluster_name must be"),
+        ({"cluster_replica_gpus": -1}, "cluster_replica_gpus must be in"),
     ):
         with pytest.raises(ValueError, match=msg):
             load_config(bad, None, env={})
