@@ -422,8 +422,11 @@ class ClusterEngine:
     replicas (the servicers cannot tell them apart)."""
 
     def __init__(self, store: GlossaryStore, cfg: ServerConfig):
-        import ray
-        from ray import serve
+        try:
+            import ray
+            from ray import serve
+        except ImportError:
+            raise RuntimeError("cluster needs Ray Serve: pip install 'rasst[cluster]'") from None
 
         validate_config(cfg)
         self.store = store
@@ -691,12 +694,16 @@ def _init_ray(address: str) -> bool:
     import ray
 
     kw = {"namespace": NAMESPACE, "log_to_driver": False}
-    if address != "auto":
-        ray.init(address=address, **kw)
-        return False
     try:
-        ray.init(address="auto", **kw)
-        return False
-    except ConnectionError:
-        ray.init(include_dashboard=False, **kw)
-        return True
+        if address != "auto":
+            ray.init(address=address, **kw)
+            return False
+        try:
+            ray.init(address="auto", **kw)
+            return False
+        except ConnectionError:
+            # A new local instance listens on loopback only.
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kw)
+            return True
+    except (ConnectionError, OSError, ValueError, RuntimeError) as e:
+        raise RuntimeError(f"cluster {address!r}: Ray did not start or join: {e}") from None

@@ -90,7 +90,13 @@ async def bench_cluster(
     cores = os.cpu_count() or 1
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=cores, include_dashboard=False, namespace="rasst", log_to_driver=False)
+        ray.init(
+            num_cpus=cores,
+            include_dashboard=False,
+            namespace="rasst",
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
         started = True
     glossary = _glossary_entries(glossary_size)
     chunk = int(0.96 * SAMPLE_RATE)
@@ -195,7 +201,12 @@ async def bench_ingress(n: int = 300) -> dict:
 
     started = False
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, namespace="rasst", log_to_driver=False)
+        ray.init(
+            include_dashboard=False,
+            namespace="rasst",
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
         started = True
     clip = retrieval_pb2.RetrieveRequest(
         glossary_id="g",
