@@ -245,6 +245,7 @@ class Replica:
         if current is not None:
             self._load(current)  # before any traffic: Serve routes here after __init__
         self._known = current.number if current is not None else 0
+        self._current = self._known  # the board's current generation, as last seen
         threading.Thread(target=self._watch, name="rasst-watch", daemon=True).start()
         self._metrics()
         logger.info("%s ready at generation %d", self.name, self._known)
@@ -309,6 +310,7 @@ class Replica:
                 self.board.report.remote(self.name, g.number, reason, sorted(self.snaps))
             newest = [g.number for g in (current, pending) if g is not None]
             self._known = max([self._known, *newest])
+            self._current = current.number if current is not None else 0
             if current is not None:
                 self._prune(current.number, pending.number if pending else None)
             self.board.report.remote(self.name, -1, "", sorted(self.snaps))
@@ -381,6 +383,12 @@ class Replica:
 
     def holds(self) -> list[int]:
         return sorted(self.snaps)
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic probe: a replica that could not load the current
+        generation is replaced, not left to answer clips it cannot serve."""
+        if self._current in self.failed:
+            raise RuntimeError(f"{self.name} could not load generation {self._current}")
 
     def __del__(self):
         self._running = False
@@ -659,11 +667,14 @@ class ClusterEngine:
                         self.stats["dropped"] += 1
                     return result
                 except StaleGeneration:
-                    # The replica moved on (a switch): the newer generation answers.
-                    newer = self._snap.generation
-                    if attempt or newer is None or newer.number <= gen.number:
+                    # The replica moved on (a switch: the newer generation answers) or
+                    # could not load this one (another replica answers).
+                    if attempt:
                         raise
-                    gen = newer
+                    newer = self._snap.generation
+                    if newer is not None and newer.number > gen.number:
+                        gen = newer
+                    self.stats["retried"] += 1
                 except (RayActorError, ActorUnavailableError) as e:
                     if attempt:
                         raise
