@@ -135,11 +135,7 @@ class Board:
         return self._changed
 
     def _newest(self) -> int:
-        return (
-            max(g.number for g in (self.current, self.pending) if g is not None)
-            if (self.current or self.pending)
-            else 0
-        )
+        return max((g.number for g in (self.current, self.pending) if g is not None), default=0)
 
     async def _notify(self) -> None:
         async with self._cond():

@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SRC = ROOT.parent / "shared" / "data" / "acl6060_paper_glossaries"
+SRC = ROOT / "retriever" / "demo" / "acl6060"
 OUT = ROOT / "retriever" / "demo"
 TALK = (
     "In this talk we study semantic parsing for task oriented dialogue. "

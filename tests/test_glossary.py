@@ -16,7 +16,7 @@ from rasst.retriever.glossary import (
     validate_glossary_id,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
+ACL = Path(__file__).resolve().parents[1] / "retriever" / "demo" / "acl6060"
 
 TBX = """<?xml version="1.0" encoding="UTF-8"?>
 <martif type="TBX" xml:lang="en"><text><body>
@@ -48,9 +48,9 @@ def test_tbx_second_entry_and_languages():
     assert entries[1].translations == {"zh": "BLEU分数"}
 
 
-def test_acl_json_reads_every_shared_glossary():
+def test_acl_json_reads_every_acl_glossary():
     total = 0
-    for f in sorted(SHARED.glob("*.json")):
+    for f in sorted(ACL.glob("*.json")):
         entries = load_file(f)
         raw = json.loads(f.read_text())
         assert len(entries) == len(raw)

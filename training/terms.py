@@ -21,9 +21,8 @@ logger = logging.getLogger(__name__)
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDS_FILE = Path("/usr/share/dict/american-english")
 FOLDOC_INDEX = Path("/usr/share/dictd/foldoc.index")
-SHARED_GLOSSARIES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "acl6060_paper_glossaries"
-)
+# The five ACL 60/60 paper glossaries (MIT, notice beside them): test-only terms.
+ACL_GLOSSARIES = Path(__file__).resolve().parents[1] / "retriever" / "demo" / "acl6060"
 
 _TERM_OK = re.compile(r"^[A-Za-z][A-Za-z' .-]*[A-Za-z]$")
 
@@ -60,9 +59,9 @@ def _foldoc() -> Iterable[str]:
 
 
 def acl_terms() -> set[str]:
-    """Terms of the shared ACL glossaries: test-only material, never trained on."""
+    """Terms of the ACL glossaries: test-only material, never trained on."""
     out = set()
-    for f in sorted(SHARED_GLOSSARIES.glob("*.json")):
+    for f in sorted(ACL_GLOSSARIES.glob("*.json")):
         for k, v in json.loads(f.read_text()).items():
             out.add(normalize_term(v.get("term", k)).lower())
     return out
