@@ -380,3 +380,34 @@ def test_cluster_bench_measures_both_sides_and_the_ingress(ray_instance, default
         assert report["ingress"][k]["ms_p50"] > 0
     md = markdown({"device": "cpu", "date": "now", "command": "x", "cluster": report})
     assert "| 1 | max |" in md and "Ray Serve gRPC proxy" in md
+
+
+def test_board_counts_live_replicas_and_calls_off_a_failed_generation(monkeypatch):
+    """The board alone (no Ray): who must load a generation, a failure ends it, a silent
+    replica stops counting, and a commit makes the pending generation current."""
+    from rasst.retriever import cluster as C
+
+    async def go():
+        b = C.Board()
+        g1 = C.Generation(1, "/ckpt", "ckpt@1", (("g", 1),))
+        g2 = C.Generation(2, "/ckpt", "ckpt@1", (("g", 2),))
+        b.beat("r1"), b.beat("r2")
+        await b.publish(g1)
+        assert await b.watch("r1", 0, 1.0) == (None, g1)
+        b.report("r1", 1, "", [1])
+        assert b.outcome(1) == {"live": ["r1", "r2"], "ok": ["r1"], "failed": {}}
+        b.report("r2", 1, "", [1])
+        await b.commit(1)
+        assert (b.current, b.pending, b.holders(1)) == (g1, None, 2)
+        await b.publish(g2)
+        b.report("r2", 2, "r2: OSError: unreadable", [1])
+        assert b.outcome(2)["failed"] == {"r2": "r2: OSError: unreadable"}
+        await b.abort(2)
+        assert (b.current, b.pending) == (g1, None)
+        # A replica silent for LIVE_S is no longer waited for, nor counted as a holder.
+        now = C.time.monotonic()
+        monkeypatch.setattr(C.time, "monotonic", lambda: now + C.LIVE_S + 1)
+        b.beat("r1")
+        assert b.live() == ["r1"] and b.holders(1) == 1
+
+    asyncio.run(go())
