@@ -58,6 +58,7 @@ NAMESPACE = "rasst"
 BEAT_S = 0.5
 LIVE_S = 3.0
 WATCH_S = 2.0  # a replica's long poll of the board
+CLOSE_S = 15.0  # the most a shutdown waits for Ray
 
 
 @dataclass(frozen=True)
@@ -681,18 +682,29 @@ class ClusterEngine:
             self._in_flight -= 1
 
     def close(self) -> None:
+        """Delete the application and the board, and stop Ray when this process started
+        it; for at most CLOSE_S. A SIGTERM to the whole process group (systemd's default)
+        stops Ray's own processes too, and waiting on them would hang the drain."""
         import ray
         from ray import serve
 
         self._running = False
-        try:
-            serve.delete(self.app)
-            ray.kill(self.board)
-        except Exception as e:
-            logger.warning("cluster shutdown: %s", e)
-        if self._started_ray:
-            serve.shutdown()
-            ray.shutdown()
+        done = threading.Event()
+
+        def stop() -> None:
+            try:
+                serve.delete(self.app)
+                ray.kill(self.board)
+                if self._started_ray:
+                    serve.shutdown()
+                    ray.shutdown()
+            except Exception as e:
+                logger.warning("cluster shutdown: %s", e)
+            done.set()
+
+        threading.Thread(target=stop, name="rasst-cluster-close", daemon=True).start()
+        if not done.wait(CLOSE_S):
+            logger.warning("Ray did not stop within %.0f s; leaving it", CLOSE_S)
 
 
 def _init_ray(address: str) -> bool:
@@ -709,8 +721,7 @@ def _init_ray(address: str) -> bool:
             ray.init(address="auto", **kw)
             return False
         except ConnectionError:
-            # A new local instance listens on loopback only.
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **kw)
+            ray.init(include_dashboard=False, **kw)
             return True
     except (ConnectionError, OSError, ValueError, RuntimeError) as e:
         raise RuntimeError(f"cluster {address!r}: Ray did not start or join: {e}") from None

@@ -16,6 +16,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RASST_FAISS_THREADS", "1")
+# The tests' Ray instances are single-node: on loopback, not the machine's network address
+# (read when ray is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
 

@@ -38,7 +38,6 @@ def ray_instance():
         ray.init(
             num_cpus=2,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",  # loopback only
             namespace="rasst",
             log_to_driver=False,
             configure_logging=False,

@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.rounds <= 20:
             print(f"rasst bench: --rounds must be in [1, 20], got {args.rounds}", file=sys.stderr)
             return 2
-        try:
-            import ray  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
             print(
                 "rasst bench: the cluster part needs Ray Serve: pip install 'rasst[cluster]'",
                 file=sys.stderr,

@@ -20,6 +20,12 @@ from .common import SAMPLE_RATE, _glossary_entries, _pct
 logger = logging.getLogger(__name__)
 
 
+def _loopback_ray() -> None:
+    """A Ray instance the bench starts is single-node: keep it on loopback (Ray reads this
+    when first imported; an instance already running is used as it is)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 async def _server(checkpoint: str, glossary: list[dict], **kw):
     from rasst.client.api import Client
     from rasst.retriever.config import ServerConfig
@@ -82,6 +88,7 @@ async def bench_cluster(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    _loopback_ray()
     import ray
     from rasst.retriever.server import drain
 
@@ -95,7 +102,6 @@ async def bench_cluster(
             include_dashboard=False,
             namespace="rasst",
             log_to_driver=False,
-            _node_ip_address="127.0.0.1",
         )
         started = True
     glossary = _glossary_entries(glossary_size)
@@ -194,6 +200,8 @@ async def bench_ingress(n: int = 300) -> dict:
     deployment, and a gRPC front-end calling the deployment through a handle (rasst's
     design). Sequential calls; ms p50 / p99."""
     import grpc
+
+    _loopback_ray()
     import ray
     from ray import serve
 
@@ -205,7 +213,6 @@ async def bench_ingress(n: int = 300) -> dict:
             include_dashboard=False,
             namespace="rasst",
             log_to_driver=False,
-            _node_ip_address="127.0.0.1",
         )
         started = True
     clip = retrieval_pb2.RetrieveRequest(
