@@ -131,7 +131,8 @@ class ServerConfig(EngineConfig):
     cluster: str = setting(
         "",
         "run the encoders as Ray Serve replicas: 'auto' (join the local Ray instance or start "
-        "one) or a Ray address such as ray://head:10001; empty = one process",
+        "one) or the address of a Ray cluster this machine is a node of, e.g. head:6379; "
+        "empty = one process",
     )
     cluster_name: str = setting(
         "rasst",
