@@ -352,10 +352,16 @@ class Engine:
         self, checkpoint: str | Path, glossaries: list[Glossary], base: Snapshot | None = None
     ) -> Snapshot:
         """A snapshot of ``checkpoint`` serving ``glossaries``, not swapped in. The model of
-        ``base`` is reused when it is the same checkpoint (weights), and so is every
-        glossary ``base`` serves at the same version. Blocking (call off the loop)."""
+        ``base`` is reused when it is the same checkpoint (weights and config: a
+        recalibrated one keeps its weights), and so is every glossary ``base`` serves at
+        the same version. Blocking (call off the loop)."""
         mid = checkpoint_id(checkpoint)
-        if base is not None and base.ready and base.model_id == mid:
+        if (
+            base is not None
+            and base.ready
+            and base.model_id == mid
+            and base.model.config == DualEncoder.load_config(checkpoint)
+        ):
             model, frontend, head = base.model, base.frontend, base.head
         else:
             model, frontend, head = self._load(checkpoint)

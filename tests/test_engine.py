@@ -319,3 +319,27 @@ def _count_encoded(monkeypatch) -> list[int]:
         lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
     )
     return encoded
+
+
+def test_a_snapshot_reuses_its_base_model_only_for_the_same_weights_and_config(
+    tmp_path, tiny_checkpoint
+):
+    """A recalibrated checkpoint (same weights, new thresholds) is loaded, not mistaken for
+    the model already served: replicas must answer with the thresholds it names."""
+    import json
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    e = Engine(None, EngineConfig(workers=1), embeddings_dir=tmp_path / "emb")
+    try:
+        first = e.build_snapshot(ckpt, [])
+        assert e.build_snapshot(ckpt, [], first).model is first.model
+        cfg = json.loads((ckpt / "config.json").read_text())
+        cfg["threshold"] = 0.123
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+        again = e.build_snapshot(ckpt, [], first)
+        assert again.model_id == first.model_id  # the weights did not change
+        assert again.model is not first.model and again.model.config.threshold == 0.123
+    finally:
+        e.close()
