@@ -639,9 +639,7 @@ class ClusterEngine:
     ) -> asyncio.Future:
         snap = self._snap
         if snap.generation is None:
-            raise EngineNotReady(
-                "no model is loaded; load one with the admin ReloadModel call or start with --checkpoint"
-            )
+            raise EngineNotReady()
         if glossary_id not in snap.glossaries:
             raise UnknownGlossary(glossary_id)
         self.stats["requests"] += 1

@@ -112,7 +112,12 @@ class Result:
 
 
 class EngineNotReady(RuntimeError):
-    pass
+    def __init__(
+        self,
+        message: str = "no model is loaded; load one with the admin ReloadModel call or start "
+        "with --checkpoint",
+    ):
+        super().__init__(message)
 
 
 class DeadlineExpired(TimeoutError):
@@ -387,10 +392,9 @@ class Engine:
 
     def load_model(self, checkpoint: str | Path) -> tuple[str, int]:
         """Load a checkpoint, re-embed every stored glossary, swap. Blocking (call off the loop)."""
-        model, frontend, head = self._load(checkpoint)
-        mid = checkpoint_id(checkpoint)
         # Rows saved by this model (the same weights) are loaded, not embedded again.
-        served = {g.glossary_id: self._embed(model, mid, g) for g in self.store.list()}
+        snap = self.build_snapshot(checkpoint, self.store.list())
+        served = dict(snap.glossaries)
         with self._swap_lock:
             # Glossaries changed while we embedded are re-embedded under the lock.
             for g in self.store.list():
@@ -398,11 +402,11 @@ class Engine:
                     g.glossary_id not in served
                     or served[g.glossary_id].glossary.version != g.version
                 ):
-                    served[g.glossary_id] = self._embed(model, mid, g)
-            self._snap = Snapshot(model, frontend, mid, served, head)
+                    served[g.glossary_id] = self._embed(snap.model, snap.model_id, g)
+            self._snap = replace(snap, glossaries=served)
         _settle_heap(collect=True)
-        logger.info("model %s serving %d glossaries", mid, len(served))
-        return mid, len(served)
+        logger.info("model %s serving %d glossaries", snap.model_id, len(served))
+        return snap.model_id, len(served)
 
     def _embed(self, model: DualEncoder, model_id: str, g: Glossary) -> ServedGlossary:
         """Embed a version, reusing the rows its model saved for the glossary's last one,
@@ -473,9 +477,7 @@ class Engine:
         """
         snap = snapshot or self._snap
         if not snap.ready:
-            raise EngineNotReady(
-                "no model is loaded; load one with the admin ReloadModel call or start with --checkpoint"
-            )
+            raise EngineNotReady()
         served = snap.glossaries.get(glossary_id)
         if served is None:
             raise UnknownGlossary(glossary_id)
