@@ -23,6 +23,15 @@ from .rpc import bench_rpc_overhead
 logger = logging.getLogger(__name__)
 
 
+def _int_list(text: str, lo: int, hi: int) -> list[int] | None:
+    """Comma-separated integers, each in [lo, hi]; None when ``text`` is not that."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        return None
+    return values if values and min(values) >= lo and max(values) <= hi else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="rasst bench",
@@ -62,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--streams",
         default=None,
-        help="comma-separated stream counts (default 1,2,4,8 quick / 1,2,4,8,16,32)",
+        help="comma-separated stream counts (default 1,2,4,8 quick / 1,2,4,8,16,32; the "
+        "cluster part runs the last, default 8)",
     )
     p.add_argument("--seconds", type=float, default=None, help="audio per stream in the load test")
     p.add_argument(
@@ -122,11 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     if "cluster" in parts:
-        try:
-            replicas = [int(x) for x in args.replicas.split(",")]
-        except ValueError:
-            replicas = []
-        if not replicas or min(replicas) < 1 or max(replicas) > 64:
+        replicas = _int_list(args.replicas, 1, 64)
+        if replicas is None:
             print(
                 f"rasst bench: --replicas must be integers in [1, 64], got {args.replicas!r}",
                 file=sys.stderr,
@@ -168,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     talk = load_audio(demo_wav)
     if "index" in parts:
         if args.index_sizes:
-            try:
-                sizes = [int(x) for x in args.index_sizes.split(",")]
-            except ValueError:
-                sizes = []
-            if not sizes or min(sizes) < 1 or max(sizes) > 10_000_000:
+            sizes = _int_list(args.index_sizes, 1, 10_000_000)
+            if sizes is None:
                 print(
                     f"rasst bench: --index-sizes must be integers in [1, 10000000], got {args.index_sizes!r}",
                     file=sys.stderr,

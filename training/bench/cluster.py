@@ -11,11 +11,10 @@ import asyncio
 import logging
 import os
 import statistics
-import tempfile
 
 import numpy as np
 
-from .common import SAMPLE_RATE, _glossary_entries, _pct
+from .common import SAMPLE_RATE, _glossary_entries, _pct, _start_server
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +26,10 @@ def _loopback_ray() -> None:
 
 
 async def _server(checkpoint: str, glossary: list[dict], **kw):
+    """A bench server (``common._start_server``) serving ``glossary`` as "load"."""
     from rasst.client.api import Client
-    from rasst.retriever.config import ServerConfig
-    from rasst.retriever.server import create_server
 
-    tmp = tempfile.TemporaryDirectory()
-    cfg = ServerConfig(
-        address="127.0.0.1:0",
-        checkpoint=checkpoint,
-        data_dir=tmp.name,
-        admin_token="bench",
-        demo_glossary=False,
-        threads=1,
-        **kw,
-    )
-    server, port, state = await create_server(cfg)
+    server, port, state, tmp = await _start_server(checkpoint, demo_glossary=False, **kw)
     admin = Client(f"127.0.0.1:{port}", "bench", timeout=600)
     await asyncio.to_thread(admin.put_glossary, "load", glossary)
     admin.close()

@@ -53,7 +53,9 @@ def _glossary_entries(n: int, lang: str = "de") -> list[dict]:
     return [{"id": f"e{i}", "term": t, "translations": {lang: t}} for i, t in enumerate(pool)]
 
 
-async def _start_server(checkpoint: str, threads: int = 1, device: str = "auto", **kw):
+async def _start_server(
+    checkpoint: str, threads: int = 1, device: str = "auto", demo_glossary: bool = True, **kw
+):
     from rasst.retriever.config import ServerConfig
     from rasst.retriever.server import create_server
 
@@ -63,7 +65,7 @@ async def _start_server(checkpoint: str, threads: int = 1, device: str = "auto",
         checkpoint=checkpoint,
         data_dir=tmp.name,
         admin_token="bench",
-        demo_glossary=True,
+        demo_glossary=demo_glossary,
         threads=threads,
         device=device,
         **kw,
