@@ -192,6 +192,20 @@ def _run_streams(address: str, talks: list[np.ndarray], stop: threading.Event, r
     return asyncio.run(main())
 
 
+def _streams_in_background(address: str, talks: list[np.ndarray], rounds: int):
+    """``_run_streams`` on a thread: (the event that stops it after the current round, the
+    dict that gets its "got" and "errors", the started thread)."""
+    stop = threading.Event()
+    out: dict = {}
+
+    def run():
+        out["got"], out["errors"] = _run_streams(address, talks, stop, rounds)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return stop, out, t
+
+
 def _swap_entries(version: int) -> list[dict]:
     """A glossary whose every translation names the version it was put as."""
     terms = ("attention mechanism", "semantic parsing", "machine translation", "bleu score")
@@ -208,14 +222,7 @@ def test_eight_streams_through_ten_swaps_and_a_reload_see_one_version_each(
     other = tmp_path / "other_name"
     shutil.copytree(default_checkpoint, other)
     talks = [np.concatenate([audio[i % 3], audio[(i + 1) % 3]]) for i in range(8)]
-    stop = threading.Event()
-    out: dict = {}
-    t = threading.Thread(
-        target=lambda: out.update(
-            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 20), strict=True)
-        )
-    )
-    t.start()
+    stop, out, t = _streams_in_background(cluster.address, talks, 20)
     versions = {first}
     try:
         time.sleep(2.0)
@@ -261,14 +268,7 @@ def test_kill_9_of_a_replica_under_load_loses_no_stream(cluster, audio):
     admin = Client(cluster.address, TOKEN)
     admin.put_glossary("swap", _swap_entries(0))
     talks = [np.concatenate(audio) for _ in range(4)]
-    stop = threading.Event()
-    out: dict = {}
-    t = threading.Thread(
-        target=lambda: out.update(
-            zip(("got", "errors"), _run_streams(cluster.address, talks, stop, 6), strict=True)
-        )
-    )
-    t.start()
+    stop, out, t = _streams_in_background(cluster.address, talks, 6)
     time.sleep(3.0)
     victim = int(live[0].rsplit("-", 1)[1])
     os.kill(victim, signal.SIGKILL)
