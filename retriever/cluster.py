@@ -378,9 +378,6 @@ class Replica:
         self.m_encode.observe(result.encode_ms)
         return result
 
-    def holds(self) -> list[int]:
-        return sorted(self.snaps)
-
     def check_health(self) -> None:
         """Ray Serve's periodic probe: a replica that could not load the current
         generation is replaced, not left to answer clips it cannot serve."""
@@ -442,8 +439,7 @@ class ClusterEngine:
             workers=cfg.workers or 1,
         )
         self.files = VersionFiles(cfg.data_dir)
-        self.stats = {"requests": 0, "dropped": 0, "batches": 0, "retried": 0}
-        self.observe_batch = None
+        self.stats = {"requests": 0, "dropped": 0}  # what GetStats reports
         self.on_change = None  # called (from any thread) when readiness may have changed
         self._snap = FrontSnapshot(None, None, "", {})
         self._swap_lock = threading.Lock()
@@ -669,11 +665,9 @@ class ClusterEngine:
                     newer = self._snap.generation
                     if newer is not None and newer.number > gen.number:
                         gen = newer
-                    self.stats["retried"] += 1
                 except (RayActorError, ActorUnavailableError) as e:
                     if attempt:
                         raise
-                    self.stats["retried"] += 1
                     logger.warning("replica lost (%s); clip sent to another", type(e).__name__)
             raise AssertionError("unreachable")
         finally:
