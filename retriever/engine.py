@@ -641,6 +641,7 @@ class Engine:
                     spans=spans,
                     rescore=functools.partial(model.rescore_clip, frames) if second else None,
                     pool=min(model.config.rescore_top, self.cfg.rescore_candidates),
+                    agreement=model.agreement,
                 )
                 off += n
                 results[id(j)] = [

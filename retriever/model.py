@@ -42,6 +42,7 @@ from .rescore import (
     relative_logprobs,
     rescore,
 )
+from .scoring import Agreement
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,13 @@ class ModelConfig:
     # Chosen with the thresholds on dev streamed through the client (0 = none).
     length_penalty: float = 0.0
     length_ref: int = 14
+    # Window agreement (``scoring.agreement_penalties``): a spoken term is the best row of
+    # many of the windows that overlap it (several lengths and offsets); a near miss wins
+    # one or two. An entry that is the best row of ``v`` of a query's windows loses
+    # ``agreement_penalty * max(0, agreement_windows - v) / agreement_windows``. Chosen
+    # with the thresholds on dev streamed through the client (0 = none).
+    agreement_penalty: float = 0.0
+    agreement_windows: int = 0
 
     def __post_init__(self):
         validate_config(self)
@@ -230,6 +238,12 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"length_penalty must be in [0, 1], got {c.length_penalty}")
     if not 1 <= c.length_ref <= 256:
         raise ValueError(f"length_ref must be in [1, 256] phonemes, got {c.length_ref}")
+    if not 0.0 <= c.agreement_penalty <= 1.0:
+        raise ValueError(f"agreement_penalty must be in [0, 1], got {c.agreement_penalty}")
+    if not 0 <= c.agreement_windows <= 256:
+        raise ValueError(f"agreement_windows must be in [0, 256], got {c.agreement_windows}")
+    if c.agreement_penalty and not c.agreement_windows:
+        raise ValueError("agreement_penalty needs agreement_windows >= 1")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -785,6 +799,11 @@ class DualEncoder(nn.Module):
             return None
         h = self.hubness(vectors)
         return (c.prior_weight * np.maximum(0.0, h - c.prior_ref)).astype(np.float32)
+
+    @property
+    def agreement(self) -> Agreement:
+        """The window agreement penalty scoring applies (``scoring.Agreement``)."""
+        return Agreement(self.config.agreement_penalty, self.config.agreement_windows)
 
     @property
     def penalises_rows(self) -> bool:

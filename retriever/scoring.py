@@ -3,12 +3,13 @@ every evaluation take.
 
 search (the caller's, per window) -> best entry per window (``TermIndex.best_entries``)
 -> specificity prior -> second-stage rescoring (phone alignment, fused with the cosine)
--> threshold -> top-k.
+-> window agreement -> threshold -> top-k.
 
 The second stage rescores a pool of candidates: the best by cosine among the entries
 whose cosine less their prior reaches the threshold (the fused score is never above
 that, so no other entry can pass). Without a second stage the scores are the cosines less
-the prior.
+the prior. The window agreement penalty only lowers scores, so it keeps that pruning
+exact.
 """
 
 from __future__ import annotations
@@ -26,6 +27,35 @@ RANK_ALL = -2.0
 
 # (phoneme labels, best windows, cosines less prior) -> fused scores, over one clip.
 Rescore = Callable[[list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How many of a query's windows must agree on an entry before it keeps its score.
+
+    A spoken term is the best row of many of the windows that overlap it (the window
+    lengths and offsets around it); a near miss of ordinary speech wins one or two. An
+    entry that is the best row of ``v`` windows loses ``penalty * max(0, windows - v) /
+    windows``. The weight and the count come from the checkpoint (``ModelConfig``)."""
+
+    penalty: float = 0.0
+    windows: int = 0
+
+    def __bool__(self) -> bool:
+        return self.penalty > 0 and self.windows > 0
+
+    def penalties(self, index: TermIndex, I: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        """The penalty (>= 0) of each of ``entries`` given the search ``I`` (rows per
+        window, best first)."""
+        entries = np.asarray(entries, np.int64)
+        if not self or len(entries) == 0:
+            return np.zeros(len(entries), np.float32)
+        top = I[:, 0][I[:, 0] >= 0] if I.shape[1] else np.zeros(0, np.int64)
+        won, votes = np.unique(index.row_entry[top], return_counts=True)
+        pos = np.searchsorted(won, entries)
+        found = (pos < len(won)) & (won[np.minimum(pos, len(won) - 1)] == entries)
+        v = np.where(found, votes[np.minimum(pos, len(won) - 1)], 0)
+        return (self.penalty * np.maximum(0, self.windows - v) / self.windows).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -47,23 +77,32 @@ def score_entries(
     spans: np.ndarray | None = None,
     rescore: Rescore | None = None,
     pool: int = 0,
+    agreement: Agreement | None = None,
 ) -> list[Scored]:
     """The best ``top_k`` entries at or above ``threshold``, best first.
 
     ``D``, ``I``: the index's search of the query's windows. For the second stage give
     ``rescore`` (see :data:`Rescore`), each row's phoneme labels ``row_phones``, the
     windows' ``spans`` (start, end frames) and the candidate ``pool`` size (at least
-    ``top_k``); without it the cosines less the prior are the scores.
+    ``top_k``); without it the cosines less the prior are the scores. ``agreement``: the
+    window agreement penalty (none without it), subtracted from the second stage's pool
+    (or every entry found, without one) before the best ``top_k`` are kept.
     """
     second = rescore is not None and len(row_phones) > 0
-    hits = index.best_entries(
-        D, I, threshold, max(top_k, pool) if second else top_k, prior=not second
-    )
-    if not second or not hits:
+    agree = agreement is not None and bool(agreement)
+    # The pool the penalties may reorder: the second stage's, else every entry found.
+    n = max(top_k, pool) if second else (max(top_k, I.size) if agree else top_k)
+    hits = index.best_entries(D, I, threshold, n, prior=not second)
+    if not hits or not (second or agree):
         return [Scored(h.entry, h.row, h.window, h.score) for h in hits]
-    cosine = np.array([h.score for h in hits]) - index.penalty([h.row for h in hits])
-    fused = rescore(
-        [row_phones[h.row] for h in hits], np.array([spans[h.window] for h in hits]), cosine
-    )
-    keep = [k for k in np.argsort(-fused, kind="stable") if fused[k] >= threshold][:top_k]
-    return [Scored(hits[k].entry, hits[k].row, hits[k].window, float(fused[k])) for k in keep]
+    if second:
+        cosine = np.array([h.score for h in hits]) - index.penalty([h.row for h in hits])
+        scores = rescore(
+            [row_phones[h.row] for h in hits], np.array([spans[h.window] for h in hits]), cosine
+        )
+    else:
+        scores = np.array([h.score for h in hits], np.float32)
+    if agree:
+        scores = scores - agreement.penalties(index, I, [h.entry for h in hits])
+    keep = [k for k in np.argsort(-scores, kind="stable") if scores[k] >= threshold][:top_k]
+    return [Scored(hits[k].entry, hits[k].row, hits[k].window, float(scores[k])) for k in keep]

@@ -161,3 +161,27 @@ def test_topk_rows_equals_torch_topk(n, k):
     S[:, -1] = 20.0
     D, I = topk_rows(S, k)
     assert I[:, 0].eq(n - 1).all() and D[:, 0].eq(20.0).all()
+
+
+def test_window_agreement_lowers_entries_few_windows_agree_on():
+    """Entry 0 is the best row of three windows, entry 1 of one window only (a near miss):
+    with agreement over 4 windows entry 1 loses 3/4 of the penalty and falls behind entry
+    0, which loses 1/4; an entry no window ranks first loses all of it. The threshold and
+    top-k apply after."""
+    from rasst.retriever.scoring import Agreement, score_entries
+
+    xb = np.eye(3, dtype=np.float32)
+    ti = TermIndex(xb, np.array([0, 1, 2]), use_gpu=False)
+    xq = np.array(
+        [[0.85, 0.2, 0.0], [0.75, 0.3, 0.0], [0.7, 0.1, 0.4], [0.1, 0.9, 0.0]], np.float32
+    )
+    D, I = ti.search(xq, 2)
+    plain = score_entries(ti, D, I, 0.0, 5)
+    assert [(h.entry, round(h.score, 6)) for h in plain] == [(1, 0.9), (0, 0.85), (2, 0.4)]
+    agree = Agreement(0.2, 4)
+    assert np.allclose(agree.penalties(ti, I, [0, 1, 2]), [0.05, 0.15, 0.2])
+    hits = score_entries(ti, D, I, 0.0, 5, agreement=agree)
+    assert [(h.entry, round(h.score, 6)) for h in hits] == [(0, 0.8), (1, 0.75), (2, 0.2)]
+    assert [h.entry for h in score_entries(ti, D, I, 0.76, 5, agreement=agree)] == [0]
+    assert [h.entry for h in score_entries(ti, D, I, 0.5, 1, agreement=agree)] == [0]
+    assert not Agreement() and score_entries(ti, D, I, 0.0, 5, agreement=Agreement()) == plain

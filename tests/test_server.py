@@ -836,3 +836,28 @@ def test_health_answers_while_a_big_glossary_is_parsed(live_server, tiny_checkpo
     # On the event loop, validating 100K entries held health checks for ~0.9 s here; off
     # it, the worst wait was ~0.04 s.
     assert worst < 0.4, f"a health check waited {worst:.2f} s"
+
+
+def test_window_agreement_is_served_lowering_near_misses_more_than_the_spoken_term(
+    live_server, default_checkpoint, tmp_path, tts
+):
+    """A checkpoint with a window agreement penalty, served with the demo glossary: no
+    score rises, the spoken term loses least of the entries both servers return and still
+    ranks first, and the near misses few windows agree on lose more."""
+    from rasst.client.api import Client
+    from rasst.training.streaming_eval import with_agreement
+
+    clip = tts("today we look at semantic parsing in detail")
+    scores = []
+    for name, penalty, windows in (("off", 0.0, 0), ("on", 0.5, 12)):
+        ckpt = with_agreement(default_checkpoint, penalty, windows, tmp_path / name)
+        s = live_server(checkpoint=str(ckpt))
+        c = Client(s.address)
+        scores.append({h.term: h.score for h in c.retrieve(clip, "demo", "de", 20, -1.0).hits})
+        c.close()
+    off, on = scores
+    assert max(on, key=on.get) == max(off, key=off.get) == "semantic parsing"
+    drop = {t: off[t] - on[t] for t in on if t in off}
+    assert all(-1e-5 <= d <= 0.5 + 1e-5 for d in drop.values())
+    assert drop["semantic parsing"] == min(drop.values())
+    assert max(drop.values()) > drop["semantic parsing"] + 0.1

@@ -117,6 +117,11 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert m.config.thresholds == ((8, stream[0]["threshold"]),)
     assert m.config.threshold == stream[0]["threshold"]
     assert {"hint_precision", "hint_recall", "rule"} <= set(stream[0])
+    # The window agreement is chosen with them, among the candidates.
+    from rasst.training.streaming_eval import AGREEMENTS
+
+    agreement = (m.config.agreement_penalty, m.config.agreement_windows)
+    assert agreement == tuple(metrics["agreement"]) and agreement in AGREEMENTS
     voices = metrics["train_voices"]  # by TTS engine: what the model heard
     assert set(voices) <= {"espeak-ng", "festival"} and "espeak-ng" in voices
     assert sum(v["utterances"] for v in voices.values()) == metrics["n_train_occurrences"]
@@ -196,6 +201,17 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert (
         bad.returncode == 2 and "--prior-size must be >= 0 (>= 1 with --prior-only)" in bad.stderr
     )
+    # --calibrate-only keeps every weight and the prior; only the operating point is chosen.
+    r = _train(tiny_corpus, tmp_path / "four", extra=("--calibrate-only", str(tmp_path / "three")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    four = DualEncoder.from_pretrained(tmp_path / "four")
+    assert torch.equal(four.background, three.background)
+    assert four.config.prior_weight == three.config.prior_weight
+    assert four.config.prior_ref == three.config.prior_ref
+    assert np.array_equal(four.encode_terms(TERMS), plain.encode_terms(TERMS))
+    m4 = json.loads((tmp_path / "four" / "metrics.json").read_text())
+    assert m4["prior_stage_on"] == m3["prior_stage_on"] and m4["streaming_calibration"]
+    assert (four.config.agreement_penalty, four.config.agreement_windows) == tuple(m4["agreement"])
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):

@@ -268,6 +268,14 @@ def train_main(argv: list[str] | None = None) -> int:
         help="keep this checkpoint's dual encoder and phone head; fit the prior and calibrate "
         "(written to --out)",
     )
+    only.add_argument(
+        "--calibrate-only",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="keep this checkpoint's dual encoder, phone head and prior; choose its thresholds, "
+        "length penalty and window agreement on dev again (written to --out)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -305,8 +313,13 @@ def train_main(argv: list[str] | None = None) -> int:
     from .train import add_stages, run
 
     ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if ddp and (args.phones_only or args.prior_only):
-        flag = "--phones-only" if args.phones_only else "--prior-only"
+    stage_of = args.phones_only or args.prior_only or args.calibrate_only
+    if ddp and stage_of:
+        flag = next(
+            f"--{k.replace('_', '-')}"
+            for k in ("phones_only", "prior_only", "calibrate_only")
+            if getattr(args, k)
+        )
         print(f"rasst train: {flag} runs in one process, not under torchrun", file=sys.stderr)
         return 2
     if ddp:
@@ -365,17 +378,17 @@ def train_main(argv: list[str] | None = None) -> int:
             size=args.prior_size, k=max(1, min(PriorConfig.k, args.prior_size)), seed=args.seed
         )
         t0 = time.time()
-        if args.phones_only or args.prior_only:
-            if args.prior_only:
+        if stage_of:
+            if args.prior_only or args.calibrate_only:
                 phone_cfg = replace(phone_cfg, steps=0)
             out = add_stages(
-                args.phones_only or args.prior_only,
+                stage_of,
                 train_c,
                 dev_c,
                 distractors,
                 args.out,
                 phone_cfg,
-                prior_cfg,
+                None if args.calibrate_only else prior_cfg,
                 args.eval_size,
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
             )

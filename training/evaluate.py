@@ -21,7 +21,7 @@ from rasst.retriever.g2p import normalize_term
 from rasst.retriever.index import TermIndex
 from rasst.retriever.model import DualEncoder, int8_speech_head
 from rasst.retriever.rescore import alignment_regions, keyword_scores
-from rasst.retriever.scoring import RANK_ALL, score_entries
+from rasst.retriever.scoring import RANK_ALL, Agreement, score_entries
 
 from .features import FeatureCache
 
@@ -117,6 +117,7 @@ class Rescorer:
             spans=spans,
             rescore=functools.partial(self.model.rescore, rel),
             pool=c.rescore_top,
+            agreement=self.model.agreement,
         )
         return [(h.entry, h.score) for h in scored]
 
@@ -208,14 +209,16 @@ def ranked_entries(
     spans: np.ndarray | None = None,
     rel: np.ndarray | None = None,
     top_k: int = 64,
+    agreement: Agreement | None = None,
 ) -> list[int]:
     """A term occurrence's best ``top_k`` entries, best first, from its covering windows'
     ``vectors``: by cosine, or by fused score with ``rescorer`` (which needs the windows'
-    ``spans`` and the clip's phone log-probs ``rel``)."""
+    ``spans`` and the clip's phone log-probs ``rel``; it brings its model's window
+    agreement, ``agreement`` applies without one)."""
     if rescorer is not None:
         return [e for e, _ in rescorer.hits(index, vectors, spans, rel, RANK_ALL, top_k)]
     D, I = index.search(vectors, min(top_k, index.ntotal))
-    return [h.entry for h in score_entries(index, D, I, RANK_ALL, top_k)]
+    return [h.entry for h in score_entries(index, D, I, RANK_ALL, top_k, agreement=agreement)]
 
 
 def retrieval_metrics(
@@ -227,11 +230,13 @@ def retrieval_metrics(
     precision: str = "float32",
     rescorer: Rescorer | None = None,
     row_prior: np.ndarray | None = None,
+    agreement: Agreement | None = None,
 ) -> dict:
     """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
     the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic;
     ``rescorer``: the second stage, over the same glossary (needs ``occ`` with spans);
-    ``row_prior``: the model's specificity prior of each glossary row."""
+    ``row_prior``: the model's specificity prior of each glossary row; ``agreement``: the
+    model's window agreement penalty."""
     index = TermIndex(
         glossary_vecs, np.arange(len(glossary_terms)), precision=precision, row_prior=row_prior
     )
@@ -244,7 +249,7 @@ def retrieval_metrics(
                 index, v, rescorer, occ.spans[i], occ.phone_logprobs[occ.occ_utt[i]]
             )
         else:
-            order = ranked_entries(index, v)
+            order = ranked_entries(index, v, agreement=agreement)
         target = pos[normalize_term(term).lower()]
         ranks.append(order.index(target) + 1 if target in order else 10**9)
     r = np.asarray(ranks)
@@ -300,6 +305,7 @@ def evaluate(
             precision=precision,
             rescorer=rescorer,
             row_prior=prefix(prior, size),
+            agreement=model.agreement,
         )
     return report
 
@@ -359,7 +365,10 @@ def calibrate_thresholds(
                 )
             else:
                 D, I = index.search(occ.all_vectors[u], 16)
-                found = [(h.entry, h.score) for h in score_entries(index, D, I, RANK_ALL, top_k)]
+                found = [
+                    (h.entry, h.score)
+                    for h in score_entries(index, D, I, RANK_ALL, top_k, agreement=model.agreement)
+                ]
             scored += [(score, entry in want) for entry, score in found]
         scored.sort(key=lambda x: -x[0])
         tp = fp = 0

@@ -369,6 +369,9 @@ def operating_point(
 PRECISION_TARGETS = ((1000, 0.92), (10_000, 0.90), (100_000, 0.85))
 LENGTH_PENALTIES = (0.0, 0.1, 0.2, 0.3)  # candidates, chosen on dev with the thresholds
 LENGTH_REF = 12  # phonemes: forms shorter than this are penalised
+# Window agreement candidates (agreement_penalty, agreement_windows), chosen on dev with
+# the thresholds; (0, 0) is none.
+AGREEMENTS = ((0.0, 0), (0.2, 6), (0.3, 10))
 
 
 def precision_target_for(size: int) -> float:
@@ -381,6 +384,29 @@ def length_penalty_of(model, terms: list[str], weight: float, ref: int = LENGTH_
     return [weight * max(0, ref - sum(not ch.isspace() for ch in u)) / ref for u in units]
 
 
+def with_agreement(checkpoint, penalty: float, windows: int, out_dir) -> Path:
+    """A copy of ``checkpoint`` in ``out_dir`` (its weights linked, not copied) whose
+    window agreement is ``penalty`` / ``windows``."""
+    src, out = Path(checkpoint), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (out / f.name).symlink_to(f.resolve())
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(agreement_penalty=penalty, agreement_windows=windows)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The served operating point chosen on dev (``calibrate_streaming``)."""
+
+    points: list[dict]  # per glossary size: threshold, hint precision / recall, target
+    length_penalty: float
+    agreement: tuple[float, int]  # (agreement_penalty, agreement_windows)
+
+
 def calibrate_streaming(
     checkpoint,
     manifest,
@@ -388,14 +414,16 @@ def calibrate_streaming(
     sizes: tuple[int, ...],
     opt: StreamOptions | None = None,
     length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
-) -> tuple[list[dict], float]:
+    agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
+) -> Calibration:
     """The served operating point, from ``manifest`` (dev: unseen terms, training voices)
-    streamed once per glossary size through the real client: per size, the threshold with
-    the most hint recall at that size's precision target (``PRECISION_TARGETS``;
-    ``operating_point``), and one length penalty for every size, the candidate with the
-    most recall on average. The checkpoint is played without a length penalty; each
-    candidate's is subtracted from the recorded scores. Sizes the terms and distractors
-    cannot fill are skipped. Returns (points per size, the chosen length penalty)."""
+    streamed through the real client: per size, the threshold with the most hint recall
+    at that size's precision target (``PRECISION_TARGETS``; ``operating_point``), and one
+    length penalty and one window agreement for every size, the pair with the most recall
+    on average. Dev is streamed once per glossary size and agreement candidate (the
+    server applies the agreement); each length penalty is subtracted from the recorded
+    scores, so the checkpoint must have none. Sizes the terms and distractors cannot fill
+    are skipped (no points when none can be filled)."""
     from rasst.retriever.model import DualEncoder
 
     from .manifests import read_manifest
@@ -405,40 +433,44 @@ def calibrate_streaming(
     if model.config.length_penalty:
         raise ValueError(f"{checkpoint} has a length penalty: calibrate it without one")
     n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
-    by_weight: dict[float, list[dict]] = {w: [] for w in length_penalties}
-    for size in sorted(set(sizes)):
-        if size > n_terms + len(distractors):
-            continue
-        played = play_manifest(manifest, checkpoint, distractors, size, opt, -1.0)
-        terms = list(played.id_of)
-        target = precision_target_for(played.glossary_size)
-        for w in length_penalties:
-            penalty = None
-            if w:
-                pen = length_penalty_of(model, terms, w)
-                penalty = {played.id_of[t]: p for t, p in zip(terms, pen, strict=True)}
-            point = operating_point(played, opt, target, penalty=penalty)
-            by_weight[w].append(
-                {**point, "glossary_size": played.glossary_size, "precision_target": target}
-            )
-    if not any(by_weight.values()):
-        return [], 0.0
-    best = max(
-        length_penalties,
-        key=lambda w: (np.mean([p["hint_recall"] for p in by_weight[w]]), -w),
+    sizes = tuple(n for n in sorted(set(sizes)) if n <= n_terms + len(distractors))
+    points: dict[tuple[float, float, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for a_pen, a_win in agreements:
+            ckpt = with_agreement(checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}")
+            for size in sizes:
+                played = play_manifest(manifest, ckpt, distractors, size, opt, -1.0)
+                terms = list(played.id_of)
+                target = precision_target_for(played.glossary_size)
+                for w in length_penalties:
+                    penalty = None
+                    if w:
+                        pen = length_penalty_of(model, terms, w)
+                        penalty = {played.id_of[t]: p for t, p in zip(terms, pen, strict=True)}
+                    point = operating_point(played, opt, target, penalty=penalty)
+                    points.setdefault((w, a_pen, a_win), []).append(
+                        {**point, "glossary_size": played.glossary_size, "precision_target": target}
+                    )
+    if not points:
+        return Calibration([], 0.0, (0.0, 0))
+    w, a_pen, a_win = max(
+        points,
+        key=lambda k: (np.mean([p["hint_recall"] for p in points[k]]), -k[0], -k[1]),
     )
-    for p in by_weight[best]:
+    for p in points[(w, a_pen, a_win)]:
         logger.info(
-            "streaming calibration at %d entries, length penalty %.2f: threshold %.4f, "
-            "P %.3f R %.3f (%s)",
+            "streaming calibration at %d entries, length penalty %.2f, agreement %.2f over %d "
+            "windows: threshold %.4f, P %.3f R %.3f (%s)",
             p["glossary_size"],
-            best,
+            w,
+            a_pen,
+            a_win,
             p["threshold"],
             p["hint_precision"],
             p["hint_recall"],
             p["rule"],
         )
-    return by_weight[best], float(best)
+    return Calibration(points[(w, a_pen, a_win)], float(w), (float(a_pen), int(a_win)))
 
 
 @dataclass

@@ -510,21 +510,23 @@ def finish(
         if model.config.length_penalty:  # calibrated again from a model without one
             model.config = replace(model.config, length_penalty=0.0)
             model.save_pretrained(out_dir, metrics=metrics)
-        stream, length_penalty = calibrate_streaming(
-            out_dir, dev_manifest, distractors, calibrate_sizes
-        )
+        cal = calibrate_streaming(out_dir, dev_manifest, distractors, calibrate_sizes)
+        stream = cal.points
         for prev, cur in zip(stream, stream[1:], strict=False):
             cur["threshold"] = max(cur["threshold"], prev["threshold"])  # as the offline ones
         if stream:
             metrics["streaming_calibration"] = stream
-            metrics["length_penalty"] = length_penalty
+            metrics["length_penalty"] = cal.length_penalty
+            metrics["agreement"] = list(cal.agreement)
             first = next((c for c in stream if c["glossary_size"] == calibrate_sizes[0]), stream[0])
             model.config = replace(
                 model.config,
                 threshold=first["threshold"],
                 thresholds=tuple((c["glossary_size"], c["threshold"]) for c in stream),
-                length_penalty=length_penalty,
+                length_penalty=cal.length_penalty,
                 length_ref=LENGTH_REF,
+                agreement_penalty=cal.agreement[0],
+                agreement_windows=cal.agreement[1],
             )
             model.save_pretrained(out_dir, metrics=metrics)
     if phone_history:

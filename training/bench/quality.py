@@ -146,7 +146,9 @@ def bench_quality(
         )
         ranks = []
         for i, (v, target) in enumerate(zip(occ_vecs, targets, strict=True)):
-            order = ranked_entries(index, v, rescorer, occ_spans[i], rels[i])
+            order = ranked_entries(
+                index, v, rescorer, occ_spans[i], rels[i], agreement=model.agreement
+            )
             ranks.append(order.index(target) + 1 if target in order else 10**9)
         res[str(size)] = {f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)}
         # Hints from every window of the utterance, each window voting for its 2 nearest
@@ -160,7 +162,12 @@ def bench_quality(
             else:
                 D, I = index.search(v, 2)
                 hints.append(
-                    {h.entry: h.score for h in score_entries(index, D, I, RANK_ALL, 10**6)}
+                    {
+                        h.entry: h.score
+                        for h in score_entries(
+                            index, D, I, RANK_ALL, 10**6, agreement=model.agreement
+                        )
+                    }
                 )
         res[str(size)]["hints"] = _hint_report(
             hints, _spoken(rows, glossary, size), model.config.threshold_for(size)
