@@ -80,6 +80,19 @@ def main(argv=None) -> int:
             + "; interpolated in log size between them)."
             if mc.thresholds
             else "."
+        )
+        + (
+            f" Length penalty {mc.length_penalty}: a form of n < {mc.length_ref} phonemes loses"
+            f" {mc.length_penalty} × ({mc.length_ref} − n) / {mc.length_ref}."
+            if mc.length_penalty
+            else ""
+        )
+        + (
+            f" Window agreement {mc.agreement_penalty} over {mc.agreement_windows} windows: an entry"
+            f" that is the best row of v of a chunk's windows loses {mc.agreement_penalty} ×"
+            f" ({mc.agreement_windows} − v) / {mc.agreement_windows}."
+            if mc.agreement_penalty
+            else ""
         ),
         "",
         "## Data and recipe",
@@ -143,11 +156,21 @@ def main(argv=None) -> int:
         f"- Threshold calibration on dev (max hit F1 at 1K): {json.dumps(metrics.get('calibration'))}",
         *(
             [
-                "- Served thresholds: dev streamed through the client and an in-process server (0.96 s chunks,"
-                " 1.92 s look-back), the most hint recall at hint precision 0.9 per glossary size: "
+                "- Served operating point: dev streamed through the client and an in-process server (0.96 s"
+                " chunks, 1.92 s look-back), distractors spoken in dev or inside a dev term left out; per"
+                " glossary size the threshold with the most hint recall at that size's precision target,"
+                " and one length penalty and one window agreement with the most recall on average:"
+                f" length penalty {mc.length_penalty}, agreement "
+                + (
+                    f"{mc.agreement_penalty} over {mc.agreement_windows} windows"
+                    if mc.agreement_penalty
+                    else "none"
+                )
+                + "; "
                 + ", ".join(
-                    f"{c['glossary_size']:,}: {c['threshold']} (P {c['hint_precision']:.3f}, R {c['hint_recall']:.3f}"
-                    + (", best F1: 0.9 not reached" if c["rule"] == "best F1" else "")
+                    f"{c['glossary_size']:,}: {c['threshold']} (target P {c.get('precision_target', 0.9)}:"
+                    f" P {c['hint_precision']:.3f}, R {c['hint_recall']:.3f}"
+                    + (", best F1: the target was not reached" if c["rule"] == "best F1" else "")
                     + ")"
                     for c in metrics["streaming_calibration"]
                 )
@@ -164,7 +187,14 @@ def main(argv=None) -> int:
     for item in args.report:
         name, _, path = item.partition("=")
         rep = json.loads(Path(path).read_text())
-        L += ["", f"### {name} — `{rep.get('manifest', path)}`", "", table(rep)]
+        L += ["", f"### {name} — `{rep.get('manifest', path)}`", ""]
+        if rep.get("distractors_dropped"):
+            L += [
+                f"{rep['distractors_dropped']:,} distractors left out for being spoken in the test"
+                " audio or inside a test term.",
+                "",
+            ]
+        L += [table(rep)]
     if args.streaming:
         rep = json.loads(args.streaming.read_text())
         L += [
