@@ -139,7 +139,7 @@ class ModelConfig:
     # Chosen with the thresholds on dev streamed through the client (0 = none).
     length_penalty: float = 0.0
     length_ref: int = 14
-    # Window agreement (``scoring.agreement_penalties``): a spoken term is the best row of
+    # Window agreement (``scoring.Agreement``): a spoken term is the best row of
     # many of the windows that overlap it (several lengths and offsets); a near miss wins
     # one or two. An entry that is the best row of ``v`` of a query's windows loses
     # ``agreement_penalty * max(0, agreement_windows - v) / agreement_windows``. Chosen

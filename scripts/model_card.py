@@ -153,7 +153,17 @@ def main(argv=None) -> int:
             if metrics.get("prior_weights_dev")
             else []
         ),
-        f"- Threshold calibration on dev (max hit F1 at 1K): {json.dumps(metrics.get('calibration'))}",
+        *(
+            [
+                "- Offline hit calibration on dev (each utterance on its own, 1K entries): best F1"
+                f" {cal['f1']:.3f} at score {cal['threshold']} (P {cal['precision']:.3f}, R"
+                f" {cal['recall']:.3f}); R {cal['recall_at_p']:.3f} at P {cal['precision_target']}"
+                f" (score {cal['threshold_at_p']}). The served thresholds come from the streamed"
+                " calibration below."
+            ]
+            if (cal := metrics.get("calibration"))
+            else []
+        ),
         *(
             [
                 "- Served operating point: dev streamed through the client and an in-process server (0.96 s"
@@ -201,7 +211,7 @@ def main(argv=None) -> int:
             "",
             "### Streaming hint quality (`rasst eval --streaming`)",
             "",
-            f"{rep['mode']}, budget {rep['budget_ms']} ms, chunk {rep['chunk_s']} s, look-back"
+            f"{rep['mode'].capitalize()}, budget {rep['budget_ms']:g} ms, chunk {rep['chunk_s']} s, look-back"
             f" {rep['lookback_s']} s; {rep['distractors_dropped']:,} distractors left out for being"
             " spoken in the test audio or inside a test term.",
             "",

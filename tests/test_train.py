@@ -137,6 +137,7 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     text = (ck / "README.md").read_text()
     assert "`rasst data synth --x 1`" in text
     assert f"espeak-ng {voices['espeak-ng']['utterances']:,} utterances" in text
+    assert "Offline hit calibration on dev" in text and "Served operating point" in text
     assert (ck / "training_curves.png").stat().st_size > 1000
     hist = json.loads((ck / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3, 4] and "dev_recall@10" in hist[1]
