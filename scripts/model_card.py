@@ -176,6 +176,22 @@ def main(argv=None) -> int:
                     if mc.agreement_penalty
                     else "none"
                 )
+                + (
+                    " (mean recall at the targets by length penalty / agreement: "
+                    + ", ".join(
+                        f"{c['length_penalty']} / "
+                        + (
+                            f"{c['agreement'][0]}×{c['agreement'][1]}"
+                            if c["agreement"][0]
+                            else "none"
+                        )
+                        + f": {c['mean_hint_recall']:.3f}"
+                        for c in metrics["operating_points_dev"]
+                    )
+                    + ")"
+                    if metrics.get("operating_points_dev")
+                    else ""
+                )
                 + "; "
                 + ", ".join(
                     f"{c['glossary_size']:,}: {c['threshold']} (target P {c.get('precision_target', 0.9)}:"

@@ -118,10 +118,20 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert m.config.threshold == stream[0]["threshold"]
     assert {"hint_precision", "hint_recall", "rule"} <= set(stream[0])
     # The window agreement is chosen with them, among the candidates.
-    from rasst.training.streaming_eval import AGREEMENTS
+    from rasst.training.streaming_eval import AGREEMENTS, LENGTH_PENALTIES
 
     agreement = (m.config.agreement_penalty, m.config.agreement_windows)
     assert agreement == tuple(metrics["agreement"]) and agreement in AGREEMENTS
+    # Every candidate is recorded with its dev recall, and the chosen one has the most.
+    cands = metrics["operating_points_dev"]
+    assert len(cands) == len(AGREEMENTS) * len(LENGTH_PENALTIES)
+    best = max(c["mean_hint_recall"] for c in cands)
+    assert any(
+        c["mean_hint_recall"] == best
+        and tuple(c["agreement"]) == agreement
+        and c["length_penalty"] == m.config.length_penalty
+        for c in cands
+    )
     voices = metrics["train_voices"]  # by TTS engine: what the model heard
     assert set(voices) <= {"espeak-ng", "festival"} and "espeak-ng" in voices
     assert sum(v["utterances"] for v in voices.values()) == metrics["n_train_occurrences"]
@@ -138,6 +148,7 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert "`rasst data synth --x 1`" in text
     assert f"espeak-ng {voices['espeak-ng']['utterances']:,} utterances" in text
     assert "Offline hit calibration on dev" in text and "Served operating point" in text
+    assert "mean recall at the targets by length penalty / agreement" in text
     assert (ck / "training_curves.png").stat().st_size > 1000
     hist = json.loads((ck / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3, 4] and "dev_recall@10" in hist[1]

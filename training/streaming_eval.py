@@ -405,6 +405,8 @@ class Calibration:
     points: list[dict]  # per glossary size: threshold, hint precision / recall, target
     length_penalty: float
     agreement: tuple[float, int]  # (agreement_penalty, agreement_windows)
+    # Every candidate pair with its mean hint recall over the sizes at their targets.
+    candidates: list[dict] = field(default_factory=list)
 
 
 def calibrate_streaming(
@@ -470,7 +472,15 @@ def calibrate_streaming(
             p["hint_recall"],
             p["rule"],
         )
-    return Calibration(points[(w, a_pen, a_win)], float(w), (float(a_pen), int(a_win)))
+    candidates = [
+        {
+            "length_penalty": float(k[0]),
+            "agreement": [float(k[1]), int(k[2])],
+            "mean_hint_recall": float(np.mean([p["hint_recall"] for p in pts])),
+        }
+        for k, pts in points.items()
+    ]
+    return Calibration(points[(w, a_pen, a_win)], float(w), (float(a_pen), int(a_win)), candidates)
 
 
 @dataclass

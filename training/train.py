@@ -518,6 +518,7 @@ def finish(
             metrics["streaming_calibration"] = stream
             metrics["length_penalty"] = cal.length_penalty
             metrics["agreement"] = list(cal.agreement)
+            metrics["operating_points_dev"] = cal.candidates
             first = next((c for c in stream if c["glossary_size"] == calibrate_sizes[0]), stream[0])
             model.config = replace(
                 model.config,
