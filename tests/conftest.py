@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -148,6 +150,46 @@ class LiveServer:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.tmp.cleanup()
+
+
+class ServeProcess:
+    """``python -m rasst serve ARGS`` as an operator runs it, in a child process. Its
+    output (stdout and stderr) is read on a thread into ``lines``, so the pipe never
+    fills and a failing test can show the tail."""
+
+    def __init__(self, *args: str, env: dict | None = None, new_session: bool = False):
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._started = threading.Event()  # the listening line, or the end of output
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rasst", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=new_session,  # its own process group
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.match(r"rasst listening on \S+:(\d+)", line)
+            if m and self.port is None:
+                self.port = int(m.group(1))
+                self._started.set()
+        self._started.set()
+
+    def wait_listening(self, timeout: float = 180) -> int:
+        """The port, once the server says it listens (AssertionError with its output
+        when it exits or stays silent)."""
+        self._started.wait(timeout)
+        assert self.port is not None, f"rasst serve did not start:\n{self.tail()}"
+        return self.port
+
+    def tail(self, n: int = 20) -> str:
+        return "".join(self.lines[-n:])
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
+from conftest import ServeProcess
 
 pytestmark = pytest.mark.ray
 pytest.importorskip("ray", reason="the cluster extra (ray[serve]) is not installed")
@@ -27,48 +26,29 @@ def _ray_running() -> bool:
 def test_sigterm_to_the_process_group_stops_a_cluster_server(tmp_path):
     if _ray_running():
         pytest.skip("a Ray instance is running here; --cluster auto would join it")
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # loopback only
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rasst",
-            "serve",
-            "--cluster",
-            "auto",
-            "--checkpoint",
-            "none",
-            "--data-dir",
-            str(tmp_path),
-            "--address",
-            "127.0.0.1:0",
-            "--cluster-replica-cpus",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group, Ray's processes in it
+    server = ServeProcess(
+        "--cluster",
+        "auto",
+        "--checkpoint",
+        "none",
+        "--data-dir",
+        str(tmp_path),
+        "--address",
+        "127.0.0.1:0",
+        "--cluster-replica-cpus",
+        "0.5",
+        env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},  # loopback only
+        new_session=True,  # its own process group, Ray's processes in it
     )
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def read():
-        for line in p.stdout:
-            lines.append(line)
-            if "rasst listening on" in line:
-                listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    p = server.proc
     try:
-        assert listening.wait(180), "".join(lines[-20:])
+        server.wait_listening(180)
         t0 = time.monotonic()
         os.killpg(p.pid, signal.SIGTERM)
         # Ray's processes stop with it; the drain must not wait on them for ever.
-        assert p.wait(90) == 0, "".join(lines[-20:])
+        assert p.wait(90) == 0, server.tail()
         assert time.monotonic() - t0 < 60
-        assert not any("Traceback" in line for line in lines), "".join(lines[-30:])
+        assert not any("Traceback" in line for line in server.lines), server.tail(30)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ServeProcess
 from rasst.client.api import Client, Session, SessionOptions, make_channel
 from rasst.retriever.model import DualEncoder
 
@@ -140,31 +138,17 @@ def test_soak_100_reloads_32_streams(live_server, tts):
 
 
 def _spawn(data_dir: Path, port: int = 0):
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rasst",
-            "serve",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(data_dir),
-            "--admin-token",
-            "t",
-            "--no-demo-glossary",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    server = ServeProcess(
+        "--address",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        "--admin-token",
+        "t",
+        "--no-demo-glossary",
+        env={"OMP_NUM_THREADS": "1"},
     )
-    for line in p.stdout:
-        m = re.search(r"listening on \S+:(\d+)", line)
-        if m:
-            return p, int(m.group(1))
-    raise RuntimeError("server did not start")
+    return server.proc, server.wait_listening()
 
 
 def test_kill_9_during_glossary_write_keeps_last_committed_version(tmp_path):
