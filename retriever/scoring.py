@@ -89,7 +89,7 @@ def score_entries(
     (or every entry found, without one) before the best ``top_k`` are kept.
     """
     second = rescore is not None and len(row_phones) > 0
-    agree = agreement is not None and bool(agreement)
+    agree = bool(agreement)  # None or a zero penalty: no agreement
     # The pool the penalties may reorder: the second stage's, else every entry found.
     n = max(top_k, pool) if second else (max(top_k, I.size) if agree else top_k)
     hits = index.best_entries(D, I, threshold, n, prior=not second)

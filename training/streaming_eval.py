@@ -378,10 +378,11 @@ def precision_target_for(size: int) -> float:
     return next((p for n, p in PRECISION_TARGETS if size <= n), 0.9)
 
 
-def length_penalty_of(model, terms: list[str], weight: float, ref: int = LENGTH_REF) -> list:
-    """The length penalty of each term (``DualEncoder.row_penalty``'s length part)."""
+def phoneme_shortfall(model, terms: list[str], ref: int = LENGTH_REF) -> list[int]:
+    """How many phonemes each term has fewer than ``ref``: its length penalty at weight
+    ``w`` is ``w * shortfall / ref`` (``DualEncoder.row_penalty``'s length part)."""
     units = model.term_units(terms)
-    return [weight * max(0, ref - sum(not ch.isspace() for ch in u)) / ref for u in units]
+    return [max(0, ref - sum(not ch.isspace() for ch in u)) for u in units]
 
 
 def with_agreement(checkpoint, penalty: float, windows: int, out_dir) -> Path:
@@ -437,28 +438,28 @@ def calibrate_streaming(
     n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
     sizes = tuple(n for n in sorted(set(sizes)) if n <= n_terms + len(distractors))
     points: dict[tuple[float, float, int], list[dict]] = {}
+    short: dict[str, int] = {}  # each term's phoneme shortfall, phonemised once
     with tempfile.TemporaryDirectory() as tmp:
         for a_pen, a_win in agreements:
             ckpt = with_agreement(checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}")
             for size in sizes:
                 played = play_manifest(manifest, ckpt, distractors, size, opt, -1.0)
                 terms = list(played.id_of)
+                new = [t for t in terms if t not in short]
+                short.update(zip(new, phoneme_shortfall(model, new), strict=True))
                 target = precision_target_for(played.glossary_size)
                 for w in length_penalties:
                     penalty = None
                     if w:
-                        pen = length_penalty_of(model, terms, w)
-                        penalty = {played.id_of[t]: p for t, p in zip(terms, pen, strict=True)}
+                        penalty = {played.id_of[t]: w * short[t] / LENGTH_REF for t in terms}
                     point = operating_point(played, opt, target, penalty=penalty)
                     points.setdefault((w, a_pen, a_win), []).append(
                         {**point, "glossary_size": played.glossary_size, "precision_target": target}
                     )
     if not points:
         return Calibration([], 0.0, (0.0, 0))
-    w, a_pen, a_win = max(
-        points,
-        key=lambda k: (np.mean([p["hint_recall"] for p in points[k]]), -k[0], -k[1]),
-    )
+    recall = {k: float(np.mean([p["hint_recall"] for p in pts])) for k, pts in points.items()}
+    w, a_pen, a_win = max(points, key=lambda k: (recall[k], -k[0], -k[1]))
     for p in points[(w, a_pen, a_win)]:
         logger.info(
             "streaming calibration at %d entries, length penalty %.2f, agreement %.2f over %d "
@@ -476,9 +477,9 @@ def calibrate_streaming(
         {
             "length_penalty": float(k[0]),
             "agreement": [float(k[1]), int(k[2])],
-            "mean_hint_recall": float(np.mean([p["hint_recall"] for p in pts])),
+            "mean_hint_recall": r,
         }
-        for k, pts in points.items()
+        for k, r in recall.items()
     ]
     return Calibration(points[(w, a_pen, a_win)], float(w), (float(a_pen), int(a_win)), candidates)
 
