@@ -713,6 +713,9 @@ def _warm_up(
         frames = frontend.frame_tensors(clips)
         spans = [model.windows(len(frames[0]))] * batch
         embed_windows(head, frames, spans, model.config.pool_segments)
+    if model.phone is not None:  # the second stage's compiled alignment loads on first use
+        frames = frontend.frame_tensors([np.zeros(SAMPLE_RATE, np.float32)])
+        model.rescore_clip(frames[0], [np.ones(2, np.int64)], np.array([[0, 10]]), np.zeros(1))
     if _on_gpu(frontend):
         # The head's row counts, padded to powers of two: windows from one to a full batch.
         frames = frontend.frame_tensors([np.zeros(SAMPLE_RATE, np.float32)])

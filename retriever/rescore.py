@@ -16,12 +16,13 @@ the cosine, so only entries that could pass are rescored.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Log-probability of an impossible path; finite so that sums stay finite.
+# The score of a string that cannot align inside its region (more phonemes than frames).
 _NEG = -1e9
 
 
@@ -131,51 +132,70 @@ def keyword_scores(rel: np.ndarray, labels: list[np.ndarray], regions: np.ndarra
     rel: (T, V + 1) from ``relative_logprobs``; labels: n label arrays; regions: (n, 2)
     [start, end) frames. The alignment may start and end on any frame of the region; blank
     frames may sit between phonemes, not before the first or after the last. Returns (n,)
-    scores <= 0 (``_NEG`` when a string has more phonemes than its region has frames).
+    scores <= 0 (``_NEG`` when a string has more phonemes than its region has frames, or
+    none).
     """
     n = len(labels)
     if n == 0:
         return np.zeros(0, np.float32)
-    states = [np.insert(lab, np.arange(1, len(lab)), 0) for lab in labels]  # p1 0 p2 0 .. pL
-    S = max(len(s) for s in states)
-    # Each string is right-aligned in S columns, so every last state is column S - 1. The
-    # columns before a string's first state are "ready" states: they hold 0 and emit 0, so
-    # the first state may be entered from them on any frame (a fresh start).
-    lab = np.zeros((n, S), np.int64)
-    valid = np.zeros((n, S), bool)
-    skip = np.zeros((n, S), bool)  # p_{k-1} -> p_k without a blank between (labels differ)
-    for i, s in enumerate(states):
-        c = S - len(s)
-        lab[i, c:] = s
-        valid[i, c:] = True
-        skip[i, c + 2 :] = (s[2:] != 0) & (s[2:] != s[:-2])
-    regions = np.asarray(regions, dtype=np.int64)
-    t0, t1 = int(regions[:, 0].min()), max(int(regions[:, 1].max()), int(regions[:, 0].min()))
-    t = np.arange(t0, t1)[:, None]
-    inside = (regions[:, 0] <= t) & (t < regions[:, 1])  # (T, n)
-    # Every frame's emissions at once: a state on a frame outside its candidate's region
-    # emits _NEG (so nothing passes through it); a ready state emits 0.
-    emit = np.where(inside[..., None], rel[t0:t1][:, lab], _NEG)  # (T, n, S)
-    emit[:, ~valid] = 0.0
-    jump_cost = np.where(skip, 0.0, _NEG)
-    # Two buffers of alpha, swapped each frame, each with two ready columns in front
-    # (alpha[j-1], alpha[j-2] of the first columns). Nothing is clamped: a value that went
-    # through a _NEG emission stays below _NEG (float64 holds it), and ``best`` starts at
-    # _NEG, so an impossible string still scores exactly _NEG.
-    prev = np.zeros((n, S + 2))
-    prev[:, 2:] = np.where(valid, _NEG, 0.0)
-    cur = prev.copy()
-    jump = np.empty((n, S))
-    best = np.full(n, _NEG)
-    for k in range(t1 - t0):
-        alpha = cur[:, 2:]
-        np.maximum(prev[:, 2:], prev[:, 1:-1], out=alpha)
-        np.add(prev[:, :-2], jump_cost, out=jump)
-        np.maximum(alpha, jump, out=alpha)
-        alpha += emit[k]
-        np.maximum(best, alpha[:, -1], out=best)
-        prev, cur = cur, prev
-    return best.astype(np.float32)
+    # Every string's states p1 0 p2 0 .. pL, end to end: string i is
+    # states[offsets[i]:offsets[i + 1]].
+    lens = np.array([len(lab) for lab in labels], np.int64)
+    phonemes = np.concatenate(labels).astype(np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.maximum(2 * lens - 1, 0), out=offsets[1:])
+    states = np.zeros(int(offsets[-1]), np.int64)
+    rank = np.arange(len(phonemes)) - np.repeat(np.cumsum(lens) - lens, lens)
+    states[np.repeat(offsets[:-1], lens) + 2 * rank] = phonemes
+    regions = np.clip(np.asarray(regions, np.int64).reshape(-1, 2), 0, len(rel))
+    return _align(np.ascontiguousarray(rel, np.float32), states, offsets, regions, _NEG)
+
+
+def _compiled(fn):
+    """``fn`` compiled without the GIL, its machine code cached beside this file or in the
+    user's cache directory (``NUMBA_CACHE_DIR`` overrides); where neither can be written,
+    compiled afresh in each process (about a second, in the model's warm-up)."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba found no writable cache directory
+        return numba.njit(nogil=True)(fn)
+
+
+@_compiled
+def _align(rel, states, offsets, regions, neg):  # pragma: no cover - compiled
+    """The alignments of ``keyword_scores``, one string at a time, frame by frame (compiled;
+    the GIL is released while it runs). On each frame state j comes from itself, from
+    state j - 1, or from j - 2 over a blank when the two phonemes differ; the first state
+    may also start afresh (from 0). ``neg`` where the last state is never reached."""
+    n = len(offsets) - 1
+    width = 0
+    for i in range(n):
+        width = max(width, offsets[i + 1] - offsets[i])
+    alpha = np.empty(width)
+    new = np.empty(width)
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        s = states[offsets[i] : offsets[i + 1]]
+        last = len(s) - 1
+        best = neg
+        if last < 0:  # an empty string aligns nowhere
+            out[i] = best
+            continue
+        alpha[: last + 1] = -np.inf
+        for t in range(regions[i, 0], regions[i, 1]):
+            for j in range(last + 1):
+                v = alpha[j]
+                came = alpha[j - 1] if j >= 1 else 0.0
+                if came > v:
+                    v = came
+                if j >= 2 and s[j] != 0 and s[j] != s[j - 2] and alpha[j - 2] > v:
+                    v = alpha[j - 2]
+                new[j] = v + rel[t, s[j]]
+            alpha, new = new, alpha
+            if alpha[last] > best:
+                best = alpha[last]
+        out[i] = best
+    return out
 
 
 def fuse(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -239,3 +241,29 @@ def test_serving_crops_a_convolution_head_to_what_the_alignments_reach(tmp_path)
     cos = np.array([0.9, 0.8, 0.7])
     full = model.rescore(model.phone_logprobs(frames), labels, windows, cos)
     assert np.allclose(model.rescore_clip(frames, labels, windows, cos), full, atol=1e-5)
+
+
+def test_an_empty_string_or_an_empty_region_aligns_nowhere():
+    rel = posteriorgram([0, 3, 5, 0])
+    s = keyword_scores(
+        rel, [np.zeros(0, np.int64), np.array([3, 5]), np.array([3])], [[0, 4], [2, 2], [0, 4]]
+    )
+    assert s[0] < -1e6 and s[1] < -1e6
+    assert s[2] == pytest.approx(0.0)
+
+
+def test_the_alignment_compiles_where_no_cache_directory_can_be_written():
+    # numba's cache locators all refuse (a read-only install and no writable home): the
+    # module still imports and aligns, compiling in the process instead.
+    code = (
+        "import numpy as np\n"
+        "from numba.core import caching\n"
+        "caching.CacheImpl._locator_classes = []\n"
+        "from rasst.retriever.rescore import keyword_scores\n"
+        "rel = np.log(np.full((4, 3), 1 / 3))\n"
+        "rel -= rel.max(1, keepdims=True)\n"
+        "print(keyword_scores(rel, [np.array([1, 2])], np.array([[0, 4]]))[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) == pytest.approx(0.0)
