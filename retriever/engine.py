@@ -642,6 +642,8 @@ class Engine:
                     rescore=functools.partial(model.rescore_clip, frames) if second else None,
                     pool=min(model.config.rescore_top, self.cfg.rescore_candidates),
                     agreement=model.agreement,
+                    suppression=model.suppression,
+                    row_forms=served.row_form,
                 )
                 off += n
                 results[id(j)] = [

@@ -42,7 +42,7 @@ from .rescore import (
     relative_logprobs,
     rescore,
 )
-from .scoring import Agreement
+from .scoring import Agreement, Suppression
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ class ModelConfig:
     # with the thresholds on dev streamed through the client (0 = none).
     agreement_penalty: float = 0.0
     agreement_windows: int = 0
+    # Overlap suppression of hints (``scoring.Suppression``): of two hits whose windows
+    # overlap by this fraction of the shorter one or more, only the better is served
+    # (unless their forms nest). Chosen with the thresholds on dev streamed through the
+    # client (0 = none).
+    overlap_suppression: float = 0.0
 
     def __post_init__(self):
         validate_config(self)
@@ -244,6 +249,8 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"agreement_windows must be in [0, 256], got {c.agreement_windows}")
     if c.agreement_penalty and not c.agreement_windows:
         raise ValueError("agreement_penalty needs agreement_windows >= 1")
+    if not 0.0 <= c.overlap_suppression <= 1.0:
+        raise ValueError(f"overlap_suppression must be in [0, 1], got {c.overlap_suppression}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -804,6 +811,11 @@ class DualEncoder(nn.Module):
     def agreement(self) -> Agreement:
         """The window agreement penalty scoring applies (``scoring.Agreement``)."""
         return Agreement(self.config.agreement_penalty, self.config.agreement_windows)
+
+    @property
+    def suppression(self) -> Suppression:
+        """The overlap suppression serving applies to hints (``scoring.Suppression``)."""
+        return Suppression(self.config.overlap_suppression)
 
     @property
     def penalises_rows(self) -> bool:

@@ -3,18 +3,19 @@ every evaluation take.
 
 search (the caller's, per window) -> best entry per window (``TermIndex.best_entries``)
 -> specificity prior -> second-stage rescoring (phone alignment, fused with the cosine)
--> window agreement -> threshold -> top-k.
+-> window agreement -> threshold -> overlap suppression (hints only) -> top-k.
 
 The second stage rescores a pool of candidates: the best by cosine among the entries
 whose cosine less their prior reaches the threshold (the fused score is never above
 that, so no other entry can pass). Without a second stage the scores are the cosines less
 the prior. The window agreement penalty only lowers scores, so it keeps that pruning
-exact.
+exact. Overlap suppression decides hints, not rankings: offline retrieval (Recall@k)
+ranks without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,54 @@ class Agreement:
 
 
 @dataclass(frozen=True)
+class Suppression:
+    """Two entries found in the same stretch of speech are a spoken term and its near miss
+    (or two near misses): the better one stands. A hit whose window overlaps a better
+    hit's by at least ``fraction`` of the shorter window is dropped, unless one's form
+    nests in the other's ("stem cell" in "stem cell transplant"): both of those are kept.
+    The fraction comes from the checkpoint (``ModelConfig.overlap_suppression``; 0 =
+    none)."""
+
+    fraction: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.fraction > 0
+
+    def keep(
+        self, starts: Sequence[float], ends: Sequence[float], forms: Sequence[str]
+    ) -> list[bool]:
+        """Which of some hits, given best first by their windows' ``starts`` and ``ends``
+        and their forms, survive (greedy: a dropped hit drops nothing)."""
+        kept: list[int] = []
+        words = [tuple(f.lower().split()) for f in forms]
+        out = []
+        for i in range(len(starts)):
+            a, b = starts[i], ends[i]
+            ok = True
+            for k in kept:
+                inter = min(b, ends[k]) - max(a, starts[k])
+                shorter = min(b - a, ends[k] - starts[k])
+                if (
+                    inter > 0
+                    and inter >= self.fraction * shorter
+                    and not _nested(words[i], words[k])
+                ):
+                    ok = False
+                    break
+            out.append(ok)
+            if ok:
+                kept.append(i)
+        return out
+
+
+def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether the shorter word sequence is a contiguous run of the longer one."""
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    n = len(short)
+    return n > 0 and any(long_[i : i + n] == short for i in range(len(long_) - n + 1))
+
+
+@dataclass(frozen=True)
 class Scored:
     entry: int  # index of the entry in its glossary
     row: int  # the index row (entry or alias form) that scored best
@@ -78,6 +127,8 @@ def score_entries(
     rescore: Rescore | None = None,
     pool: int = 0,
     agreement: Agreement | None = None,
+    suppression: Suppression | None = None,
+    row_forms: Sequence[str] = (),
 ) -> list[Scored]:
     """The best ``top_k`` entries at or above ``threshold``, best first.
 
@@ -87,13 +138,18 @@ def score_entries(
     ``top_k``); without it the cosines less the prior are the scores. ``agreement``: the
     window agreement penalty (none without it), subtracted from the second stage's pool
     (or every entry found, without one) before the best ``top_k`` are kept.
+    ``suppression``: hits that pass the threshold are thinned by window overlap
+    (:class:`Suppression`; it needs ``spans`` and each row's form ``row_forms``) before
+    the best ``top_k`` are kept.
     """
     second = rescore is not None and len(row_phones) > 0
     agree = bool(agreement)  # None or a zero penalty: no agreement
-    # The pool the penalties may reorder: the second stage's, else every entry found.
-    n = max(top_k, pool) if second else (max(top_k, I.size) if agree else top_k)
+    suppress = bool(suppression) and spans is not None
+    # The pool the penalties and the suppression may reorder or thin: the second stage's,
+    # else every entry found.
+    n = max(top_k, pool) if second else (max(top_k, I.size) if agree or suppress else top_k)
     hits = index.best_entries(D, I, threshold, n, prior=not second)
-    if not hits or not (second or agree):
+    if not hits or not (second or agree or suppress):
         return [Scored(h.entry, h.row, h.window, h.score) for h in hits]
     if second:
         cosine = np.array([h.score for h in hits]) - index.penalty([h.row for h in hits])
@@ -104,5 +160,12 @@ def score_entries(
         scores = np.array([h.score for h in hits], np.float32)
     if agree:
         scores = scores - agreement.penalties(index, I, [h.entry for h in hits])
-    keep = [k for k in np.argsort(-scores, kind="stable") if scores[k] >= threshold][:top_k]
-    return [Scored(hits[k].entry, hits[k].row, hits[k].window, float(scores[k])) for k in keep]
+    keep = [k for k in np.argsort(-scores, kind="stable") if scores[k] >= threshold]
+    if suppress:
+        win = np.asarray(spans)[[hits[k].window for k in keep]].reshape(-1, 2)
+        forms = [row_forms[hits[k].row] for k in keep]
+        survive = suppression.keep(win[:, 0], win[:, 1], forms)
+        keep = [k for k, ok in zip(keep, survive, strict=True) if ok]
+    return [
+        Scored(hits[k].entry, hits[k].row, hits[k].window, float(scores[k])) for k in keep[:top_k]
+    ]

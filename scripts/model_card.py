@@ -93,6 +93,13 @@ def main(argv=None) -> int:
             f" ({mc.agreement_windows} − v) / {mc.agreement_windows}."
             if mc.agreement_penalty
             else ""
+        )
+        + (
+            f" Overlap suppression {mc.overlap_suppression}: of two hits whose windows overlap by"
+            f" {mc.overlap_suppression} of the shorter one or more, only the better is served"
+            " (unless their forms nest)."
+            if mc.overlap_suppression
+            else ""
         ),
         "",
         "## Data and recipe",
@@ -169,15 +176,16 @@ def main(argv=None) -> int:
                 "- Served operating point: dev streamed through the client and an in-process server (0.96 s"
                 " chunks, 1.92 s look-back), distractors spoken in dev or inside a dev term left out; per"
                 " glossary size the threshold with the most hint recall at that size's precision target,"
-                " and one length penalty and one window agreement with the most recall on average:"
-                f" length penalty {mc.length_penalty}, agreement "
+                " and one length penalty, one window agreement and one overlap suppression with the"
+                f" most recall on average: length penalty {mc.length_penalty}, agreement "
                 + (
                     f"{mc.agreement_penalty} over {mc.agreement_windows} windows"
                     if mc.agreement_penalty
                     else "none"
                 )
+                + f", suppression {mc.overlap_suppression or 'none'}"
                 + (
-                    " (mean recall at the targets by length penalty / agreement: "
+                    " (mean recall at the targets by length penalty / agreement / suppression: "
                     + ", ".join(
                         f"{c['length_penalty']} / "
                         + (
@@ -185,6 +193,7 @@ def main(argv=None) -> int:
                             if c["agreement"][0]
                             else "none"
                         )
+                        + f" / {c.get('overlap_suppression') or 'none'}"
                         + f": {c['mean_hint_recall']:.3f}"
                         for c in metrics["operating_points_dev"]
                     )

@@ -185,3 +185,27 @@ def test_replay_subtracts_a_penalty_before_the_threshold():
     (step,) = replay([r], 1, 0.96, 1.92, 0.5, {"short": 0.2})
     assert step.fresh == ["long"]
     assert r.hits[0].score == pytest.approx(0.6)  # the recording is left as it was
+
+
+def test_recorded_responses_are_thinned_as_the_server_suppresses_overlaps():
+    """The calibration applies overlap suppression to unsuppressed recordings: the better of
+    two overlapping hits stays whichever threshold is replayed after, a nested form and a
+    hit elsewhere stay, and the recording is left as it was."""
+    from rasst.retriever.scoring import Suppression
+    from rasst.training.streaming_eval import adjusted, replay
+
+    from rasst.v1 import retrieval_pb2
+
+    r = retrieval_pb2.StreamRetrieveResponse(sequence=0, chunk_end_s=0.96)
+    r.hits.add(entry_id="near", term="sparing", score=0.55, start_s=0.2, end_s=0.7)
+    r.hits.add(entry_id="term", term="semantic parsing", score=0.7, start_s=0.1, end_s=0.8)
+    r.hits.add(entry_id="part", term="parsing", score=0.6, start_s=0.4, end_s=0.8)
+    r.hits.add(entry_id="apart", term="later", score=0.5, start_s=0.85, end_s=0.95)
+    (thin,) = adjusted([r], suppression=Suppression(0.5))
+    assert [h.entry_id for h in thin.hits] == ["term", "part", "apart"]
+    assert len(r.hits) == 4
+    for t in (0.4, 0.58, 0.65):
+        (plain,) = replay([r], 1, 0.96, 1.92, t)
+        (step,) = replay([thin], 1, 0.96, 1.92, t)
+        assert step.fresh == [e for e in plain.fresh if e != "near"]
+    assert adjusted([r], {"term": 0.2}, Suppression(0.5))[0].hits[0].entry_id == "part"

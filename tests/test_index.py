@@ -185,3 +185,48 @@ def test_window_agreement_lowers_entries_few_windows_agree_on():
     assert [h.entry for h in score_entries(ti, D, I, 0.76, 5, agreement=agree)] == [0]
     assert [h.entry for h in score_entries(ti, D, I, 0.5, 1, agreement=agree)] == [0]
     assert not Agreement() and score_entries(ti, D, I, 0.0, 5, agreement=Agreement()) == plain
+
+
+def test_overlap_suppression_keeps_the_better_of_two_hits_heard_in_the_same_speech():
+    """Hits best first: a hit whose window lies mostly inside a better kept hit's is
+    dropped; one that overlaps little, one whose form nests in the better one's, and one
+    whose only overlap is with a dropped hit are kept."""
+    from rasst.retriever.scoring import Suppression
+
+    starts = [1.0, 1.2, 1.3, 2.6, 0.5, 2.1]
+    ends = [2.0, 2.3, 1.8, 3.0, 1.2, 2.5]
+    forms = ["stem cell transplant", "stem sell", "cell", "other", "stamps", "sellers"]
+    assert Suppression(0.5).keep(starts, ends, forms) == [True, False, True, True, True, True]
+    # 0.5-1.2 overlaps 1.0-2.0 by 0.29 of its own length; 1.2-2.3 overlaps it by 0.8 of
+    # 1.0-2.0, the shorter.
+    assert Suppression(0.25).keep(starts, ends, forms) == [True, False, True, True, False, True]
+    # At 0.9 "stem sell" stands, and then "cell" (inside it, not a part of it) does not.
+    assert Suppression(0.9).keep(starts, ends, forms) == [True, True, False, True, True, True]
+    assert not Suppression() and Suppression().fraction == 0.0
+
+
+def test_overlap_suppression_thins_hints_after_the_threshold_and_before_top_k():
+    """Three windows over one stretch of speech find three entries; with suppression only
+    the best of them is a hint, the entry found apart stays, and top-k counts the
+    survivors. Without it (ranking for Recall@k) all are ranked."""
+    from rasst.retriever.scoring import Suppression, score_entries
+
+    xb = np.eye(4, dtype=np.float32)
+    ti = TermIndex(xb, np.array([0, 1, 2, 3]), use_gpu=False)
+    xq = np.array([[0.9, 0, 0, 0], [0, 0.8, 0, 0], [0, 0, 0.7, 0], [0, 0, 0, 0.6]], np.float32)
+    spans = np.array([[10, 50], [12, 48], [20, 45], [60, 90]])
+    forms = ["parsing", "sparing", "pairing", "later"]
+    D, I = ti.search(xq, 1)
+    plain = score_entries(ti, D, I, 0.0, 3, spans=spans)
+    assert [h.entry for h in plain] == [0, 1, 2]
+    kw = {"spans": spans, "suppression": Suppression(0.5), "row_forms": forms}
+    assert [h.entry for h in score_entries(ti, D, I, 0.0, 3, **kw)] == [0, 3]
+    assert [h.entry for h in score_entries(ti, D, I, 0.0, 1, **kw)] == [0]
+    assert [h.entry for h in score_entries(ti, D, I, 0.85, 3, **kw)] == [0]
+    # Without the best window, the next best entry of that stretch is the hint.
+    assert [
+        h.entry
+        for h in score_entries(
+            ti, D[1:], I[1:], 0.0, 3, spans=spans[1:], suppression=Suppression(0.5), row_forms=forms
+        )
+    ] == [1, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import numpy as np
@@ -861,3 +862,43 @@ def test_window_agreement_is_served_lowering_near_misses_more_than_the_spoken_te
     assert all(-1e-5 <= d <= 0.5 + 1e-5 for d in drop.values())
     assert drop["semantic parsing"] == min(drop.values())
     assert max(drop.values()) > drop["semantic parsing"] + 0.1
+
+
+def test_overlap_suppression_is_served_leaving_one_hit_per_stretch_of_speech(
+    live_server, default_checkpoint, tmp_path, tts
+):
+    """A checkpoint with overlap suppression, served with the demo glossary: the spoken
+    term still comes first with the same score, every hit it returns is returned with the
+    same score without suppression, and no two of its hits (forms not nested) overlap by
+    half the shorter window, while without it some do."""
+    from rasst.client.api import Client
+    from rasst.retriever.scoring import _nested
+    from rasst.training.streaming_eval import with_agreement
+
+    clip = tts("today we look at semantic parsing in detail")
+    got = []
+    for name, fraction in (("off", 0.0), ("on", 0.5)):
+        ckpt = with_agreement(default_checkpoint, 0.0, 0, tmp_path / name)
+        cfg = json.loads((ckpt / "config.json").read_text())
+        (ckpt / "config.json").write_text(json.dumps({**cfg, "overlap_suppression": fraction}))
+        s = live_server(checkpoint=str(ckpt))
+        c = Client(s.address)
+        got.append(list(c.retrieve(clip, "demo", "de", 50, -1.0).hits))
+        c.close()
+    off, on = got
+
+    def clashes(hits):
+        return [
+            (a.term, b.term)
+            for i, a in enumerate(hits)
+            for b in hits[i + 1 :]
+            if min(a.end_s, b.end_s) - max(a.start_s, b.start_s)
+            >= 0.5 * min(a.end_s - a.start_s, b.end_s - b.start_s)
+            and not _nested(tuple(a.term.lower().split()), tuple(b.term.lower().split()))
+        ]
+
+    assert on[0].term == off[0].term == "semantic parsing"
+    assert on[0].score == pytest.approx(off[0].score)
+    before = {h.term: h.score for h in off}
+    assert all(before[h.term] == pytest.approx(h.score) for h in on if h.term in before)
+    assert len(on) < len(off) and clashes(off) and not clashes(on)

@@ -25,6 +25,7 @@ import numpy as np
 from rasst.client.api import Client, SessionOptions, make_channel
 from rasst.client.merger import HintMerger, MergerOptions
 from rasst.client.translate import run_translator
+from rasst.retriever.scoring import Suppression
 
 from rasst.pcm import CHUNK_S, LOOKBACK_S
 
@@ -167,6 +168,34 @@ def _penalised(resp, penalty: dict[str, float]):
     return out
 
 
+def _suppressed(resp, suppression: Suppression):
+    """``resp`` with its hits thinned as the server's overlap suppression would (hits best
+    first; a suppressed hit is never above one that suppresses it, so the result is the
+    same whichever threshold is applied after)."""
+    out = type(resp)()
+    out.CopyFrom(resp)
+    hits = sorted(out.hits, key=lambda h: -h.score)
+    keep = suppression.keep(
+        [h.start_s for h in hits], [h.end_s for h in hits], [h.term for h in hits]
+    )
+    kept = [h for h, ok in zip(hits, keep, strict=True) if ok]
+    del out.hits[:]
+    out.hits.extend(kept)
+    return out
+
+
+def adjusted(
+    responses: list, penalty: dict[str, float] | None = None, suppression: Suppression | None = None
+) -> list:
+    """Recorded responses as a server with ``penalty`` (entry id -> score penalty) and
+    ``suppression`` would have sent them."""
+    if penalty:
+        responses = [_penalised(r, penalty) for r in responses]
+    if suppression:
+        responses = [_suppressed(r, suppression) for r in responses]
+    return responses
+
+
 @dataclass
 class _Replayed:
     step: int
@@ -185,9 +214,7 @@ def replay(
     """Re-merge recorded responses at another threshold, each arriving in its own step;
     ``penalty`` (entry id -> score penalty) is subtracted from the recorded scores first."""
     m = HintMerger(MergerOptions(ttl_s=chunk_s + lookback_s, min_score=threshold))
-    by_seq = {r.sequence: r for r in responses}
-    if penalty:
-        by_seq = {k: _penalised(r, penalty) for k, r in by_seq.items()}
+    by_seq = {r.sequence: r for r in adjusted(responses, penalty)}
     out = []
     for i in range(n_steps):
         resp = by_seq.get(i)
@@ -324,14 +351,22 @@ def play_manifest(
 
 
 def rescore_at(
-    played: Played, opt: StreamOptions, threshold: float, penalty: dict[str, float] | None = None
+    played: Played,
+    opt: StreamOptions,
+    threshold: float,
+    penalty: dict[str, float] | None = None,
+    suppression: Suppression | None = None,
+    raw: list | None = None,
 ) -> dict:
     """Hint precision / recall / F1 had the merger kept hints at ``threshold`` (the recorded
     responses replayed, each arriving in its own step: no new audio), with ``penalty``
-    subtracted from each entry's recorded scores."""
+    subtracted from each entry's recorded scores and ``suppression`` applied (or ``raw``,
+    per talk the responses already ``adjusted``)."""
+    if raw is None:
+        raw = [adjusted(r, penalty, suppression) for r in played.raw]
     replayed = [
-        replay(r, len(rec), opt.chunk, opt.lookback, float(threshold), penalty)
-        for r, rec in zip(played.raw, played.records, strict=True)
+        replay(r, len(rec), opt.chunk, opt.lookback, float(threshold))
+        for r, rec in zip(raw, played.records, strict=True)
     ]
     return score(replayed, played.occs, opt.chunk, opt.lookback, played.id_of)
 
@@ -342,17 +377,19 @@ def operating_point(
     precision_target: float = 0.9,
     step: float = 0.005,
     penalty: dict[str, float] | None = None,
+    suppression: Suppression | None = None,
 ) -> dict:
     """The threshold with the most hint recall at ``precision_target`` or above (the
     best-F1 one when none reaches it), searched on a grid over the recorded scores (less
-    ``penalty``)."""
-    scores = [h.score for rs in played.raw for r in rs for h in r.hits]
+    ``penalty``, thinned by ``suppression``)."""
+    raw = [adjusted(r, penalty, suppression) for r in played.raw]
+    scores = [h.score for rs in raw for r in rs for h in r.hits]
     if not scores:
         raise ValueError("no hits were recorded: nothing to calibrate")
     lo, hi = np.floor(min(scores) / step) * step, np.ceil(max(scores) / step) * step
     best_p = best_f = None
     for t in np.arange(lo, hi + step, step):
-        m = {"threshold": round(float(t), 4), **rescore_at(played, opt, float(t), penalty)}
+        m = {"threshold": round(float(t), 4), **rescore_at(played, opt, float(t), raw=raw)}
         if m["hint_precision"] >= precision_target and (
             best_p is None or m["hint_recall"] > best_p["hint_recall"]
         ):
@@ -372,6 +409,9 @@ LENGTH_REF = 12  # phonemes: forms shorter than this are penalised
 # Window agreement candidates (agreement_penalty, agreement_windows), chosen on dev with
 # the thresholds; (0, 0) is none.
 AGREEMENTS = ((0.0, 0), (0.2, 6), (0.3, 10))
+# Overlap suppression candidates (``overlap_suppression``), chosen on dev with the
+# thresholds; 0 is none.
+SUPPRESSIONS = (0.0, 0.5, 0.8)
 
 
 def precision_target_for(size: int) -> float:
@@ -387,14 +427,15 @@ def phoneme_shortfall(model, terms: list[str], ref: int = LENGTH_REF) -> list[in
 
 def with_agreement(checkpoint, penalty: float, windows: int, out_dir) -> Path:
     """A copy of ``checkpoint`` in ``out_dir`` (its weights linked, not copied) whose
-    window agreement is ``penalty`` / ``windows``."""
+    window agreement is ``penalty`` / ``windows``, without overlap suppression (the
+    calibration applies its candidates to the recorded responses)."""
     src, out = Path(checkpoint), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.name != "config.json":
             (out / f.name).symlink_to(f.resolve())
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(agreement_penalty=penalty, agreement_windows=windows)
+    cfg.update(agreement_penalty=penalty, agreement_windows=windows, overlap_suppression=0.0)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
@@ -406,7 +447,8 @@ class Calibration:
     points: list[dict]  # per glossary size: threshold, hint precision / recall, target
     length_penalty: float
     agreement: tuple[float, int]  # (agreement_penalty, agreement_windows)
-    # Every candidate pair with its mean hint recall over the sizes at their targets.
+    suppression: float = 0.0  # overlap_suppression
+    # Every candidate with its mean hint recall over the sizes at their targets.
     candidates: list[dict] = field(default_factory=list)
 
 
@@ -418,15 +460,17 @@ def calibrate_streaming(
     opt: StreamOptions | None = None,
     length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
+    suppressions: tuple[float, ...] = SUPPRESSIONS,
 ) -> Calibration:
     """The served operating point, from ``manifest`` (dev: unseen terms, training voices)
     streamed through the real client: per size, the threshold with the most hint recall
     at that size's precision target (``PRECISION_TARGETS``; ``operating_point``), and one
-    length penalty and one window agreement for every size, the pair with the most recall
-    on average. Dev is streamed once per glossary size and agreement candidate (the
-    server applies the agreement); each length penalty is subtracted from the recorded
-    scores, so the checkpoint must have none. Sizes the terms and distractors cannot fill
-    are skipped (no points when none can be filled)."""
+    length penalty, one window agreement and one overlap suppression for every size, the
+    combination with the most recall on average. Dev is streamed once per glossary size
+    and agreement candidate (the server applies the agreement); each length penalty is
+    subtracted from the recorded scores, so the checkpoint must have none, and each
+    suppression thins them. Sizes the terms and distractors cannot fill are skipped (no
+    points when none can be filled)."""
     from rasst.retriever.model import DualEncoder
 
     from .manifests import read_manifest
@@ -437,7 +481,7 @@ def calibrate_streaming(
         raise ValueError(f"{checkpoint} has a length penalty: calibrate it without one")
     n_terms = len({t["term"] for r in read_manifest(manifest) for t in r["terms"]})
     sizes = tuple(n for n in sorted(set(sizes)) if n <= n_terms + len(distractors))
-    points: dict[tuple[float, float, int], list[dict]] = {}
+    points: dict[tuple[float, float, int, float], list[dict]] = {}
     short: dict[str, int] = {}  # each term's phoneme shortfall, phonemised once
     with tempfile.TemporaryDirectory() as tmp:
         for a_pen, a_win in agreements:
@@ -452,22 +496,31 @@ def calibrate_streaming(
                     penalty = None
                     if w:
                         penalty = {played.id_of[t]: w * short[t] / LENGTH_REF for t in terms}
-                    point = operating_point(played, opt, target, penalty=penalty)
-                    points.setdefault((w, a_pen, a_win), []).append(
-                        {**point, "glossary_size": played.glossary_size, "precision_target": target}
-                    )
+                    for sup in suppressions:
+                        point = operating_point(
+                            played, opt, target, penalty=penalty, suppression=Suppression(sup)
+                        )
+                        points.setdefault((w, a_pen, a_win, sup), []).append(
+                            {
+                                **point,
+                                "glossary_size": played.glossary_size,
+                                "precision_target": target,
+                            }
+                        )
     if not points:
         return Calibration([], 0.0, (0.0, 0))
     recall = {k: float(np.mean([p["hint_recall"] for p in pts])) for k, pts in points.items()}
-    w, a_pen, a_win = max(points, key=lambda k: (recall[k], -k[0], -k[1]))
-    for p in points[(w, a_pen, a_win)]:
+    best = max(points, key=lambda k: (recall[k], -k[0], -k[1], -k[3]))
+    w, a_pen, a_win, sup = best
+    for p in points[best]:
         logger.info(
             "streaming calibration at %d entries, length penalty %.2f, agreement %.2f over %d "
-            "windows: threshold %.4f, P %.3f R %.3f (%s)",
+            "windows, suppression %.2f: threshold %.4f, P %.3f R %.3f (%s)",
             p["glossary_size"],
             w,
             a_pen,
             a_win,
+            sup,
             p["threshold"],
             p["hint_precision"],
             p["hint_recall"],
@@ -477,11 +530,12 @@ def calibrate_streaming(
         {
             "length_penalty": float(k[0]),
             "agreement": [float(k[1]), int(k[2])],
+            "overlap_suppression": float(k[3]),
             "mean_hint_recall": r,
         }
         for k, r in recall.items()
     ]
-    return Calibration(points[(w, a_pen, a_win)], float(w), (float(a_pen), int(a_win)), candidates)
+    return Calibration(points[best], float(w), (float(a_pen), int(a_win)), float(sup), candidates)
 
 
 @dataclass

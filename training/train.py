@@ -518,6 +518,7 @@ def finish(
             metrics["streaming_calibration"] = stream
             metrics["length_penalty"] = cal.length_penalty
             metrics["agreement"] = list(cal.agreement)
+            metrics["overlap_suppression"] = cal.suppression
             metrics["operating_points_dev"] = cal.candidates
             first = next((c for c in stream if c["glossary_size"] == calibrate_sizes[0]), stream[0])
             model.config = replace(
@@ -528,6 +529,7 @@ def finish(
                 length_ref=LENGTH_REF,
                 agreement_penalty=cal.agreement[0],
                 agreement_windows=cal.agreement[1],
+                overlap_suppression=cal.suppression,
             )
             model.save_pretrained(out_dir, metrics=metrics)
     if phone_history:
