@@ -176,8 +176,14 @@ def main(argv=None) -> int:
                 "- Served operating point: dev streamed through the client and an in-process server (0.96 s"
                 " chunks, 1.92 s look-back), distractors spoken in dev or inside a dev term left out; per"
                 " glossary size the threshold with the most hint recall at that size's precision target,"
-                " and one length penalty, one window agreement and one overlap suppression with the"
-                f" most recall on average: length penalty {mc.length_penalty}, agreement "
+                " and one length penalty, one window agreement and one overlap suppression for every"
+                " size, "
+                + (
+                    "as below"
+                    if metrics.get("operating_point_choice")
+                    else "the combination with the most recall on average"
+                )
+                + f": length penalty {mc.length_penalty}, agreement "
                 + (
                     f"{mc.agreement_penalty} over {mc.agreement_windows} windows"
                     if mc.agreement_penalty
@@ -210,6 +216,11 @@ def main(argv=None) -> int:
                     for c in metrics["streaming_calibration"]
                 )
                 + "."
+                + (
+                    f" {metrics['operating_point_choice']}"
+                    if metrics.get("operating_point_choice")
+                    else ""
+                )
             ]
             if metrics.get("streaming_calibration")
             else []

@@ -129,7 +129,7 @@ def test_offline_scoring_gives_the_server_s_entries_and_scores(
     vectors, spans = model.encode_audio(torch.from_numpy(np.asarray(frames, np.float32)))
     rescorer = Rescorer(model, list(sg.row_phones))
     rel = model.phone_logprobs(torch.from_numpy(np.asarray(frames, np.float32)))
-    offline = rescorer.hits(sg.index, vectors, spans, rel, 0.2, 10, per_window=2)
+    offline = rescorer.hits(sg.index, vectors, spans, rel, 0.2, 10, sg.row_form, per_window=2)
     assert [glossary.entries[e].id for e, _ in offline] == [h.entry_id for h in served.hits]
     np.testing.assert_allclose(
         [score for _, score in offline], [h.score for h in served.hits], atol=1e-4

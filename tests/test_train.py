@@ -118,18 +118,20 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert m.config.threshold == stream[0]["threshold"]
     assert {"hint_precision", "hint_recall", "rule"} <= set(stream[0])
     # The window agreement is chosen with them, among the candidates.
-    from rasst.training.streaming_eval import AGREEMENTS, LENGTH_PENALTIES
+    from rasst.training.streaming_eval import AGREEMENTS, LENGTH_PENALTIES, SUPPRESSIONS
 
     agreement = (m.config.agreement_penalty, m.config.agreement_windows)
     assert agreement == tuple(metrics["agreement"]) and agreement in AGREEMENTS
+    assert m.config.overlap_suppression == metrics["overlap_suppression"] in SUPPRESSIONS
     # Every candidate is recorded with its dev recall, and the chosen one has the most.
     cands = metrics["operating_points_dev"]
-    assert len(cands) == len(AGREEMENTS) * len(LENGTH_PENALTIES)
+    assert len(cands) == len(AGREEMENTS) * len(LENGTH_PENALTIES) * len(SUPPRESSIONS)
     best = max(c["mean_hint_recall"] for c in cands)
     assert any(
         c["mean_hint_recall"] == best
         and tuple(c["agreement"]) == agreement
         and c["length_penalty"] == m.config.length_penalty
+        and c["overlap_suppression"] == m.config.overlap_suppression
         for c in cands
     )
     voices = metrics["train_voices"]  # by TTS engine: what the model heard
@@ -148,7 +150,7 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     assert "`rasst data synth --x 1`" in text
     assert f"espeak-ng {voices['espeak-ng']['utterances']:,} utterances" in text
     assert "Offline hit calibration on dev" in text and "Served operating point" in text
-    assert "mean recall at the targets by length penalty / agreement" in text
+    assert "mean recall at the targets by length penalty / agreement / suppression" in text
     assert (ck / "training_curves.png").stat().st_size > 1000
     hist = json.loads((ck / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3, 4] and "dev_recall@10" in hist[1]

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,11 +101,21 @@ class Rescorer:
         )
 
     def hits(
-        self, index: TermIndex, vectors, spans, rel, threshold: float, top_k: int, per_window=None
+        self,
+        index: TermIndex,
+        vectors,
+        spans,
+        rel,
+        threshold: float,
+        top_k: int,
+        forms: Sequence[str] | None = None,
+        per_window=None,
     ):
         """(entry, fused score) of a query's best ``top_k`` entries at or above
         ``threshold``, scored as the server scores them (``rasst.retriever.scoring``); each
-        window votes for its ``per_window`` nearest rows (default: ``rescore_top``)."""
+        window votes for its ``per_window`` nearest rows (default: ``rescore_top``). With
+        the rows' ``forms``, thinned by the model's overlap suppression as served hints
+        are; without them, a ranking (Recall@k)."""
         c = self.model.config
         D, I = index.search(vectors, min(per_window or c.rescore_top, index.ntotal))
         scored = score_entries(
@@ -118,6 +129,8 @@ class Rescorer:
             rescore=functools.partial(self.model.rescore, rel),
             pool=c.rescore_top,
             agreement=self.model.agreement,
+            suppression=self.model.suppression if forms is not None else None,
+            row_forms=forms or (),
         )
         return [(h.entry, h.score) for h in scored]
 
@@ -362,12 +375,23 @@ def calibrate_thresholds(
                     occ.phone_logprobs[u],
                     RANK_ALL,
                     top_k,
+                    biggest,
                 )
             else:
                 D, I = index.search(occ.all_vectors[u], 16)
                 found = [
                     (h.entry, h.score)
-                    for h in score_entries(index, D, I, RANK_ALL, top_k, agreement=model.agreement)
+                    for h in score_entries(
+                        index,
+                        D,
+                        I,
+                        RANK_ALL,
+                        top_k,
+                        spans=occ.all_spans[u],
+                        agreement=model.agreement,
+                        suppression=model.suppression,
+                        row_forms=biggest,
+                    )
                 ]
             scored += [(score, entry in want) for entry, score in found]
         scored.sort(key=lambda x: -x[0])

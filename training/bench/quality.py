@@ -135,7 +135,7 @@ def bench_quality(
         thr = model.config.threshold_for(size)
         c0 = time.process_time()
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
-            rescorer.hits(index, v, spans, rel, thr, 10, per_window=2)
+            rescorer.hits(index, v, spans, rel, thr, 10, glossary, per_window=2)
         rescore_cpu = time.process_time() - c0
         res["rescore_cpu_s_per_audio_s"] = round(rescore_cpu / audio_s, 5)
         res["cpu_s_per_audio_s"] = round((rasst_cpu + rescore_cpu) / audio_s, 5)
@@ -157,7 +157,9 @@ def bench_quality(
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
             if rescorer is not None:
                 hints.append(
-                    dict(rescorer.hits(index, v, spans, rel, RANK_ALL, 10**6, per_window=2))
+                    dict(
+                        rescorer.hits(index, v, spans, rel, RANK_ALL, 10**6, glossary, per_window=2)
+                    )
                 )
             else:
                 D, I = index.search(v, 2)
@@ -165,7 +167,15 @@ def bench_quality(
                     {
                         h.entry: h.score
                         for h in score_entries(
-                            index, D, I, RANK_ALL, 10**6, agreement=model.agreement
+                            index,
+                            D,
+                            I,
+                            RANK_ALL,
+                            10**6,
+                            spans=spans,
+                            agreement=model.agreement,
+                            suppression=model.suppression,
+                            row_forms=glossary,
                         )
                     }
                 )
