@@ -46,9 +46,9 @@ class OccurrenceVectors:
     all_vectors: list[np.ndarray]  # per utterance: (n_windows, E) every window
     terms: list[str]
     occ_utt: np.ndarray
-    # For the second stage (empty without a phone head): per occurrence, its covering
-    # windows' [start, end) frames; per utterance, every window's, and the phone head's
-    # relative log-probs.
+    # Per occurrence, its covering windows' [start, end) frames; per utterance, every
+    # window's (the second stage aligns in them, hints are thinned by their overlap); and
+    # the phone head's relative log-probs (empty without one).
     spans: list[np.ndarray] = field(default_factory=list)
     all_spans: list[np.ndarray] = field(default_factory=list)
     phone_logprobs: list[np.ndarray] = field(default_factory=list)
@@ -163,8 +163,8 @@ def encode_occurrences(
         per_utt,
         list(cache.occ_term),
         cache.occ_utt,
-        occ_spans if rel else [],
-        per_utt_spans if rel else [],
+        occ_spans,
+        per_utt_spans,
         rel,
     )
 
