@@ -74,14 +74,27 @@ class Suppression:
         return self.fraction > 0
 
     def keep(
-        self, starts: Sequence[float], ends: Sequence[float], forms: Sequence[str]
+        self,
+        starts: Sequence[float],
+        ends: Sequence[float],
+        forms: Sequence[str],
+        limit: int | None = None,
     ) -> list[bool]:
         """Which of some hits, given best first by their windows' ``starts`` and ``ends``
-        and their forms, survive (greedy: a dropped hit drops nothing)."""
+        and their forms, survive (greedy: a dropped hit drops nothing). With ``limit``,
+        only the first ``limit`` survivors are marked (later hits cannot change them)."""
         kept: list[int] = []
-        words = [tuple(f.lower().split()) for f in forms]
-        out = []
+        words: dict[int, tuple[str, ...]] = {}
+
+        def words_of(i: int) -> tuple[str, ...]:
+            if i not in words:
+                words[i] = tuple(forms[i].lower().split())
+            return words[i]
+
+        out = [False] * len(starts)
         for i in range(len(starts)):
+            if limit is not None and len(kept) >= limit:
+                break
             a, b = starts[i], ends[i]
             ok = True
             for k in kept:
@@ -90,11 +103,11 @@ class Suppression:
                 if (
                     inter > 0
                     and inter >= self.fraction * shorter
-                    and not _nested(words[i], words[k])
+                    and not _nested(words_of(i), words_of(k))
                 ):
                     ok = False
                     break
-            out.append(ok)
+            out[i] = ok
             if ok:
                 kept.append(i)
         return out
@@ -164,7 +177,7 @@ def score_entries(
     if suppress:
         win = np.asarray(spans)[[hits[k].window for k in keep]].reshape(-1, 2)
         forms = [row_forms[hits[k].row] for k in keep]
-        survive = suppression.keep(win[:, 0], win[:, 1], forms)
+        survive = suppression.keep(win[:, 0], win[:, 1], forms, limit=top_k)
         keep = [k for k, ok in zip(keep, survive, strict=True) if ok]
     return [
         Scored(hits[k].entry, hits[k].row, hits[k].window, float(scores[k])) for k in keep[:top_k]

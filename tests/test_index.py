@@ -230,3 +230,13 @@ def test_overlap_suppression_thins_hints_after_the_threshold_and_before_top_k():
             ti, D[1:], I[1:], 0.0, 3, spans=spans[1:], suppression=Suppression(0.5), row_forms=forms
         )
     ] == [1, 3]
+
+
+def test_overlap_suppression_stops_at_the_limit_without_changing_the_survivors():
+    from rasst.retriever.scoring import Suppression
+
+    starts, ends = [0.0, 0.1, 2.0, 4.0, 4.1], [1.0, 0.9, 3.0, 5.0, 5.0]
+    forms = ["a", "b", "c", "d", "e"]
+    full = Suppression(0.5).keep(starts, ends, forms)
+    assert full == [True, False, True, True, False]
+    assert Suppression(0.5).keep(starts, ends, forms, limit=2) == [True, False, True, False, False]
