@@ -215,8 +215,13 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert (
         bad.returncode == 2 and "--prior-size must be >= 0 (>= 1 with --prior-only)" in bad.stderr
     )
-    # --calibrate-only keeps every weight and the prior; only the operating point is chosen.
-    r = _train(tiny_corpus, tmp_path / "four", extra=("--calibrate-only", str(tmp_path / "three")))
+    # --calibrate-only keeps every weight and the prior; only the operating point is chosen,
+    # here among the window agreement candidates given.
+    r = _train(
+        tiny_corpus,
+        tmp_path / "four",
+        extra=("--calibrate-only", str(tmp_path / "three"), "--agreements", "0.2:6"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     four = DualEncoder.from_pretrained(tmp_path / "four")
     assert torch.equal(four.background, three.background)
@@ -225,7 +230,15 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert np.array_equal(four.encode_terms(TERMS), plain.encode_terms(TERMS))
     m4 = json.loads((tmp_path / "four" / "metrics.json").read_text())
     assert m4["prior_stage_on"] == m3["prior_stage_on"] and m4["streaming_calibration"]
-    assert (four.config.agreement_penalty, four.config.agreement_windows) == tuple(m4["agreement"])
+    assert (four.config.agreement_penalty, four.config.agreement_windows) == (0.2, 6)
+    assert tuple(m4["agreement"]) == (0.2, 6)
+    assert {tuple(c["agreement"]) for c in m4["operating_points_dev"]} == {(0.2, 6)}
+    bad = _train(
+        tiny_corpus,
+        tmp_path / "z",
+        extra=("--calibrate-only", str(tmp_path / "three"), "--agreements", "0.2"),
+    )
+    assert bad.returncode == 2 and "each candidate is penalty:windows" in bad.stderr
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):

@@ -173,11 +173,31 @@ def data_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _agreements(text: str) -> tuple[tuple[float, int], ...]:
+    """``P:W,...`` -> ((P, W), ...): window agreement penalties in [0, 1] over W >= 0
+    windows (0:0 is none)."""
+    out = []
+    for part in text.split(","):
+        pen, sep, win = part.strip().partition(":")
+        try:
+            a, w = float(pen), int(win)
+        except ValueError:
+            a, w = -1.0, -1
+        if not sep or not 0.0 <= a <= 1.0 or not 0 <= w <= 256 or (a > 0) != (w > 0):
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r}: each candidate is penalty:windows, penalty in [0, 1] and "
+                "windows in [1, 256] (0:0 = none)"
+            )
+        out.append((a, w))
+    return tuple(out)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from .phones import PhoneTrainConfig
     from .prior import PriorConfig
+    from .streaming_eval import AGREEMENTS
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -275,6 +295,14 @@ def train_main(argv: list[str] | None = None) -> int:
         metavar="CHECKPOINT",
         help="keep this checkpoint's dual encoder, phone head and prior; choose its thresholds, "
         "length penalty and window agreement on dev again (written to --out)",
+    )
+    p.add_argument(
+        "--agreements",
+        type=_agreements,
+        default=AGREEMENTS,
+        metavar="P:W,...",
+        help="window agreement candidates of the streamed calibration, penalty:windows "
+        "(0:0 = none; default " + ",".join(f"{a}:{w}" for a, w in AGREEMENTS) + ")",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -391,6 +419,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 None if args.calibrate_only else prior_cfg,
                 args.eval_size,
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
+                agreements=args.agreements,
             )
         else:
             out = run(
@@ -403,6 +432,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 phone_cfg=phone_cfg,
                 prior_cfg=prior_cfg,
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
+                agreements=args.agreements,
             )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())

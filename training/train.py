@@ -33,7 +33,7 @@ from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
 from .prior import PriorConfig, fit_prior
-from .streaming_eval import LENGTH_REF, calibrate_streaming
+from .streaming_eval import AGREEMENTS, LENGTH_REF, calibrate_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +417,7 @@ def run(
     phone_cfg: PhoneTrainConfig | None = None,
     prior_cfg: PriorConfig | None = None,
     dev_manifest: Path | None = None,
+    agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
 ) -> Path:
     """Train and write a checkpoint directory (rank 0); returns its path.
 
@@ -424,7 +425,7 @@ def run(
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
     none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, ``size=0`` for
     none; needs dev), then the threshold calibration (streamed from ``dev_manifest`` when
-    given).
+    given; ``agreements``: the window agreement candidates).
     """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
@@ -456,6 +457,7 @@ def run(
         calibrate_sizes=(cfg.eval_size, *CALIBRATION_SIZES) if calibrate else (),
         progress=progress,
         dev_manifest=dev_manifest,
+        agreements=agreements,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -475,6 +477,7 @@ def finish(
     calibrate_sizes: tuple[int, ...] = CALIBRATION_SIZES,
     progress: bool = True,
     dev_manifest: Path | None = None,
+    agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
@@ -510,7 +513,9 @@ def finish(
         if model.config.length_penalty:  # calibrated again from a model without one
             model.config = replace(model.config, length_penalty=0.0)
             model.save_pretrained(out_dir, metrics=metrics)
-        cal = calibrate_streaming(out_dir, dev_manifest, distractors, calibrate_sizes)
+        cal = calibrate_streaming(
+            out_dir, dev_manifest, distractors, calibrate_sizes, agreements=agreements
+        )
         stream = cal.points
         for prev, cur in zip(stream, stream[1:], strict=False):
             cur["threshold"] = max(cur["threshold"], prev["threshold"])  # as the offline ones
@@ -549,6 +554,7 @@ def add_stages(
     eval_size: int = 1000,
     progress: bool = True,
     dev_manifest: Path | None = None,
+    agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
 ) -> Path:
     """A trained checkpoint's dual encoder, unchanged, with the later stages fitted again
     and written to ``out_dir``: a newly trained phone head (``phone_cfg.steps`` > 0; the
@@ -576,6 +582,7 @@ def add_stages(
         calibrate_sizes=(eval_size, *CALIBRATION_SIZES),
         progress=progress,
         dev_manifest=dev_manifest,
+        agreements=agreements,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
