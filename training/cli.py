@@ -174,20 +174,26 @@ def data_main(argv: list[str] | None = None) -> int:
 
 
 def _agreements(text: str) -> tuple[tuple[float, int], ...]:
-    """``P:W,...`` -> ((P, W), ...): window agreement penalties in [0, 1] over W >= 0
-    windows (0:0 is none)."""
+    """``P:W,...`` -> ((P, W), ...): window agreement candidates, each checked as a
+    checkpoint's own ``agreement_penalty`` / ``agreement_windows`` are (0:0 is none)."""
+    from rasst.retriever.model import ModelConfig
+
     out = []
     for part in text.split(","):
         pen, sep, win = part.strip().partition(":")
         try:
             a, w = float(pen), int(win)
         except ValueError:
-            a, w = -1.0, -1
-        if not sep or not 0.0 <= a <= 1.0 or not 0 <= w <= 256 or (a > 0) != (w > 0):
+            a, w, sep = 0.0, 0, ""
+        if not sep or (w > 0 and a == 0):
             raise argparse.ArgumentTypeError(
                 f"{part.strip()!r}: each candidate is penalty:windows, penalty in [0, 1] and "
                 "windows in [1, 256] (0:0 = none)"
             )
+        try:
+            ModelConfig(agreement_penalty=a, agreement_windows=w)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {e}") from None
         out.append((a, w))
     return tuple(out)
 
