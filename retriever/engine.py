@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import gc
 import hashlib
 import json
@@ -639,11 +638,12 @@ class Engine:
                     j.top_k,
                     row_phones=served.row_phones if second else (),
                     spans=spans,
-                    rescore=functools.partial(model.rescore_clip, frames) if second else None,
+                    rescore=model.clip_rescorer(frames, spans) if second else None,
                     pool=min(model.config.rescore_top, self.cfg.rescore_candidates),
                     agreement=model.agreement,
                     suppression=model.suppression,
                     row_forms=served.row_form,
+                    cohort=model.cohort,
                 )
                 off += n
                 results[id(j)] = [

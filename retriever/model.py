@@ -42,7 +42,7 @@ from .rescore import (
     relative_logprobs,
     rescore,
 )
-from .scoring import Agreement, Suppression
+from .scoring import Agreement, Cohort, Suppression
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,12 @@ class ModelConfig:
     # (unless their forms nest). Chosen with the thresholds on dev streamed through the
     # client (0 = none).
     overlap_suppression: float = 0.0
+    # Query normalisation (``scoring.Cohort``): every score of a query loses
+    # ``cohort_weight`` times the mean score of its ``cohort_size`` best entries, so that
+    # a threshold keeps its precision where the phone head reads the speech less surely
+    # (other voices, noise). Set by training before the thresholds are calibrated (0 = none).
+    cohort_weight: float = 0.0
+    cohort_size: int = 10
 
     def __post_init__(self):
         validate_config(self)
@@ -251,6 +257,10 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError("agreement_penalty needs agreement_windows >= 1")
     if not 0.0 <= c.overlap_suppression <= 1.0:
         raise ValueError(f"overlap_suppression must be in [0, 1], got {c.overlap_suppression}")
+    if not 0.0 <= c.cohort_weight <= 1.0:
+        raise ValueError(f"cohort_weight must be in [0, 1], got {c.cohort_weight}")
+    if not 1 <= c.cohort_size <= 256:
+        raise ValueError(f"cohort_size must be in [1, 256] entries, got {c.cohort_size}")
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -765,6 +775,27 @@ class DualEncoder(nn.Module):
             self.phone_logprobs(frames[lo:hi]), labels, np.asarray(windows) - lo, cosine
         )
 
+    def clip_rescorer(self, frames: np.ndarray | torch.Tensor, spans: np.ndarray):
+        """A ``scoring.Rescore`` over a clip's ``frames`` for candidates found by any of a
+        query's windows ``spans``: the phone head runs once, on the first call, over the
+        frames every alignment from those windows can reach (plus its context), and the
+        query's other calls (the normalisation's cohort, the candidate pool) reuse it.
+        Scores are those of ``rescore_clip``."""
+        n = len(frames)
+        lo, hi = 0, n
+        if self.phone.context is not None and len(spans):
+            regions = alignment_regions(spans, self.config.rescore_margin, n)
+            lo = max(0, int(regions[:, 0].min()) - self.phone.context)
+            hi = min(n, int(regions[:, 1].max()) + self.phone.context)
+        rel: list[np.ndarray] = []
+
+        def rescore(labels: list[np.ndarray], windows: np.ndarray, cosine: np.ndarray):
+            if not rel:
+                rel.append(self.phone_logprobs(frames[lo:hi]))
+            return self.rescore(rel[0], labels, np.asarray(windows) - lo, cosine)
+
+        return rescore
+
     def rescore(
         self, rel: np.ndarray, labels: list[np.ndarray], windows: np.ndarray, cosine: np.ndarray
     ) -> np.ndarray:
@@ -816,6 +847,11 @@ class DualEncoder(nn.Module):
     def suppression(self) -> Suppression:
         """The overlap suppression serving applies to hints (``scoring.Suppression``)."""
         return Suppression(self.config.overlap_suppression)
+
+    @property
+    def cohort(self) -> Cohort:
+        """The query normalisation scoring applies (``scoring.Cohort``)."""
+        return Cohort(self.config.cohort_weight, self.config.cohort_size)
 
     @property
     def penalises_rows(self) -> bool:

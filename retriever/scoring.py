@@ -3,14 +3,17 @@ every evaluation take.
 
 search (the caller's, per window) -> best entry per window (``TermIndex.best_entries``)
 -> specificity prior -> second-stage rescoring (phone alignment, fused with the cosine)
--> window agreement -> threshold -> overlap suppression (hints only) -> top-k.
+-> window agreement -> query normalisation -> threshold -> overlap suppression (hints
+only) -> top-k.
 
 The second stage rescores a pool of candidates: the best by cosine among the entries
 whose cosine less their prior reaches the threshold (the fused score is never above
 that, so no other entry can pass). Without a second stage the scores are the cosines less
 the prior. The window agreement penalty only lowers scores, so it keeps that pruning
-exact. Overlap suppression decides hints, not rankings: offline retrieval (Recall@k)
-ranks without it.
+exact. The query normalisation subtracts one number from every score of a query, known
+before any candidate is gathered (the threshold is raised by it), so it keeps the pruning
+exact and changes no ranking. Overlap suppression decides hints, not rankings: offline
+retrieval (Recall@k) ranks without it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,52 @@ class Agreement:
         found = (pos < len(won)) & (won[np.minimum(pos, len(won) - 1)] == entries)
         v = np.where(found, votes[np.minimum(pos, len(won) - 1)], 0)
         return (self.penalty * np.maximum(0, self.windows - v) / self.windows).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Query normalisation: every score of a query loses ``weight`` times the mean score
+    of the query's ``size`` best entries by cosine less prior, each scored as any
+    candidate is (second stage, window agreement).
+
+    Speech the phone head reads less surely (a voice unlike the training voices, noise,
+    babble) lets every entry align a little better, the wrong ones too: near misses then
+    pass a threshold calibrated on clean training voices. The query's own best entries
+    measure how lenient the scoring is on this stretch of audio, and the shift takes it
+    back, so a threshold means about the same precision in other voices and rooms. It is
+    one number per query: rankings do not change. The weight and the size come from the
+    checkpoint (``ModelConfig.cohort_weight``, ``cohort_size``; 0 = none)."""
+
+    weight: float = 0.0
+    size: int = 0
+
+    def __bool__(self) -> bool:
+        return self.weight > 0 and self.size > 0
+
+    def shift(
+        self,
+        index: TermIndex,
+        D: np.ndarray,
+        I: np.ndarray,
+        rescore: Rescore | None = None,
+        row_phones: Sequence[np.ndarray] = (),
+        spans: np.ndarray | None = None,
+        agreement: Agreement | None = None,
+    ) -> float:
+        """What every score of the query ``D``, ``I`` loses (0 without a cohort or hits)."""
+        if not self:
+            return 0.0
+        hits = index.best_entries(D, I, RANK_ALL, self.size, prior=True)
+        if not hits:
+            return 0.0
+        scores = np.array([h.score for h in hits], np.float32)
+        if rescore is not None and len(row_phones) and spans is not None:
+            scores = rescore(
+                [row_phones[h.row] for h in hits], np.array([spans[h.window] for h in hits]), scores
+            )
+        if agreement:
+            scores = scores - agreement.penalties(index, I, [h.entry for h in hits])
+        return self.weight * float(np.mean(scores))
 
 
 @dataclass(frozen=True)
@@ -142,6 +191,7 @@ def score_entries(
     agreement: Agreement | None = None,
     suppression: Suppression | None = None,
     row_forms: Sequence[str] = (),
+    cohort: Cohort | None = None,
 ) -> list[Scored]:
     """The best ``top_k`` entries at or above ``threshold``, best first.
 
@@ -153,17 +203,23 @@ def score_entries(
     (or every entry found, without one) before the best ``top_k`` are kept.
     ``suppression``: hits that pass the threshold are thinned by window overlap
     (:class:`Suppression`; it needs ``spans`` and each row's form ``row_forms``) before
-    the best ``top_k`` are kept.
+    the best ``top_k`` are kept. ``cohort``: the query normalisation (:class:`Cohort`;
+    none without it), subtracted from every score.
     """
     second = rescore is not None and len(row_phones) > 0
     agree = bool(agreement)  # None or a zero penalty: no agreement
     suppress = bool(suppression) and spans is not None
+    shift = 0.0
+    if cohort:
+        shift = cohort.shift(index, D, I, rescore if second else None, row_phones, spans, agreement)
+    # A score reaches the threshold only if it did before the shift was subtracted.
+    gather = threshold + shift if threshold > RANK_ALL else threshold
     # The pool the penalties and the suppression may reorder or thin: the second stage's,
     # else every entry found.
     n = max(top_k, pool) if second else (max(top_k, I.size) if agree or suppress else top_k)
-    hits = index.best_entries(D, I, threshold, n, prior=not second)
+    hits = index.best_entries(D, I, gather, n, prior=not second)
     if not hits or not (second or agree or suppress):
-        return [Scored(h.entry, h.row, h.window, h.score) for h in hits]
+        return [Scored(h.entry, h.row, h.window, h.score - shift) for h in hits]
     if second:
         cosine = np.array([h.score for h in hits]) - index.penalty([h.row for h in hits])
         scores = rescore(
@@ -173,6 +229,7 @@ def score_entries(
         scores = np.array([h.score for h in hits], np.float32)
     if agree:
         scores = scores - agreement.penalties(index, I, [h.entry for h in hits])
+    scores = scores - np.float32(shift)
     keep = [k for k in np.argsort(-scores, kind="stable") if scores[k] >= threshold]
     if suppress:
         win = np.asarray(spans)[[hits[k].window for k in keep]].reshape(-1, 2)

@@ -240,3 +240,44 @@ def test_overlap_suppression_stops_at_the_limit_without_changing_the_survivors()
     full = Suppression(0.5).keep(starts, ends, forms)
     assert full == [True, False, True, True, False]
     assert Suppression(0.5).keep(starts, ends, forms, limit=2) == [True, False, True, False, False]
+
+
+def test_query_normalisation_shifts_every_score_of_a_query_by_its_cohort():
+    """Every score of a query loses the weight times the mean score of its best
+    ``size`` entries (second stage and agreement included); the threshold applies after,
+    with the same entries the unshifted scores give at the threshold plus the shift, and
+    the ranking does not change."""
+    from rasst.retriever.scoring import RANK_ALL, Agreement, Cohort, score_entries
+
+    rng = np.random.default_rng(20)
+    xb = _unit(300, 16, 21)
+    ti = TermIndex(xb, np.arange(300), use_gpu=False)
+    xq = xb[[3, 3, 7, 40]] + 0.3 * _unit(4, 16, 22)
+    D, I = ti.search(xq, 2)
+    spans = np.array([[0, 20], [5, 30], [40, 60], [70, 90]])
+    phones = [rng.integers(1, 9, 4) for _ in range(300)]
+
+    def rescore(labels, windows, cosine):  # a second stage that only lowers scores
+        return np.asarray(cosine, np.float32) - 0.01 * np.array([lab.sum() for lab in labels])
+
+    kw = {"row_phones": phones, "spans": spans, "rescore": rescore, "pool": 16}
+    agree = Agreement(0.2, 2)
+    plain = score_entries(ti, D, I, RANK_ALL, 8, agreement=agree, **kw)
+    cohort = Cohort(0.5, 3)
+    best = plain[:3]
+    assert cohort.shift(ti, D, I, rescore, phones, spans, agree) == pytest.approx(
+        0.5 * np.mean([h.score for h in best]), abs=1e-6
+    )
+    shift = 0.5 * np.mean([h.score for h in best])
+    normed = score_entries(ti, D, I, RANK_ALL, 8, agreement=agree, cohort=cohort, **kw)
+    assert [h.entry for h in normed] == [h.entry for h in plain]
+    assert np.allclose([h.score for h in normed], [h.score - shift for h in plain], atol=1e-6)
+    for t in (-0.2, 0.0, 0.2, 0.5):
+        at = score_entries(ti, D, I, t, 8, agreement=agree, cohort=cohort, **kw)
+        assert [h.entry for h in at] == [h.entry for h in plain if h.score - shift >= t - 1e-7]
+    # Without a second stage or penalties: the best entry's cosine, at weight 1 and size 1.
+    bare = score_entries(ti, D, I, RANK_ALL, 8)
+    shifted = score_entries(ti, D, I, RANK_ALL, 8, cohort=Cohort(1.0, 1))
+    assert [h.entry for h in shifted] == [h.entry for h in bare]
+    assert np.allclose([h.score for h in shifted], [h.score - bare[0].score for h in bare])
+    assert not Cohort() and not Cohort(0.5, 0) and Cohort().shift(ti, D, I) == 0.0

@@ -839,6 +839,47 @@ def test_health_answers_while_a_big_glossary_is_parsed(live_server, tiny_checkpo
     assert worst < 0.4, f"a health check waited {worst:.2f} s"
 
 
+def _configured(ckpt, **changes):
+    """``ckpt`` (a directory of its own) with ``changes`` to its config; without a query
+    normalisation unless one is given, so that scores compare between two servers."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "cohort_weight": 0.0, **changes}))
+    return ckpt
+
+
+def test_query_normalisation_is_served_moving_every_score_of_a_query_alike(
+    live_server, default_checkpoint, tmp_path, tts
+):
+    """A checkpoint with a query normalisation, served with the demo glossary: the same
+    hits in the same order, every score moved by one amount, twice as far at twice the
+    weight; a request's threshold applies to the moved scores."""
+    from rasst.client.api import Client
+    from rasst.training.streaming_eval import with_agreement
+
+    clip = tts("today we look at semantic parsing in detail")
+    got = []
+    for weight in (0.0, 0.25, 0.5):
+        ckpt = with_agreement(default_checkpoint, 0.2, 6, tmp_path / str(weight))
+        s = live_server(checkpoint=str(_configured(ckpt, cohort_weight=weight)))
+        c = Client(s.address)
+        got.append(list(c.retrieve(clip, "demo", "de", 20, -1.0).hits))
+        if weight == 0.5:
+            t = got[-1][2].score
+            assert [h.term for h in c.retrieve(clip, "demo", "de", 20, t).hits] == [
+                h.term for h in got[-1][:3]
+            ]
+        c.close()
+    off, quarter, half = got
+    assert [h.term for h in off] == [h.term for h in quarter] == [h.term for h in half]
+    assert off[0].term == "semantic parsing"
+    moved = [
+        np.array([a.score - b.score for a, b in zip(off, x, strict=True)]) for x in (quarter, half)
+    ]
+    assert abs(moved[0][0]) > 1e-3
+    assert np.allclose(moved[0], moved[0][0], atol=1e-4)
+    assert np.allclose(moved[1], 2 * moved[0][0], atol=1e-4)
+
+
 def test_window_agreement_is_served_lowering_near_misses_more_than_the_spoken_term(
     live_server, default_checkpoint, tmp_path, tts
 ):
@@ -851,7 +892,7 @@ def test_window_agreement_is_served_lowering_near_misses_more_than_the_spoken_te
     clip = tts("today we look at semantic parsing in detail")
     scores = []
     for name, penalty, windows in (("off", 0.0, 0), ("on", 0.5, 12)):
-        ckpt = with_agreement(default_checkpoint, penalty, windows, tmp_path / name)
+        ckpt = _configured(with_agreement(default_checkpoint, penalty, windows, tmp_path / name))
         s = live_server(checkpoint=str(ckpt))
         c = Client(s.address)
         scores.append({h.term: h.score for h in c.retrieve(clip, "demo", "de", 20, -1.0).hits})
@@ -879,8 +920,7 @@ def test_overlap_suppression_is_served_leaving_one_hit_per_stretch_of_speech(
     got = []
     for name, fraction in (("off", 0.0), ("on", 0.5)):
         ckpt = with_agreement(default_checkpoint, 0.0, 0, tmp_path / name)
-        cfg = json.loads((ckpt / "config.json").read_text())
-        (ckpt / "config.json").write_text(json.dumps({**cfg, "overlap_suppression": fraction}))
+        ckpt = _configured(ckpt, overlap_suppression=fraction)
         s = live_server(checkpoint=str(ckpt))
         c = Client(s.address)
         got.append(list(c.retrieve(clip, "demo", "de", 50, -1.0).hits))

@@ -233,12 +233,22 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert (four.config.agreement_penalty, four.config.agreement_windows) == (0.2, 6)
     assert tuple(m4["agreement"]) == (0.2, 6)
     assert {tuple(c["agreement"]) for c in m4["operating_points_dev"]} == {(0.2, 6)}
+    # The thresholds are calibrated with the query normalisation, written to the config.
+    from rasst.training.streaming_eval import COHORT_WEIGHT
+
+    assert four.config.cohort_weight == COHORT_WEIGHT > 0
     bad = _train(
         tiny_corpus,
         tmp_path / "z",
         extra=("--calibrate-only", str(tmp_path / "three"), "--agreements", "0.2"),
     )
     assert bad.returncode == 2 and "each candidate is penalty:windows" in bad.stderr
+    bad = _train(
+        tiny_corpus,
+        tmp_path / "z",
+        extra=("--calibrate-only", str(tmp_path / "three"), "--cohort-weight", "1.5"),
+    )
+    assert bad.returncode == 2 and "cohort_weight must be in [0, 1], got 1.5" in bad.stderr
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):

@@ -173,6 +173,20 @@ def data_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _cohort_weight(text: str) -> float:
+    """A ``--cohort-weight``, checked as a checkpoint's own ``cohort_weight`` is."""
+    from rasst.retriever.model import ModelConfig
+
+    try:
+        w = float(text)
+        ModelConfig(cohort_weight=w)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            str(e) if "cohort" in str(e) else f"{text!r}: not a number"
+        ) from None
+    return w
+
+
 def _agreements(text: str) -> tuple[tuple[float, int], ...]:
     """``P:W,...`` -> ((P, W), ...): window agreement candidates, each checked as a
     checkpoint's own ``agreement_penalty`` / ``agreement_windows`` are (0:0 is none)."""
@@ -203,7 +217,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from .phones import PhoneTrainConfig
     from .prior import PriorConfig
-    from .streaming_eval import AGREEMENTS
+    from .streaming_eval import AGREEMENTS, COHORT_WEIGHT
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -309,6 +323,14 @@ def train_main(argv: list[str] | None = None) -> int:
         metavar="P:W,...",
         help="window agreement candidates of the streamed calibration, penalty:windows "
         "(0:0 = none; default " + ",".join(f"{a}:{w}" for a, w in AGREEMENTS) + ")",
+    )
+    p.add_argument(
+        "--cohort-weight",
+        type=_cohort_weight,
+        default=COHORT_WEIGHT,
+        metavar="W",
+        help="query normalisation the thresholds are calibrated with, in [0, 1] "
+        f"(0 = none; default {COHORT_WEIGHT})",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -426,6 +448,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 args.eval_size,
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
                 agreements=args.agreements,
+                cohort_weight=args.cohort_weight,
             )
         else:
             out = run(
@@ -439,6 +462,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 prior_cfg=prior_cfg,
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
                 agreements=args.agreements,
+                cohort_weight=args.cohort_weight,
             )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())

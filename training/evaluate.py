@@ -131,6 +131,7 @@ class Rescorer:
             agreement=self.model.agreement,
             suppression=self.model.suppression if forms is not None else None,
             row_forms=forms or (),
+            cohort=self.model.cohort,
         )
         return [(h.entry, h.score) for h in scored]
 
@@ -391,6 +392,7 @@ def calibrate_thresholds(
                         agreement=model.agreement,
                         suppression=model.suppression,
                         row_forms=biggest,
+                        cohort=model.cohort,
                     )
                 ]
             scored += [(score, entry in want) for entry, score in found]

@@ -33,7 +33,7 @@ from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
 from .prior import PriorConfig, fit_prior
-from .streaming_eval import AGREEMENTS, LENGTH_REF, calibrate_streaming
+from .streaming_eval import AGREEMENTS, COHORT_WEIGHT, LENGTH_REF, calibrate_streaming
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +418,7 @@ def run(
     prior_cfg: PriorConfig | None = None,
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
+    cohort_weight: float = COHORT_WEIGHT,
 ) -> Path:
     """Train and write a checkpoint directory (rank 0); returns its path.
 
@@ -425,7 +426,8 @@ def run(
     stage's phone head (``phone_cfg``; default ``PhoneTrainConfig()``, ``steps=0`` for
     none), the specificity prior (``prior_cfg``; default ``PriorConfig()``, ``size=0`` for
     none; needs dev), then the threshold calibration (streamed from ``dev_manifest`` when
-    given; ``agreements``: the window agreement candidates).
+    given; ``agreements``: the window agreement candidates; ``cohort_weight``: the query
+    normalisation the thresholds are calibrated with).
     """
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or ModelConfig(frontend=FrontendConfig())
@@ -458,6 +460,7 @@ def run(
         progress=progress,
         dev_manifest=dev_manifest,
         agreements=agreements,
+        cohort_weight=cohort_weight,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -478,6 +481,7 @@ def finish(
     progress: bool = True,
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
+    cohort_weight: float = COHORT_WEIGHT,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
@@ -486,7 +490,8 @@ def finish(
     Thresholds: the best hit F1 per dev utterance; then, with ``dev_manifest`` (the dev
     split's audio), the most hint recall at 0.9 hint precision with dev streamed through
     the real client and an in-process server, as a translator receives hints
-    (``streaming_eval.calibrate_streaming``), which replaces them."""
+    (``streaming_eval.calibrate_streaming``), which replaces them. Both are calibrated
+    with the query normalisation ``cohort_weight`` (``scoring.Cohort``) in place."""
     if phone_cfg.steps:
         metrics.update(
             train_phone_head(
@@ -495,6 +500,8 @@ def finish(
         )
     if prior_cfg is not None and prior_cfg.size and dev_cache is not None:
         metrics.update(fit_prior(model, train_cache, dev_cache, distractors, prior_cfg))
+    if calibrate_sizes:
+        model.config = replace(model.config, cohort_weight=cohort_weight)
     if calibrate_sizes and dev_cache is not None:
         cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
         if cals:
@@ -555,11 +562,12 @@ def add_stages(
     progress: bool = True,
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
+    cohort_weight: float = COHORT_WEIGHT,
 ) -> Path:
     """A trained checkpoint's dual encoder, unchanged, with the later stages fitted again
     and written to ``out_dir``: a newly trained phone head (``phone_cfg.steps`` > 0; the
     checkpoint must have none) or its own one kept, the specificity prior, and thresholds
-    calibrated again for the final scores."""
+    calibrated again for the final scores (with the query normalisation ``cohort_weight``)."""
     model = DualEncoder.from_pretrained(checkpoint)
     metrics_path = Path(checkpoint) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -583,6 +591,7 @@ def add_stages(
         progress=progress,
         dev_manifest=dev_manifest,
         agreements=agreements,
+        cohort_weight=cohort_weight,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
