@@ -29,6 +29,9 @@ from .index import TermIndex
 # every entry an index returns, for offline evaluation.
 RANK_ALL = -2.0
 
+# The lowest score an entry counts with in a query's cohort (:class:`Cohort`).
+COHORT_FLOOR = -1.0
+
 # (phoneme labels, best windows, cosines less prior) -> fused scores, over one clip.
 Rescore = Callable[[list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
 
@@ -105,7 +108,9 @@ class Cohort:
             )
         if agreement:
             scores = scores - agreement.penalties(index, I, [h.entry for h in hits])
-        return self.weight * float(np.mean(scores))
+        # An entry whose phonemes cannot align in its window scores far below -1 (more
+        # phonemes than frames): it counts as the worst cosine, not as minus infinity.
+        return self.weight * float(np.mean(np.maximum(scores, COHORT_FLOOR)))
 
 
 @dataclass(frozen=True)

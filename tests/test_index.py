@@ -281,3 +281,13 @@ def test_query_normalisation_shifts_every_score_of_a_query_by_its_cohort():
     assert [h.entry for h in shifted] == [h.entry for h in bare]
     assert np.allclose([h.score for h in shifted], [h.score - bare[0].score for h in bare])
     assert not Cohort() and not Cohort(0.5, 0) and Cohort().shift(ti, D, I) == 0.0
+
+    # An entry that cannot align (the second stage's -1e9 per phoneme) counts as -1.
+    def unalignable(labels, windows, cosine):
+        out = np.asarray(cosine, np.float32).copy()
+        out[0] = -1e8
+        return out
+
+    got = Cohort(1.0, 3).shift(ti, D, I, unalignable, phones, spans)
+    firsts = [h.score for h in ti.best_entries(D, I, RANK_ALL, 3, prior=True)]
+    assert got == pytest.approx(np.mean([-1.0, *firsts[1:]]), abs=1e-6)
