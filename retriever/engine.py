@@ -638,7 +638,7 @@ class Engine:
                     j.top_k,
                     row_phones=served.row_phones if second else (),
                     spans=spans,
-                    rescore=model.clip_rescorer(frames, spans) if second else None,
+                    rescore=model.clip_rescorer(frames) if second else None,
                     pool=min(model.config.rescore_top, self.cfg.rescore_candidates),
                     agreement=model.agreement,
                     suppression=model.suppression,

@@ -764,35 +764,28 @@ class DualEncoder(nn.Module):
         ``frames`` (the serving path). A convolution phone head runs only on the frames
         the alignments can reach plus its context on each side, which gives the same
         posteriors there as the whole clip would; a GRU head reads the whole clip."""
-        n = len(frames)
-        lo, hi = 0, n
-        if self.phone.context is not None:
-            regions = alignment_regions(windows, self.config.rescore_margin, n)
-            lo = max(0, int(regions[:, 0].min()) - self.phone.context)
-            hi = min(n, int(regions[:, 1].max()) + self.phone.context)
-        # In the crop the same regions, shifted by lo, lie inside [0, hi - lo).
-        return self.rescore(
-            self.phone_logprobs(frames[lo:hi]), labels, np.asarray(windows) - lo, cosine
-        )
+        return self.clip_rescorer(frames)(labels, windows, cosine)
 
-    def clip_rescorer(self, frames: np.ndarray | torch.Tensor, spans: np.ndarray):
-        """A ``scoring.Rescore`` over a clip's ``frames`` for candidates found by any of a
-        query's windows ``spans``: the phone head runs once, on the first call, over the
-        frames every alignment from those windows can reach (plus its context), and the
-        query's other calls (the normalisation's cohort, the candidate pool) reuse it.
-        Scores are those of ``rescore_clip``."""
+    def clip_rescorer(self, frames: np.ndarray | torch.Tensor):
+        """A ``scoring.Rescore`` over a clip's ``frames``, for the calls one query makes
+        (the normalisation's cohort, then the candidate pool): the phone head runs on the
+        frames the first call's alignments can reach plus its context, and again only
+        when a later call reaches past them, then on the union. In the crop the same
+        regions, shifted by its start, lie inside it."""
         n = len(frames)
-        lo, hi = 0, n
-        if self.phone.context is not None and len(spans):
-            regions = alignment_regions(spans, self.config.rescore_margin, n)
-            lo = max(0, int(regions[:, 0].min()) - self.phone.context)
-            hi = min(n, int(regions[:, 1].max()) + self.phone.context)
-        rel: list[np.ndarray] = []
+        cached: list = []  # [lo, hi, rel]
 
         def rescore(labels: list[np.ndarray], windows: np.ndarray, cosine: np.ndarray):
-            if not rel:
-                rel.append(self.phone_logprobs(frames[lo:hi]))
-            return self.rescore(rel[0], labels, np.asarray(windows) - lo, cosine)
+            lo, hi = 0, n
+            if self.phone.context is not None and len(labels):
+                regions = alignment_regions(windows, self.config.rescore_margin, n)
+                lo = max(0, int(regions[:, 0].min()) - self.phone.context)
+                hi = min(n, int(regions[:, 1].max()) + self.phone.context)
+            if not cached or lo < cached[0] or hi > cached[1]:
+                if cached:
+                    lo, hi = min(lo, cached[0]), max(hi, cached[1])
+                cached[:] = [lo, hi, self.phone_logprobs(frames[lo:hi])]
+            return self.rescore(cached[2], labels, np.asarray(windows) - cached[0], cosine)
 
         return rescore
 

@@ -100,6 +100,14 @@ def main(argv=None) -> int:
             " (unless their forms nest)."
             if mc.overlap_suppression
             else ""
+        )
+        + (
+            f" Query normalisation {mc.cohort_weight}: every score of a chunk loses"
+            f" {mc.cohort_weight} × the mean score of its {mc.cohort_size} best entries by cosine"
+            " less prior (each scored as a candidate; rankings unchanged); the thresholds are"
+            " calibrated with it."
+            if mc.cohort_weight
+            else ""
         ),
         "",
         "## Data and recipe",

@@ -241,6 +241,15 @@ def test_serving_crops_a_convolution_head_to_what_the_alignments_reach(tmp_path)
     cos = np.array([0.9, 0.8, 0.7])
     full = model.rescore(model.phone_logprobs(frames), labels, windows, cos)
     assert np.allclose(model.rescore_clip(frames, labels, windows, cos), full, atol=1e-5)
+    # One query's calls: the head runs again only for a call that reaches past the crop.
+    runs = []
+    head = model.phone_logprobs
+    model.phone_logprobs = lambda f: runs.append(len(f)) or head(f)
+    rescore = model.clip_rescorer(frames)
+    assert np.allclose(rescore(labels[:1], windows[:1], cos[:1]), full[:1], atol=1e-5)
+    assert np.allclose(rescore(labels[2:], windows[2:], cos[2:]), full[2:], atol=1e-5)
+    assert np.allclose(rescore(labels, windows, cos), full, atol=1e-5)
+    assert runs == [144 - (100 - 15 - 4), 144 - (90 - 15 - 4)]  # to the clip's end
 
 
 def test_an_empty_string_or_an_empty_region_aligns_nowhere():

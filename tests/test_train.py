@@ -220,7 +220,16 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     r = _train(
         tiny_corpus,
         tmp_path / "four",
-        extra=("--calibrate-only", str(tmp_path / "three"), "--agreements", "0.2:6"),
+        extra=(
+            "--calibrate-only",
+            str(tmp_path / "three"),
+            "--agreements",
+            "0.2:6",
+            "--length-penalties",
+            "0.1,0.3",
+            "--cohort-weight",
+            "0.25",
+        ),
     )
     assert r.returncode == 0, r.stderr[-2000:]
     four = DualEncoder.from_pretrained(tmp_path / "four")
@@ -233,10 +242,10 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert (four.config.agreement_penalty, four.config.agreement_windows) == (0.2, 6)
     assert tuple(m4["agreement"]) == (0.2, 6)
     assert {tuple(c["agreement"]) for c in m4["operating_points_dev"]} == {(0.2, 6)}
+    assert {c["length_penalty"] for c in m4["operating_points_dev"]} == {0.1, 0.3}
+    assert four.config.length_penalty in (0.1, 0.3)
     # The thresholds are calibrated with the query normalisation, written to the config.
-    from rasst.training.streaming_eval import COHORT_WEIGHT
-
-    assert four.config.cohort_weight == COHORT_WEIGHT > 0
+    assert four.config.cohort_weight == 0.25
     bad = _train(
         tiny_corpus,
         tmp_path / "z",
@@ -249,6 +258,12 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
         extra=("--calibrate-only", str(tmp_path / "three"), "--cohort-weight", "1.5"),
     )
     assert bad.returncode == 2 and "cohort_weight must be in [0, 1], got 1.5" in bad.stderr
+    bad = _train(
+        tiny_corpus,
+        tmp_path / "z",
+        extra=("--calibrate-only", str(tmp_path / "three"), "--length-penalties", "0.1,2"),
+    )
+    assert bad.returncode == 2 and "length_penalty must be in [0, 1], got 2.0" in bad.stderr
 
 
 def test_ddp_two_processes(tiny_corpus, tmp_path):

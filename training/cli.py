@@ -173,6 +173,23 @@ def data_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _length_penalties(text: str) -> tuple[float, ...]:
+    """``W,...`` -> length penalty candidates, each checked as a checkpoint's own
+    ``length_penalty`` is."""
+    from rasst.retriever.model import ModelConfig
+
+    out = []
+    for part in text.split(","):
+        try:
+            w = float(part)
+            ModelConfig(length_penalty=w)
+        except ValueError as e:
+            msg = str(e) if "length_penalty" in str(e) else "not a number"
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {msg}") from None
+        out.append(w)
+    return tuple(out)
+
+
 def _cohort_weight(text: str) -> float:
     """A ``--cohort-weight``, checked as a checkpoint's own ``cohort_weight`` is."""
     from rasst.retriever.model import ModelConfig
@@ -217,7 +234,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from .phones import PhoneTrainConfig
     from .prior import PriorConfig
-    from .streaming_eval import AGREEMENTS, COHORT_WEIGHT
+    from .streaming_eval import AGREEMENTS, COHORT_WEIGHT, LENGTH_PENALTIES
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -323,6 +340,14 @@ def train_main(argv: list[str] | None = None) -> int:
         metavar="P:W,...",
         help="window agreement candidates of the streamed calibration, penalty:windows "
         "(0:0 = none; default " + ",".join(f"{a}:{w}" for a, w in AGREEMENTS) + ")",
+    )
+    p.add_argument(
+        "--length-penalties",
+        type=_length_penalties,
+        default=LENGTH_PENALTIES,
+        metavar="W,...",
+        help="length penalty candidates of the streamed calibration, each in [0, 1] "
+        "(default " + ",".join(map(str, LENGTH_PENALTIES)) + ")",
     )
     p.add_argument(
         "--cohort-weight",
@@ -449,6 +474,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
                 agreements=args.agreements,
                 cohort_weight=args.cohort_weight,
+                length_penalties=args.length_penalties,
             )
         else:
             out = run(
@@ -463,6 +489,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 dev_manifest=args.corpus / "dev" / "manifest.jsonl",
                 agreements=args.agreements,
                 cohort_weight=args.cohort_weight,
+                length_penalties=args.length_penalties,
             )
         if not ddp or dist.get_rank() == 0:
             m = json.loads((out / "metrics.json").read_text())

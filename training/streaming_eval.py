@@ -14,6 +14,7 @@ Without ``--server`` an in-process server is started on 127.0.0.1:0 with the che
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import tempfile
@@ -412,11 +413,10 @@ AGREEMENTS = ((0.0, 0), (0.2, 6), (0.3, 10))
 # Overlap suppression candidates (``overlap_suppression``), chosen on dev with the
 # thresholds; 0 is none.
 SUPPRESSIONS = (0.0, 0.5, 0.8)
-# The query normalisation (``cohort_weight``) the thresholds are calibrated with. Chosen on
-# recordings of dev and held-out voices: dev's own recall at the targets is the same with
-# and without it, but with it a threshold chosen on dev keeps its precision in other
-# voices and in noise (docs/results.md).
-COHORT_WEIGHT = 0.25
+# The query normalisation (``cohort_weight``) the thresholds are calibrated with; 0 = none.
+# Off by default: at 0.25 (recalibrated on dev) held-out precision rose at 1K and in
+# reverb + babble and fell at 10K, recall fell at 1K and 100K (docs/results.md).
+COHORT_WEIGHT = 0.0
 
 
 def precision_target_for(size: int) -> float:
@@ -430,10 +430,13 @@ def phoneme_shortfall(model, terms: list[str], ref: int = LENGTH_REF) -> list[in
     return [max(0, ref - sum(not ch.isspace() for ch in u)) for u in units]
 
 
-def with_agreement(checkpoint, penalty: float, windows: int, out_dir) -> Path:
+def with_agreement(
+    checkpoint, penalty: float, windows: int, out_dir, length_penalty: float | None = None
+) -> Path:
     """A copy of ``checkpoint`` in ``out_dir`` (its weights linked, not copied) whose
-    window agreement is ``penalty`` / ``windows``, without overlap suppression (the
-    calibration applies its candidates to the recorded responses)."""
+    window agreement is ``penalty`` / ``windows`` (and length penalty ``length_penalty``,
+    when given), without overlap suppression (the calibration applies its candidates to
+    the recorded responses)."""
     src, out = Path(checkpoint), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
@@ -441,6 +444,8 @@ def with_agreement(checkpoint, penalty: float, windows: int, out_dir) -> Path:
             (out / f.name).symlink_to(f.resolve())
     cfg = json.loads((src / "config.json").read_text())
     cfg.update(agreement_penalty=penalty, agreement_windows=windows, overlap_suppression=0.0)
+    if length_penalty is not None:
+        cfg.update(length_penalty=length_penalty, length_ref=LENGTH_REF)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
@@ -474,8 +479,10 @@ def calibrate_streaming(
     combination with the most recall on average. Dev is streamed once per glossary size
     and agreement candidate (the server applies the agreement); each length penalty is
     subtracted from the recorded scores, so the checkpoint must have none, and each
-    suppression thins them. Sizes the terms and distractors cannot fill are skipped (no
-    points when none can be filled)."""
+    suppression thins them. With a query normalisation (``cohort_weight``) the server
+    applies each length penalty too (the cohort's scores include it), and dev is streamed
+    once per length penalty as well. Sizes the terms and distractors cannot fill are
+    skipped (no points when none can be filled)."""
     from rasst.retriever.model import DualEncoder
 
     from .manifests import read_manifest
@@ -488,18 +495,22 @@ def calibrate_streaming(
     sizes = tuple(n for n in sorted(set(sizes)) if n <= n_terms + len(distractors))
     points: dict[tuple[float, float, int, float], list[dict]] = {}
     short: dict[str, int] = {}  # each term's phoneme shortfall, phonemised once
+    # With a normalisation the server applies each length penalty: (server's, replayed).
+    served = [(w, (w,)) for w in length_penalties]
+    if not model.config.cohort_weight:
+        served = [(None, length_penalties)]
     with tempfile.TemporaryDirectory() as tmp:
-        for a_pen, a_win in agreements:
-            ckpt = with_agreement(checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}")
+        for (a_pen, a_win), (lp, replayed) in itertools.product(agreements, served):
+            ckpt = with_agreement(checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}-{lp}", lp)
             for size in sizes:
                 played = play_manifest(manifest, ckpt, distractors, size, opt, -1.0)
                 terms = list(played.id_of)
                 new = [t for t in terms if t not in short]
                 short.update(zip(new, phoneme_shortfall(model, new), strict=True))
                 target = precision_target_for(played.glossary_size)
-                for w in length_penalties:
+                for w in replayed:
                     penalty = None
-                    if w:
+                    if w and lp is None:
                         penalty = {played.id_of[t]: w * short[t] / LENGTH_REF for t in terms}
                     for sup in suppressions:
                         point = operating_point(

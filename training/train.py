@@ -33,7 +33,13 @@ from .features import FeatureCache
 from .loss import DualContrastiveLoss
 from .phones import PhoneTrainConfig, train_phone_head
 from .prior import PriorConfig, fit_prior
-from .streaming_eval import AGREEMENTS, COHORT_WEIGHT, LENGTH_REF, calibrate_streaming
+from .streaming_eval import (
+    AGREEMENTS,
+    COHORT_WEIGHT,
+    LENGTH_PENALTIES,
+    LENGTH_REF,
+    calibrate_streaming,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +425,7 @@ def run(
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
     cohort_weight: float = COHORT_WEIGHT,
+    length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
 ) -> Path:
     """Train and write a checkpoint directory (rank 0); returns its path.
 
@@ -461,6 +468,7 @@ def run(
         dev_manifest=dev_manifest,
         agreements=agreements,
         cohort_weight=cohort_weight,
+        length_penalties=length_penalties,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -482,6 +490,7 @@ def finish(
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
     cohort_weight: float = COHORT_WEIGHT,
+    length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
@@ -521,7 +530,12 @@ def finish(
             model.config = replace(model.config, length_penalty=0.0)
             model.save_pretrained(out_dir, metrics=metrics)
         cal = calibrate_streaming(
-            out_dir, dev_manifest, distractors, calibrate_sizes, agreements=agreements
+            out_dir,
+            dev_manifest,
+            distractors,
+            calibrate_sizes,
+            length_penalties=length_penalties,
+            agreements=agreements,
         )
         stream = cal.points
         for prev, cur in zip(stream, stream[1:], strict=False):
@@ -563,6 +577,7 @@ def add_stages(
     dev_manifest: Path | None = None,
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
     cohort_weight: float = COHORT_WEIGHT,
+    length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
 ) -> Path:
     """A trained checkpoint's dual encoder, unchanged, with the later stages fitted again
     and written to ``out_dir``: a newly trained phone head (``phone_cfg.steps`` > 0; the
@@ -592,6 +607,7 @@ def add_stages(
         dev_manifest=dev_manifest,
         agreements=agreements,
         cohort_weight=cohort_weight,
+        length_penalties=length_penalties,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
