@@ -153,8 +153,9 @@ class ModelConfig:
     overlap_suppression: float = 0.0
     # Query normalisation (``scoring.Cohort``): every score of a query loses
     # ``cohort_weight`` times the mean score of its ``cohort_size`` best entries, so that
-    # a threshold keeps its precision where the phone head reads the speech less surely
-    # (other voices, noise). Set by training before the thresholds are calibrated (0 = none).
+    # a threshold's precision moves less where the phone head reads the speech less surely
+    # (other voices, noise). Set by ``rasst train --cohort-weight`` before the thresholds
+    # are calibrated (0 = none).
     cohort_weight: float = 0.0
     cohort_size: int = 10
 

@@ -75,8 +75,9 @@ class Cohort:
     babble) lets every entry align a little better, the wrong ones too: near misses then
     pass a threshold calibrated on clean training voices. The query's own best entries
     measure how lenient the scoring is on this stretch of audio, and the shift takes it
-    back, so a threshold means about the same precision in other voices and rooms. It is
-    one number per query: rankings do not change. The weight and the size come from the
+    back, so that a threshold's precision moves less with the voice and the room (how
+    far, and at what recall, is measured in docs/results.md). It is one number per query:
+    rankings do not change. The weight and the size come from the
     checkpoint (``ModelConfig.cohort_weight``, ``cohort_size``; 0 = none)."""
 
     weight: float = 0.0
