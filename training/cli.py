@@ -173,35 +173,36 @@ def data_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
-def _length_penalties(text: str) -> tuple[float, ...]:
-    """``W,...`` -> length penalty candidates, each checked as a checkpoint's own
-    ``length_penalty`` is."""
-    from rasst.retriever.model import ModelConfig
-
-    out = []
-    for part in text.split(","):
-        try:
-            w = float(part)
-            ModelConfig(length_penalty=w)
-        except ValueError as e:
-            msg = str(e) if "length_penalty" in str(e) else "not a number"
-            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {msg}") from None
-        out.append(w)
-    return tuple(out)
-
-
-def _cohort_weight(text: str) -> float:
-    """A ``--cohort-weight``, checked as a checkpoint's own ``cohort_weight`` is."""
+def _config_float(key: str, text: str) -> float:
+    """``text`` as a number a checkpoint's own ``key`` accepts (``ModelConfig``'s
+    validation); ValueError with the reason otherwise."""
     from rasst.retriever.model import ModelConfig
 
     try:
         w = float(text)
-        ModelConfig(cohort_weight=w)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            str(e) if "cohort" in str(e) else f"{text!r}: not a number"
-        ) from None
+    except ValueError:
+        raise ValueError("not a number") from None
+    ModelConfig(**{key: w})
     return w
+
+
+def _length_penalties(text: str) -> tuple[float, ...]:
+    """``W,...`` -> length penalty candidates, each checked as ``length_penalty`` is."""
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(_config_float("length_penalty", part))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: {e}") from None
+    return tuple(out)
+
+
+def _cohort_weight(text: str) -> float:
+    """A ``--cohort-weight``, checked as ``cohort_weight`` is."""
+    try:
+        return _config_float("cohort_weight", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: {e}") from None
 
 
 def _agreements(text: str) -> tuple[tuple[float, int], ...]:
