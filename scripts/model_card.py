@@ -182,7 +182,14 @@ def main(argv=None) -> int:
         *(
             [
                 "- Served operating point: dev streamed through the client and an in-process server (0.96 s"
-                " chunks, 1.92 s look-back), distractors spoken in dev or inside a dev term left out; per"
+                " chunks, 1.92 s look-back)"
+                + (
+                    f", dev's glossary padded from {metrics['calibration_distractors']:,} terms of"
+                    " the term list (training terms included, as the evaluation pads)"
+                    if metrics.get("calibration_distractors")
+                    else ""
+                )
+                + ", distractors spoken in dev or inside a dev term left out; per"
                 " glossary size the threshold with the most hint recall at that size's precision target,"
                 " and one length penalty, one window agreement and one overlap suppression for every"
                 " size, "

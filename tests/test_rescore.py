@@ -142,17 +142,21 @@ def test_bad_second_stage_settings_are_named(field, value):
         ModelConfig(**{field: value})
 
 
-def _plain_copy(checkpoint, out):
-    """The checkpoint's dual encoder alone: its config and weights less the phone head."""
+def _copy(checkpoint, out, phone: bool = True):
+    """The checkpoint without its query normalisation (so that scores compare between
+    copies), and without its phone head when ``phone`` is false: the dual encoder alone."""
     from safetensors.torch import load_file, save_file
 
     out.mkdir()
     cfg = json.loads((checkpoint / "config.json").read_text())
-    cfg["phone_hidden"] = 0
+    cfg["cohort_weight"] = 0.0
+    if not phone:
+        cfg["phone_hidden"] = 0
     (out / "config.json").write_text(json.dumps(cfg))
     w = load_file(str(checkpoint / "model.safetensors"))
     save_file(
-        {k: v for k, v in w.items() if not k.startswith("phone.")}, str(out / "model.safetensors")
+        {k: v for k, v in w.items() if phone or not k.startswith("phone.")},
+        str(out / "model.safetensors"),
     )
     return out
 
@@ -172,11 +176,12 @@ def test_the_engine_serves_fused_scores_below_the_cosine(default_checkpoint, tmp
     terms = ["semantic parsing", "semantic pairing", "romantic passing", "beam search"]
     clip = tts("today we look at semantic parsing in detail")
     scores = []
-    plain = _plain_copy(default_checkpoint, tmp_path / "plain")
+    two = _copy(default_checkpoint, tmp_path / "two-stage")
+    plain = _copy(default_checkpoint, tmp_path / "plain", phone=False)
     for name, ck, second_stage in (
-        ("two", default_checkpoint, True),
+        ("two", two, True),
         ("plain", plain, True),
-        ("switched-off", default_checkpoint, False),  # rasst serve --no-rescore
+        ("switched-off", two, False),  # rasst serve --no-rescore
     ):
         e = Engine(
             GlossaryStore(tmp_path / name), EngineConfig(precision="float32", rescore=second_stage)

@@ -246,6 +246,9 @@ def test_phones_only_and_prior_only_refit_the_later_stages_of_a_trained_checkpoi
     assert four.config.length_penalty in (0.1, 0.3)
     # The thresholds are calibrated with the query normalisation, written to the config.
     assert four.config.cohort_weight == 0.25
+    # Dev's glossary is padded from the whole term list, as the evaluation pads its own:
+    # the terms spoken in training are distractors too.
+    assert m4["calibration_distractors"] == len(TERMS) + 4
     bad = _train(
         tiny_corpus,
         tmp_path / "z",

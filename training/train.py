@@ -469,6 +469,7 @@ def run(
         agreements=agreements,
         cohort_weight=cohort_weight,
         length_penalties=length_penalties,
+        calibration_distractors=distractors,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -491,6 +492,7 @@ def finish(
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
     cohort_weight: float = COHORT_WEIGHT,
     length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
+    calibration_distractors: list[str] | None = None,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
@@ -500,7 +502,12 @@ def finish(
     split's audio), the most hint recall at 0.9 hint precision with dev streamed through
     the real client and an in-process server, as a translator receives hints
     (``streaming_eval.calibrate_streaming``), which replaces them. Both are calibrated
-    with the query normalisation ``cohort_weight`` (``scoring.Cohort``) in place."""
+    with the query normalisation ``cohort_weight`` (``scoring.Cohort``) in place, dev's
+    glossary padded from ``calibration_distractors`` (default ``distractors``; the
+    callers pass the whole term list, training terms included, as the evaluation pads
+    its glossaries: thresholds chosen among the same kind of distractors keep their
+    precision on other voices better, docs/results.md)."""
+    pool = calibration_distractors or distractors
     if phone_cfg.steps:
         metrics.update(
             train_phone_head(
@@ -511,8 +518,9 @@ def finish(
         metrics.update(fit_prior(model, train_cache, dev_cache, distractors, prior_cfg))
     if calibrate_sizes:
         model.config = replace(model.config, cohort_weight=cohort_weight)
+        metrics["calibration_distractors"] = len(pool)
     if calibrate_sizes and dev_cache is not None:
-        cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
+        cals = calibrate_thresholds(model, dev_cache, pool, sizes=calibrate_sizes)
         if cals:
             metrics["calibration"] = next(
                 (c for c in cals if c["glossary_size"] == calibrate_sizes[0]), cals[0]
@@ -532,7 +540,7 @@ def finish(
         cal = calibrate_streaming(
             out_dir,
             dev_manifest,
-            distractors,
+            pool,
             calibrate_sizes,
             length_penalties=length_penalties,
             agreements=agreements,
@@ -608,6 +616,7 @@ def add_stages(
         agreements=agreements,
         cohort_weight=cohort_weight,
         length_penalties=length_penalties,
+        calibration_distractors=distractors,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
