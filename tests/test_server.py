@@ -854,12 +854,12 @@ def test_query_normalisation_is_served_moving_every_score_of_a_query_alike(
     hits in the same order, every score moved by one amount, twice as far at twice the
     weight; a request's threshold applies to the moved scores."""
     from rasst.client.api import Client
-    from rasst.training.streaming_eval import with_agreement
+    from rasst.training.streaming_eval import with_operating_point
 
     clip = tts("today we look at semantic parsing in detail")
     got = []
     for weight in (0.0, 0.25, 0.5):
-        ckpt = with_agreement(default_checkpoint, 0.2, 6, tmp_path / str(weight))
+        ckpt = with_operating_point(default_checkpoint, 0.2, 6, tmp_path / str(weight))
         s = live_server(checkpoint=str(_configured(ckpt, cohort_weight=weight)))
         c = Client(s.address)
         got.append(list(c.retrieve(clip, "demo", "de", 20, -1.0).hits))
@@ -887,12 +887,14 @@ def test_window_agreement_is_served_lowering_near_misses_more_than_the_spoken_te
     score rises, the spoken term loses least of the entries both servers return and still
     ranks first, and the near misses few windows agree on lose more."""
     from rasst.client.api import Client
-    from rasst.training.streaming_eval import with_agreement
+    from rasst.training.streaming_eval import with_operating_point
 
     clip = tts("today we look at semantic parsing in detail")
     scores = []
     for name, penalty, windows in (("off", 0.0, 0), ("on", 0.5, 12)):
-        ckpt = _configured(with_agreement(default_checkpoint, penalty, windows, tmp_path / name))
+        ckpt = _configured(
+            with_operating_point(default_checkpoint, penalty, windows, tmp_path / name)
+        )
         s = live_server(checkpoint=str(ckpt))
         c = Client(s.address)
         scores.append({h.term: h.score for h in c.retrieve(clip, "demo", "de", 20, -1.0).hits})
@@ -914,12 +916,12 @@ def test_overlap_suppression_is_served_leaving_one_hit_per_stretch_of_speech(
     half the shorter window, while without it some do."""
     from rasst.client.api import Client
     from rasst.retriever.scoring import _nested
-    from rasst.training.streaming_eval import with_agreement
+    from rasst.training.streaming_eval import with_operating_point
 
     clip = tts("today we look at semantic parsing in detail")
     got = []
     for name, fraction in (("off", 0.0), ("on", 0.5)):
-        ckpt = with_agreement(default_checkpoint, 0.0, 0, tmp_path / name)
+        ckpt = with_operating_point(default_checkpoint, 0.0, 0, tmp_path / name)
         ckpt = _configured(ckpt, overlap_suppression=fraction)
         s = live_server(checkpoint=str(ckpt))
         c = Client(s.address)

@@ -430,7 +430,7 @@ def phoneme_shortfall(model, terms: list[str], ref: int = LENGTH_REF) -> list[in
     return [max(0, ref - sum(not ch.isspace() for ch in u)) for u in units]
 
 
-def with_agreement(
+def with_operating_point(
     checkpoint, penalty: float, windows: int, out_dir, length_penalty: float | None = None
 ) -> Path:
     """A copy of ``checkpoint`` in ``out_dir`` (its weights linked, not copied) whose
@@ -501,7 +501,9 @@ def calibrate_streaming(
         served = [(None, length_penalties)]
     with tempfile.TemporaryDirectory() as tmp:
         for (a_pen, a_win), (lp, replayed) in itertools.product(agreements, served):
-            ckpt = with_agreement(checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}-{lp}", lp)
+            ckpt = with_operating_point(
+                checkpoint, a_pen, a_win, Path(tmp) / f"{a_pen}-{a_win}-{lp}", lp
+            )
             for size in sizes:
                 played = play_manifest(manifest, ckpt, distractors, size, opt, -1.0)
                 terms = list(played.id_of)
