@@ -458,7 +458,7 @@ def run(
         trainer.module.eval(),
         train_cache,
         dev_cache,
-        trainer.text_only or trainer.spoken,
+        distractors,
         out_dir,
         metrics,
         phone_cfg or PhoneTrainConfig(),
@@ -469,7 +469,6 @@ def run(
         agreements=agreements,
         cohort_weight=cohort_weight,
         length_penalties=length_penalties,
-        calibration_distractors=distractors,
     )
     (out_dir / "history.json").write_text(json.dumps(history))
     plot_history(history, out_dir / "training_curves.png")
@@ -492,7 +491,6 @@ def finish(
     agreements: tuple[tuple[float, int], ...] = AGREEMENTS,
     cohort_weight: float = COHORT_WEIGHT,
     length_penalties: tuple[float, ...] = LENGTH_PENALTIES,
-    calibration_distractors: list[str] | None = None,
 ) -> Path:
     """The steps after the dual encoder: train the phone head (unless ``phone_cfg.steps``
     is 0), fit the specificity prior on train and dev (unless ``prior_cfg`` is None or its
@@ -502,25 +500,26 @@ def finish(
     split's audio), the most hint recall at 0.9 hint precision with dev streamed through
     the real client and an in-process server, as a translator receives hints
     (``streaming_eval.calibrate_streaming``), which replaces them. Both are calibrated
-    with the query normalisation ``cohort_weight`` (``scoring.Cohort``) in place, dev's
-    glossary padded from ``calibration_distractors`` (default ``distractors``; the
-    callers pass the whole term list, training terms included, as the evaluation pads
-    its glossaries: thresholds chosen among the same kind of distractors keep their
-    precision on other voices better, docs/results.md)."""
-    pool = calibration_distractors or distractors
+    with the query normalisation ``cohort_weight`` (``scoring.Cohort``) in place.
+
+    ``distractors``: the whole term list. The phone head and the prior take the terms
+    never spoken in training from it (all spoken ones when there are none); the
+    calibration pads dev's glossary from all of it, training terms included, as the
+    evaluation pads its glossaries: thresholds chosen among the same kind of distractors
+    keep their precision on other voices better (docs/results.md)."""
+    spoken = set(train_cache.occ_term)
+    unspoken = [d for d in distractors if d not in spoken] or sorted(spoken)
     if phone_cfg.steps:
         metrics.update(
-            train_phone_head(
-                model, train_cache, dev_cache, distractors, phone_cfg, out_dir, progress
-            )
+            train_phone_head(model, train_cache, dev_cache, unspoken, phone_cfg, out_dir, progress)
         )
     if prior_cfg is not None and prior_cfg.size and dev_cache is not None:
-        metrics.update(fit_prior(model, train_cache, dev_cache, distractors, prior_cfg))
+        metrics.update(fit_prior(model, train_cache, dev_cache, unspoken, prior_cfg))
     if calibrate_sizes:
         model.config = replace(model.config, cohort_weight=cohort_weight)
-        metrics["calibration_distractors"] = len(pool)
+        metrics["calibration_distractors"] = len(distractors)
     if calibrate_sizes and dev_cache is not None:
-        cals = calibrate_thresholds(model, dev_cache, pool, sizes=calibrate_sizes)
+        cals = calibrate_thresholds(model, dev_cache, distractors, sizes=calibrate_sizes)
         if cals:
             metrics["calibration"] = next(
                 (c for c in cals if c["glossary_size"] == calibrate_sizes[0]), cals[0]
@@ -540,7 +539,7 @@ def finish(
         cal = calibrate_streaming(
             out_dir,
             dev_manifest,
-            pool,
+            distractors,
             calibrate_sizes,
             length_penalties=length_penalties,
             agreements=agreements,
@@ -600,12 +599,11 @@ def add_stages(
         metrics["phone_stage_on"] = checkpoint_id(checkpoint)
     if prior_cfg is not None and prior_cfg.size:
         metrics["prior_stage_on"] = checkpoint_id(checkpoint)
-    spoken = set(train_cache.occ_term)
     finish(
         model,
         train_cache,
         dev_cache,
-        [d for d in distractors if d not in spoken] or sorted(spoken),
+        distractors,
         out_dir,
         metrics,
         phone_cfg,
@@ -616,7 +614,6 @@ def add_stages(
         agreements=agreements,
         cohort_weight=cohort_weight,
         length_penalties=length_penalties,
-        calibration_distractors=distractors,
     )
     names = ["history.json", "training_curves.png"]
     if not phone_cfg.steps:
