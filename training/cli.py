@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from rasst.retriever.config import PRECISIONS
+from rasst.retriever.config import PRECISIONS, EngineConfig
 
 from rasst.pcm import CHUNK_S, LOOKBACK_S
 
@@ -550,7 +550,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
-        default="int8",
+        default=EngineConfig.precision,
         help="CPU arithmetic of the speech head and exact search (the server setting)",
     )
     p.add_argument(
@@ -595,13 +595,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--window-top",
         type=int,
-        default=2,
+        default=EngineConfig.window_top,
         help="--streaming in-process server: entries each window may vote for",
     )
     p.add_argument(
         "--rescore-candidates",
         type=int,
-        default=256,
+        default=EngineConfig.rescore_candidates,
         help="--streaming in-process server: most candidates per request the second stage aligns",
     )
     p.add_argument(

@@ -26,6 +26,7 @@ import numpy as np
 from rasst.client.api import Client, SessionOptions, make_channel
 from rasst.client.merger import HintMerger, MergerOptions
 from rasst.client.translate import run_translator
+from rasst.retriever.config import EngineConfig
 from rasst.retriever.scoring import Suppression
 
 from rasst.pcm import CHUNK_S, LOOKBACK_S
@@ -236,11 +237,11 @@ class StreamOptions:
     lookback: float = LOOKBACK_S
     budget_ms: float = 100.0
     realtime: bool = False
-    # In-process server only:
-    threads: int = 1
-    window_top: int = 2
-    precision: str = "int8"
-    rescore_candidates: int = 256
+    # In-process server only, defaults as ``rasst serve``'s:
+    threads: int = EngineConfig.threads
+    window_top: int = EngineConfig.window_top
+    precision: str = EngineConfig.precision
+    rescore_candidates: int = EngineConfig.rescore_candidates
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from rasst.retriever.config import PRECISIONS
+from rasst.retriever.config import PRECISIONS, EngineConfig
 
 from .common import _bench_terms, device_name
 from .encoder import bench_encoder
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
-        default="int8",
+        default=EngineConfig.precision,
         help="CPU arithmetic of the speech head and exact search (encoder, rpc and load parts)",
     )
     p.add_argument(

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rasst.retriever.config import EngineConfig
 
 from rasst.pcm import to_s16le
 
@@ -151,18 +152,21 @@ def bench_quality(
             )
             ranks.append(order.index(target) + 1 if target in order else 10**9)
         res[str(size)] = {f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)}
-        # Hints from every window of the utterance, each window voting for its 2 nearest
-        # rows, as the server does (EngineConfig.window_top).
+        # Hints from every window of the utterance, each window voting for its nearest
+        # rows as the server's do (EngineConfig.window_top).
         hints = []
+        per_window = EngineConfig.window_top
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
             if rescorer is not None:
                 hints.append(
                     dict(
-                        rescorer.hits(index, v, spans, rel, RANK_ALL, 10**6, glossary, per_window=2)
+                        rescorer.hits(
+                            index, v, spans, rel, RANK_ALL, 10**6, glossary, per_window=per_window
+                        )
                     )
                 )
             else:
-                D, I = index.search(v, 2)
+                D, I = index.search(v, per_window)
                 hints.append(
                     {
                         h.entry: h.score
