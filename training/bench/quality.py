@@ -152,8 +152,8 @@ def bench_quality(
             )
             ranks.append(order.index(target) + 1 if target in order else 10**9)
         res[str(size)] = {f"recall@{k}": float(np.mean(np.asarray(ranks) <= k)) for k in (1, 5, 10)}
-        # Hints from every window of the utterance, each window voting for its nearest
-        # rows as the server's do (EngineConfig.window_top).
+        # Hints from every window of the utterance, each window voting for as many nearest
+        # rows as the server's windows do (EngineConfig.window_top).
         hints = []
         per_window = EngineConfig.window_top
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
