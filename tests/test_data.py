@@ -277,11 +277,59 @@ def test_smoke_set_is_real_speech_with_aligned_spans(tmp_path):
 def test_synth_cli_rejects_bad_counts(tmp_path, capsys):
     from rasst.cli import main as rasst
 
-    for flag, bad in (("--festival-terms", "-1"), ("--per-term", "0"), ("--workers", "0")):
+    for flag, bad in (
+        ("--festival-terms", "-1"),
+        ("--lexicon-terms", "-2"),
+        ("--per-term", "0"),
+        ("--workers", "0"),
+    ):
         assert rasst(["data", "synth", "--out", str(tmp_path / "c"), flag, bad]) == 2
         err = capsys.readouterr().err
         assert flag in err and bad in err
     assert not (tmp_path / "c").exists()  # nothing was written
+
+
+# --------------------------------------------------------------------------- lexicon
+
+
+def test_espeak_input_marks_stress_and_maps_every_phone():
+    from rasst.training import lexicon as L
+
+    # festival's "guevara": g ey | v aa (stressed) | r ax. A word's first stressed
+    # syllable has the primary mark, later ones the secondary; unstressed ah / er are schwas.
+    guevara = [(["g", "ey"], 0), (["v", "aa"], 1), (["r", "ax"], 0)]
+    assert L.espeak_input([guevara]) == "[[geI'vA:r@]]"
+    two = [[(["b", "ah"], 1), (["n", "er"], 1)], [(["b", "ah"], 0), (["n", "er"], 0)]]
+    assert L.espeak_input(two) == "[['bV,n3: b@n3]]"
+    assert set(L._ESPEAK) == set(L._IPA)  # every phone has both spellings
+    # The same sounds spelled by espeak (IPA, length marks, a flap) are no distance away.
+    assert L.distance("bˈeɪslaɪn", [[(["b", "ey", "s"], 1), (["l", "ay", "n"], 1)]]) == 0.0
+    assert L.distance("wˈɔːɾɚ", [[(["w", "ao"], 1), (["t", "er"], 0)]]) == 0.0
+    assert L.distance("kæt", [[(["d", "ao", "g"], 1)]]) == 1.0
+    assert L.words_of("Rough-and-tumble") == ["rough", "and", "tumble"]
+    assert L.words_of("brewer's yeast") is None and L.words_of("b12") is None
+
+
+def test_respellings_keep_only_terms_festival_says_otherwise(tmp_path):
+    from rasst.training import lexicon as L
+
+    said = dict(
+        L.respellings(["baseline", "guevara", "semantic parsing", "totipotence"], workers=1)
+    )
+    # espeak and festival agree on the first and third; they part on the others.
+    assert set(said) == {"guevara", "totipotence"}
+    assert said["guevara"] == "[[geI'vA:r@]]"
+    # An espeak voice says the respelling: its audio follows festival's pronunciation,
+    # not espeak's reading of the spelling.
+    voice = V.training_voices(0, n=1)[0]
+    spec = S.UttSpec("r0", "guevara", voice, "we call it", "again", 1, False, said["guevara"])
+    row = S.synth_one(spec, tmp_path)
+    x = A.load_audio(tmp_path / row["audio"])
+    s, e = (int(row["terms"][0][k] * A.SAMPLE_RATE) for k in ("start", "end"))
+    respelled, spelled = V.render(voice, said["guevara"]), V.render(voice, "guevara")
+    assert abs(len(respelled) - (e - s)) <= 3 and row["text"] == "we call it guevara again"
+    assert max(_corr(x[s + d : s + d + len(respelled)], respelled) for d in range(-3, 4)) > 0.99
+    assert max(_corr(x[s + d : s + d + len(spelled)], spelled) for d in range(-3, 4)) < 0.9
 
 
 # --------------------------------------------------------------------------- conditions

@@ -338,6 +338,38 @@ def test_feature_cache_roundtrip(tmp_path):
     assert np.array_equal(d.utt_frames(1), c.utt_frames(1)) and d.occ_term == ["a", "b"]
 
 
+def test_phone_head_never_learns_from_respelled_terms(tmp_path):
+    """An utterance that says its term otherwise than its phonemes spell it (a respelling,
+    marked on its speaker, also on a copy of it) never reaches the phone head's batches."""
+    from rasst.retriever.model import ModelConfig
+    from rasst.training.phones import PhoneTrainConfig, PhoneTrainer
+
+    frames = np.random.default_rng(0).standard_normal((60, 384)).astype(np.float16)
+    speakers = ["espeak-ng:en-us:s150:p50", f"espeak-ng:en-us:s150:p50{S.RESPELLED}"]
+    speakers.append(speakers[1] + "@speed1.1")
+    cache = FeatureCache(
+        frames,
+        np.array([0, 20, 40, 60]),
+        np.array([0, 1, 2]),
+        np.array([[2, 18], [2, 18], [2, 18]]),
+        ["guevara", "guevara", "guevara"],
+        speakers,
+        50,
+    )
+    model = DualEncoder(ModelConfig())
+    cfg = PhoneTrainConfig(steps=3, batch_size=8, eval_every=0, save_every=0)
+    trainer = PhoneTrainer(model, cache, None, cfg, tmp_path)
+    assert trainer.usable.tolist() == [0]
+    drawn = []
+    batch = trainer._batch
+    trainer._batch = lambda c, t, occs, j: (drawn.extend(occs.tolist()), batch(c, t, occs, j))[1]
+    trainer.fit(progress=False)
+    assert drawn and set(drawn) == {0}
+    cache.utt_speaker = speakers[1:] + speakers[1:2]  # nothing said as spelled
+    with pytest.raises(ValueError, match="as spelled"):
+        PhoneTrainer(DualEncoder(ModelConfig()), cache, None, cfg, tmp_path)
+
+
 def test_speed_perturbed_cache_follows_the_term_spans(tiny_corpus, tmp_path):
     """Copies played 1.1x faster: 1/1.1 of the frames, spans scaled alike, and they join
     the original cache as more utterances of the same terms."""

@@ -63,6 +63,14 @@ def data_main(argv: list[str] | None = None) -> int:
         help="training terms that also get one utterance from festival's diphone voice at a "
         "varied rate and pitch",
     )
+    s.add_argument(
+        "--lexicon-terms",
+        type=int,
+        default=0,
+        help="training terms (the first N) that also get two espeak-ng utterances "
+        "pronounced as festival's lexicon and letter-to-sound rules say them, where that "
+        "differs from espeak-ng's own rules",
+    )
     s.add_argument("--dev-terms", type=int, default=600)
     s.add_argument("--test-terms", type=int, default=1000)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -109,6 +117,7 @@ def data_main(argv: list[str] | None = None) -> int:
             ("per_term", 1),
             ("kokoro_terms", 0),
             ("festival_terms", 0),
+            ("lexicon_terms", 0),
             ("dev_terms", 1),
             ("test_terms", 1),
             ("workers", 1),
@@ -138,6 +147,7 @@ def data_main(argv: list[str] | None = None) -> int:
                 per_term=args.per_term,
                 kokoro_terms=args.kokoro_terms,
                 festival_terms=args.festival_terms,
+                lexicon_terms=args.lexicon_terms,
                 workers=args.workers,
                 seed=args.seed,
             )

@@ -22,6 +22,7 @@ from rasst.retriever.model import DualEncoder
 from torch import nn
 
 from .features import FeatureCache
+from .synthesis import RESPELLED
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ class PhoneTrainer:
         self.train = train
         self.dev = dev
         self.targets = self._targets(train)
+        # Occurrences whose audio says the term as its phonemes spell it: a respelled term
+        # (``synthesis.RESPELLED``) sounds otherwise than its labels.
+        self.usable = np.array(
+            [i for i, u in enumerate(train.occ_utt) if RESPELLED not in train.utt_speaker[u]],
+            dtype=np.int64,
+        )
+        if not len(self.usable):
+            raise ValueError("the phone head needs utterances that say their terms as spelled")
         self.dev_targets = self._targets(dev) if dev is not None else []
         self.opt = torch.optim.AdamW(
             self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -144,7 +153,7 @@ class PhoneTrainer:
 
     def train_step(self) -> dict:
         self.head.train()
-        occs = self.rng.integers(0, len(self.targets), self.cfg.batch_size)
+        occs = self.usable[self.rng.integers(0, len(self.usable), self.cfg.batch_size)]
         x, x_len, y, y_len = self._batch(self.train, self.targets, occs, self.cfg.jitter)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)

@@ -12,13 +12,15 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from rasst.retriever import audio as A
 
+from .lexicon import respellings
 from .manifests import atomic_write_text
 from .terms import read_lines, write_terms
 from .voices import (
@@ -139,6 +141,12 @@ class UttSpec:
     suffix: str
     seed: int
     augment: bool
+    # What the voice is given for the term piece when it is not the term itself: a
+    # pronunciation in the engine's own phoneme notation (espeak-ng's ``[[...]]``).
+    say: str = ""
+
+
+RESPELLED = "@respelled"  # speaker suffix of utterances that say a term as ``UttSpec.say``
 
 
 def plan(
@@ -169,6 +177,17 @@ def plan(
     return specs
 
 
+def respelled_plan(
+    terms: list[str], voices: list[Voice], seed: int, workers: int = 2
+) -> list[UttSpec]:
+    """Two utterances by the espeak-ng ``voices`` for each of ``terms`` that festival's
+    lexicon pronounces otherwise than espeak's rules (``lexicon.respellings``), each saying
+    festival's pronunciation; half of them augmented, as the other training utterances."""
+    said = dict(respellings(terms, workers=workers))
+    espeak = [v for v in voices if v.engine == "espeak-ng"]
+    return [replace(s, say=said[s.term]) for s in plan(list(said), espeak, 2, seed, 0.5, "tc")]
+
+
 def synth_one(spec: UttSpec, out_dir: Path) -> dict:
     """Render one utterance to out_dir/wav/<uid>.wav (+ .json sidecar); resumable."""
     wav = out_dir / "wav" / f"{spec.uid}.wav"
@@ -178,7 +197,7 @@ def synth_one(spec: UttSpec, out_dir: Path) -> dict:
     rng = np.random.default_rng(spec.seed)
     pre, term, suf = (
         render(spec.voice, spec.prefix),
-        render(spec.voice, spec.term),
+        render(spec.voice, spec.say or spec.term),
         render(spec.voice, spec.suffix),
     )
 
@@ -206,7 +225,9 @@ def synth_one(spec: UttSpec, out_dir: Path) -> dict:
                 "end": round(end / A.SAMPLE_RATE * scale, 4),
             }
         ],
-        "speaker": spec.voice.id,
+        # A respelled term is marked on the speaker, as an augmented copy is: the phone
+        # head, whose labels are the term's own phonemes, leaves such utterances out.
+        "speaker": spec.voice.id + (RESPELLED if spec.say else ""),
         "engine": spec.voice.engine,
         "augment": applied,
         "duration": round(len(x) / A.SAMPLE_RATE, 4),
@@ -268,15 +289,18 @@ def build_corpus(
     seed: int = 0,
     kokoro_terms: int = 0,
     festival_terms: int = 0,
+    lexicon_terms: int = 0,
 ) -> list[dict]:
     """The standard corpus: train (espeak + festival voices, plus one Kokoro utterance for
-    each of the first ``kokoro_terms`` training terms and one festival utterance at a
-    varied rate and pitch for each of the first ``festival_terms``), dev (training voices, unseen
+    each of the first ``kokoro_terms`` training terms, one festival utterance at a varied
+    rate and pitch for each of the first ``festival_terms``, and two espeak utterances
+    pronouncing each of the first ``lexicon_terms`` as festival's lexicon does where that
+    differs from espeak's rules: ``lexicon.respellings``), dev (training voices, unseen
     terms), test_heldout (unseen terms x held-out engines) and test_seen (unseen terms x
     the espeak + festival training voices).
 
-    The Kokoro and festival extras come after, and do not change, the others: a corpus
-    built without them is a prefix of one built with them."""
+    The Kokoro, festival and lexicon extras come after, and do not change, the others: a
+    corpus built without them is a prefix of one built with them."""
     terms_dir = out / "terms"
     if not (terms_dir / "train.txt").exists():
         write_terms(terms_dir, seed)
@@ -307,6 +331,14 @@ def build_corpus(
             )
         n = min(festival_terms, train_terms)
         train += plan(pick["train"][:n], fv, 1, seed + 5, 0.5, "tf")
+    if lexicon_terms > 0:
+        if not shutil.which("festival"):
+            raise RuntimeError(
+                "lexicon_terms needs festival's lexicon: apt-get install festival "
+                "(or lexicon_terms=0)"
+            )
+        n = min(lexicon_terms, train_terms)
+        train += respelled_plan(pick["train"][:n], tv, seed + 6, workers)
     jobs = [
         ("train", train),
         ("dev", plan(pick["dev"][:dev_terms], tv, 1, seed + 1, 0.3, "dv")),

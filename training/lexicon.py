@@ -1,0 +1,152 @@
+"""A second pronunciation of the training terms: festival's CMU lexicon and its
+letter-to-sound rules, spoken by the espeak-ng training voices.
+
+The text side reads every term through espeak-ng's own rules (``retriever.g2p``), and an
+espeak voice says a term exactly as those rules spell it, so without other speech the
+model learns one pronunciation per spelling. Other engines and people pronounce rare
+words otherwise: on the held-out voices, terms whose CMU pronunciation lies 20% or more
+of their phonemes away from espeak's have a far lower Recall@1 than the rest
+(docs/results.md). ``respellings`` finds the training terms where the two disagree and
+writes festival's pronunciation in espeak's phoneme input (``[[...]]``), so that the
+espeak voices, dozens of them, can say it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+# A term qualifies when festival's pronunciation differs from espeak's by at least this
+# share of espeak's phonemes (edit distance over phoneme symbols).
+MIN_DISTANCE = 0.1
+
+# ARPAbet (festival's CMU phone set) -> espeak-ng's English phoneme mnemonics; unstressed
+# "ah" and "er" are espeak's schwa and r-coloured schwa.
+_ESPEAK = dict(
+    aa="A:", ae="a", ah="V", ax="@", ao="O:", aw="aU", ay="aI", eh="E", er="3:", ey="eI",
+    ih="I", iy="i:", ow="oU", oy="OI", uh="U", uw="u:", b="b", ch="tS", d="d", dh="D",
+    f="f", g="g", hh="h", jh="dZ", k="k", l="l", m="m", n="n", ng="N", p="p", r="r",
+    s="s", sh="S", t="t", th="T", v="v", w="w", y="j", z="z", zh="Z",
+)  # fmt: skip
+_UNSTRESSED = {"ah": "@", "er": "3"}
+# ARPAbet -> the IPA that ``g2p.phonemize`` writes (length marks dropped on both sides).
+_IPA = dict(
+    aa="ɑ", ae="æ", ah="ʌ", ax="ə", ao="ɔ", aw="aʊ", ay="aɪ", eh="ɛ", er="ɚ", ey="eɪ",
+    ih="ɪ", iy="i", ow="oʊ", oy="ɔɪ", uh="ʊ", uw="u", b="b", ch="tʃ", d="d", dh="ð",
+    f="f", g="ɡ", hh="h", jh="dʒ", k="k", l="l", m="m", n="n", ng="ŋ", p="p", r="ɹ",
+    s="s", sh="ʃ", t="t", th="θ", v="v", w="w", y="j", z="z", zh="ʒ",
+)  # fmt: skip
+# espeak's IPA folded onto the coarser CMU distinctions (flap, near-open central vowel,
+# r-coloured vowels, lot) and stress marks dropped before the two are compared.
+_FOLD = (
+    ("ː", ""), ("ˈ", ""), ("ˌ", ""), ("ɾ", "t"), ("ɐ", "ə"), ("ɜ", "ɚ"), ("ᵻ", "ɪ"), ("ɒ", "ɑ"), (" ", ""),
+)  # fmt: skip
+
+Syllables = list[tuple[list[str], int]]  # per syllable: ARPAbet phones, stress (0/1/2)
+
+_WORD = re.compile(r"[a-z]+")
+_ENTRY = re.compile(r'^\("(.*?)" \S+ \((.*)\)\)$')
+_SYLLABLE = re.compile(r"\(\(([a-z ]+)\) (\d)\)")
+
+
+def words_of(term: str) -> list[str] | None:
+    """A term's words as festival's lexicon looks them up; None for a term with characters
+    that the lookup does not handle as words (apostrophes, digits)."""
+    if re.search(r"[^a-zA-Z \-]", term):
+        return None
+    return _WORD.findall(term.lower()) or None
+
+
+def _lookup(words: list[str]) -> dict[str, Syllables]:
+    script = "".join(f'(print (lex.lookup "{w}" nil))\n' for w in words)
+    out = subprocess.run(
+        ["festival", "--pipe"], input=script, capture_output=True, text=True, check=True
+    ).stdout
+    found: dict[str, Syllables] = {}
+    for line in out.splitlines():
+        m = _ENTRY.match(line.strip())
+        if m:
+            sylls = [(p.split(), int(s)) for p, s in _SYLLABLE.findall(m.group(2))]
+            if sylls:
+                found[m.group(1)] = sylls
+    return found
+
+
+def festival_lexicon(words: list[str], workers: int = 2) -> dict[str, Syllables]:
+    """festival's pronunciation (its default English lexicon, letter-to-sound rules for the
+    words it lacks) of each of ``words``, in ``workers`` interpreters (about 60 words a
+    second each). Needs ``festival`` on the PATH."""
+    words = sorted(set(words))
+    parts = [words[i::workers] for i in range(max(1, workers))]
+    with ThreadPoolExecutor(len(parts)) as ex:
+        found: dict[str, Syllables] = {}
+        for d in ex.map(_lookup, parts):
+            found.update(d)
+    return found
+
+
+def espeak_input(words: list[Syllables]) -> str:
+    """Words given as syllables in espeak-ng's phoneme input: ``[[...]]`` with a primary
+    stress mark before a word's first stressed syllable and secondary marks before the
+    others."""
+    out = []
+    for sylls in words:
+        parts, first = [], True
+        for phones, stress in sylls:
+            mark = ""
+            if stress:
+                mark, first = ("'" if first else ","), False
+            parts.append(
+                mark
+                + "".join(
+                    (_ESPEAK[p] if stress else _UNSTRESSED.get(p, _ESPEAK[p]))
+                    for p in phones
+                    if p in _ESPEAK
+                )
+            )
+        out.append("".join(parts))
+    return "[[" + " ".join(out) + "]]"
+
+
+def _fold(ipa: str) -> str:
+    for a, b in _FOLD:
+        ipa = ipa.replace(a, b)
+    return ipa
+
+
+def _edit_distance(a: str, b: str) -> int:
+    d = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, d[0] = d[0], i
+        for j, cb in enumerate(b, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (ca != cb))
+    return d[-1]
+
+
+def distance(espeak_ipa: str, words: list[Syllables]) -> float:
+    """How far festival's pronunciation lies from espeak's: edit distance over phoneme
+    symbols, as a share of espeak's."""
+    ours = _fold(espeak_ipa)
+    theirs = _fold("".join(_IPA[p] for sylls in words for phones, _ in sylls for p in phones))
+    return _edit_distance(ours, theirs) / max(1, len(ours))
+
+
+def respellings(
+    terms: list[str], min_distance: float = MIN_DISTANCE, workers: int = 2
+) -> list[tuple[str, str]]:
+    """(term, espeak phoneme input) for each of ``terms`` whose festival pronunciation
+    differs from espeak's by at least ``min_distance`` (``distance``), in ``terms``' order."""
+    from rasst.retriever.g2p import phonemize
+
+    split = [(t, words_of(t)) for t in terms]
+    split = [(t, w) for t, w in split if w]
+    lex = festival_lexicon([w for _, ws in split for w in ws], workers)
+    split = [(t, ws) for t, ws in split if all(w in lex for w in ws)]
+    ipa = phonemize([t for t, _ in split])
+    out = []
+    for (term, ws), e in zip(split, ipa, strict=True):
+        sylls = [lex[w] for w in ws]
+        if distance(e, sylls) >= min_distance:
+            out.append((term, espeak_input(sylls)))
+    return out
