@@ -4,8 +4,8 @@ letter-to-sound rules, spoken by the espeak-ng training voices.
 The text side reads every term through espeak-ng's own rules (``retriever.g2p``), and an
 espeak voice says a term exactly as those rules spell it, so without other speech the
 model learns one pronunciation per spelling. Other engines and people pronounce rare
-words otherwise: on the held-out voices, terms whose CMU pronunciation lies 20% or more
-of their phonemes away from espeak's have a far lower Recall@1 than the rest
+words otherwise: on the held-out flite voices, terms whose CMU pronunciation lies 20% or
+more of their phonemes away from espeak's have a far lower Recall@1 than the rest
 (docs/results.md). ``respellings`` finds the training terms where the two disagree and
 writes festival's pronunciation in espeak's phoneme input (``[[...]]``), so that the
 espeak voices, dozens of them, can say it.
@@ -75,7 +75,7 @@ def _lookup(words: list[str]) -> dict[str, Syllables]:
 
 def festival_lexicon(words: list[str], workers: int = 2) -> dict[str, Syllables]:
     """festival's pronunciation (its default English lexicon, letter-to-sound rules for the
-    words it lacks) of each of ``words``, in ``workers`` interpreters (about 60 words a
+    words it lacks) of each of ``words``, in ``workers`` interpreters (about 50 words a
     second each). Needs ``festival`` on the PATH."""
     words = sorted(set(words))
     parts = [words[i::workers] for i in range(max(1, workers))]
