@@ -389,7 +389,7 @@ def voice_mix(speakers: list[str]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     seen: dict[str, set[str]] = {}
     for sp in speakers:
-        sp = sp.split("@", 1)[0]  # a speed-perturbed or augmented copy is the same voice
+        sp = sp.split("@", 1)[0]  # speed-perturbed, augmented, respelled: the same voice
         engine = sp.split(":", 1)[0] or "unknown"
         out.setdefault(engine, {"utterances": 0, "voices": 0})["utterances"] += 1
         seen.setdefault(engine, set()).add(sp)
