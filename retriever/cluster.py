@@ -59,6 +59,9 @@ BEAT_S = 0.5
 LIVE_S = 3.0
 WATCH_S = 2.0  # a replica's long poll of the board
 CLOSE_S = 15.0  # the most a shutdown waits for Ray
+# Set when a shutdown gave up waiting for Ray: its threads are still stopping, and the
+# interpreter's own finalisation at exit would race them (``rasst serve`` exits at once).
+RAY_LEFT_STOPPING = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -696,6 +699,7 @@ class ClusterEngine:
 
         threading.Thread(target=stop, name="rasst-cluster-close", daemon=True).start()
         if not done.wait(CLOSE_S):
+            RAY_LEFT_STOPPING.set()
             logger.warning("Ray did not stop within %.0f s; leaving it", CLOSE_S)
 
 

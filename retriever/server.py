@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -187,4 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"rasst serve: {e}", file=sys.stderr)
         return 1
+    if cfg.cluster:
+        from .cluster import RAY_LEFT_STOPPING
+
+        if RAY_LEFT_STOPPING.is_set():
+            # Ray's threads are still stopping: leave now, without the interpreter's
+            # finalisation, which would race them (a drained server exited on SIGSEGV).
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
