@@ -21,22 +21,23 @@ from concurrent.futures import ThreadPoolExecutor
 # share of espeak's phonemes (edit distance over phoneme symbols).
 MIN_DISTANCE = 0.1
 
-# ARPAbet (festival's CMU phone set) -> espeak-ng's English phoneme mnemonics; unstressed
-# "ah" and "er" are espeak's schwa and r-coloured schwa.
-_ESPEAK = dict(
-    aa="A:", ae="a", ah="V", ax="@", ao="O:", aw="aU", ay="aI", eh="E", er="3:", ey="eI",
-    ih="I", iy="i:", ow="oU", oy="OI", uh="U", uw="u:", b="b", ch="tS", d="d", dh="D",
-    f="f", g="g", hh="h", jh="dZ", k="k", l="l", m="m", n="n", ng="N", p="p", r="r",
-    s="s", sh="S", t="t", th="T", v="v", w="w", y="j", z="z", zh="Z",
-)  # fmt: skip
+# ARPAbet (festival's CMU phone set) -> (espeak-ng's English phoneme mnemonic, the IPA
+# that ``g2p.phonemize`` writes; length marks are dropped on both sides of a comparison).
+_PHONES = {
+    "aa": ("A:", "ɑ"), "ae": ("a", "æ"), "ah": ("V", "ʌ"), "ax": ("@", "ə"), "ao": ("O:", "ɔ"),
+    "aw": ("aU", "aʊ"), "ay": ("aI", "aɪ"), "eh": ("E", "ɛ"), "er": ("3:", "ɚ"),
+    "ey": ("eI", "eɪ"), "ih": ("I", "ɪ"), "iy": ("i:", "i"), "ow": ("oU", "oʊ"),
+    "oy": ("OI", "ɔɪ"), "uh": ("U", "ʊ"), "uw": ("u:", "u"), "b": ("b", "b"),
+    "ch": ("tS", "tʃ"), "d": ("d", "d"), "dh": ("D", "ð"), "f": ("f", "f"), "g": ("g", "ɡ"),
+    "hh": ("h", "h"), "jh": ("dZ", "dʒ"), "k": ("k", "k"), "l": ("l", "l"), "m": ("m", "m"),
+    "n": ("n", "n"), "ng": ("N", "ŋ"), "p": ("p", "p"), "r": ("r", "ɹ"), "s": ("s", "s"),
+    "sh": ("S", "ʃ"), "t": ("t", "t"), "th": ("T", "θ"), "v": ("v", "v"), "w": ("w", "w"),
+    "y": ("j", "j"), "z": ("z", "z"), "zh": ("Z", "ʒ"),
+}  # fmt: skip
+_ESPEAK = {p: e for p, (e, _) in _PHONES.items()}
+_IPA = {p: i for p, (_, i) in _PHONES.items()}
+# Unstressed "ah" and "er" are espeak's schwa and r-coloured schwa.
 _UNSTRESSED = {"ah": "@", "er": "3"}
-# ARPAbet -> the IPA that ``g2p.phonemize`` writes (length marks dropped on both sides).
-_IPA = dict(
-    aa="ɑ", ae="æ", ah="ʌ", ax="ə", ao="ɔ", aw="aʊ", ay="aɪ", eh="ɛ", er="ɚ", ey="eɪ",
-    ih="ɪ", iy="i", ow="oʊ", oy="ɔɪ", uh="ʊ", uw="u", b="b", ch="tʃ", d="d", dh="ð",
-    f="f", g="ɡ", hh="h", jh="dʒ", k="k", l="l", m="m", n="n", ng="ŋ", p="p", r="ɹ",
-    s="s", sh="ʃ", t="t", th="θ", v="v", w="w", y="j", z="z", zh="ʒ",
-)  # fmt: skip
 # espeak's IPA folded onto the coarser CMU distinctions (flap, near-open central vowel,
 # r-coloured vowels, lot) and stress marks dropped before the two are compared.
 _FOLD = (
@@ -115,21 +116,14 @@ def _fold(ipa: str) -> str:
     return ipa
 
 
-def _edit_distance(a: str, b: str) -> int:
-    d = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, d[0] = d[0], i
-        for j, cb in enumerate(b, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (ca != cb))
-    return d[-1]
-
-
 def distance(espeak_ipa: str, words: list[Syllables]) -> float:
     """How far festival's pronunciation lies from espeak's: edit distance over phoneme
     symbols, as a share of espeak's."""
+    from .phones import edit_distance  # torch, for the phone head: only when needed
+
     ours = _fold(espeak_ipa)
     theirs = _fold("".join(_IPA[p] for sylls in words for phones, _ in sylls for p in phones))
-    return _edit_distance(ours, theirs) / max(1, len(ours))
+    return edit_distance(ours, theirs) / max(1, len(ours))
 
 
 def respellings(
