@@ -342,10 +342,11 @@ def test_phone_head_never_learns_from_respelled_terms(tmp_path):
     """An utterance that says its term otherwise than its phonemes spell it (a respelling,
     marked on its speaker, also on a copy of it) never reaches the phone head's batches."""
     from rasst.retriever.model import ModelConfig
+    from rasst.training.manifests import RESPELLED
     from rasst.training.phones import PhoneTrainConfig, PhoneTrainer
 
     frames = np.random.default_rng(0).standard_normal((60, 384)).astype(np.float16)
-    speakers = ["espeak-ng:en-us:s150:p50", f"espeak-ng:en-us:s150:p50{S.RESPELLED}"]
+    speakers = ["espeak-ng:en-us:s150:p50", f"espeak-ng:en-us:s150:p50{RESPELLED}"]
     speakers.append(speakers[1] + "@speed1.1")
     cache = FeatureCache(
         frames,

@@ -119,7 +119,7 @@ def _fold(ipa: str) -> str:
 def distance(espeak_ipa: str, words: list[Syllables]) -> float:
     """How far festival's pronunciation lies from espeak's: edit distance over phoneme
     symbols, as a share of espeak's."""
-    from .phones import edit_distance  # torch, for the phone head: only when needed
+    from .phones import edit_distance  # torch: loaded only when a distance is asked for
 
     ours = _fold(espeak_ipa)
     theirs = _fold("".join(_IPA[p] for sylls in words for phones, _ in sylls for p in phones))

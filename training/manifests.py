@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- manifests
 
+# Speaker suffix of a synthesised utterance whose term the voice said from given phonemes
+# (``synthesis.UttSpec.say``) rather than as the text side spells it.
+RESPELLED = "@respelled"
+
 
 class ManifestError(ValueError):
     pass

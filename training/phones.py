@@ -22,7 +22,7 @@ from rasst.retriever.model import DualEncoder
 from torch import nn
 
 from .features import FeatureCache
-from .synthesis import RESPELLED
+from .manifests import RESPELLED
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class PhoneTrainer:
         self.dev = dev
         self.targets = self._targets(train)
         # Occurrences whose audio says the term as its phonemes spell it: a respelled term
-        # (``synthesis.RESPELLED``) sounds otherwise than its labels.
+        # (``manifests.RESPELLED``) sounds otherwise than its labels.
         self.usable = np.array(
             [i for i, u in enumerate(train.occ_utt) if RESPELLED not in train.utt_speaker[u]],
             dtype=np.int64,

@@ -21,7 +21,7 @@ import numpy as np
 from rasst.retriever import audio as A
 
 from .lexicon import respellings
-from .manifests import atomic_write_text
+from .manifests import RESPELLED, atomic_write_text
 from .terms import read_lines, write_terms
 from .voices import (
     Voice,
@@ -144,9 +144,6 @@ class UttSpec:
     # What the voice is given for the term piece when it is not the term itself: a
     # pronunciation in the engine's own phoneme notation (espeak-ng's ``[[...]]``).
     say: str = ""
-
-
-RESPELLED = "@respelled"  # speaker suffix of utterances that say a term as ``UttSpec.say``
 
 
 def plan(
