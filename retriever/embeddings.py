@@ -1,9 +1,9 @@
 """Embedded glossary rows kept on disk, so that nothing is embedded twice by one model.
 
-Each committed version's rows (spoken form, its unit string, its vector and its
-specificity penalty) are written to ``{data_dir}/embeddings/{glossary_id}.npz``, tagged
-with the hash of the weights that made them. A patch then embeds only the forms it
-adds, and a restart loads every glossary's vectors instead of re-embedding them; a
+Each committed version's rows (spoken form, the unit string of one of its
+pronunciations, its vector and its specificity penalty) are written to ``{data_dir}/embeddings/{glossary_id}.npz``, tagged
+with the hash of the weights that made them. A patch then embeds only the unit strings
+it adds, and a restart loads every glossary's vectors instead of re-embedding them; a
 different model finds the tag changed and embeds again.
 """
 
@@ -31,8 +31,8 @@ class Rows:
     vectors: np.ndarray  # (n, embed_dim) float32
     prior: np.ndarray | None  # (n,) float32, or None when the model has no prior
 
-    def by_form(self) -> dict[str, int]:
-        return {f: i for i, f in enumerate(self.forms)}
+    def by_units(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.units)}
 
 
 class EmbeddingStore:

@@ -241,41 +241,51 @@ def embed_rows(
     model_key: str = "",
     reuse: Rows | None = None,
     progress: bool = False,
-) -> Rows:
-    """Each form's unit string, vector and prior; rows of ``reuse`` (made by the same model)
-    are taken as they are and only the other forms are embedded."""
-    known = reuse.by_form() if reuse is not None else {}
-    new = [f for f in dict.fromkeys(forms) if f not in known]
-    new_units = model.term_units(new) if new else []
+) -> tuple[Rows, np.ndarray]:
+    """The index rows of ``forms`` (``DualEncoder.glossary_rows``: each row's form, unit
+    string, vector and prior) and the number of the form each row spells. Forms that
+    ``reuse`` (rows made by the same model) holds keep its unit strings, and its vectors
+    are taken as they are: only the other strings are embedded."""
+    # A form that ``reuse`` holds keeps its rows' unit strings: no G2P again on a patch.
+    spelled: dict[str, list[str]] = {}
+    if reuse is not None:
+        for f, u in zip(reuse.forms, reuse.units, strict=True):
+            spelled.setdefault(f, []).append(u)
+    fresh = [f for f in dict.fromkeys(forms) if f not in spelled]
+    if fresh:
+        fresh_units, fresh_row_form = model.glossary_rows(fresh)
+        for u, i in zip(fresh_units, fresh_row_form, strict=True):
+            spelled.setdefault(fresh[i], []).append(u)
+    units, row_form = [], []
+    for i, f in enumerate(forms):
+        units += spelled[f]
+        row_form += [i] * len(spelled[f])
+    row_form = np.asarray(row_form, np.int64)
+    known = reuse.by_units() if reuse is not None else {}
+    new = [u for u in dict.fromkeys(units) if u not in known]
     new_vecs = (
-        model.encode_units(new_units, progress=progress)
+        model.encode_units(new, progress=progress)
         if new
         else np.zeros((0, model.config.embed_dim), np.float32)
     )
-    new_prior = model.row_penalty(new_vecs, new_units) if new else None
-    at_new = {f: i for i, f in enumerate(new)}
-    units, vecs, prior = [], np.zeros((len(forms), model.config.embed_dim), np.float32), []
+    new_prior = model.row_penalty(new_vecs, new) if new else None
+    at_new = {u: i for i, u in enumerate(new)}
+    vecs = np.zeros((len(units), model.config.embed_dim), np.float32)
+    prior = []
     has_prior = model.penalises_rows
-    for r, f in enumerate(forms):
-        if f in at_new:
-            i = at_new[f]
-            units.append(new_units[i])
-            vecs[r] = new_vecs[i]
-            if has_prior:
-                prior.append(new_prior[i])
-        else:
-            i = known[f]
-            units.append(reuse.units[i])
-            vecs[r] = reuse.vectors[i]
-            if has_prior:
-                prior.append(reuse.prior[i])
-    return Rows(
+    for r, u in enumerate(units):
+        src, i = (new_vecs, at_new[u]) if u in at_new else (reuse.vectors, known[u])
+        vecs[r] = src[i]
+        if has_prior:
+            prior.append(new_prior[i] if u in at_new else reuse.prior[i])
+    rows = Rows(
         model_key,
-        tuple(forms),
+        tuple(forms[f] for f in row_form),
         tuple(units),
         vecs,
         np.asarray(prior, np.float32) if has_prior else None,
     )
+    return rows, row_form
 
 
 def embed_glossary(
@@ -288,17 +298,21 @@ def embed_glossary(
     reuse: Rows | None = None,
 ) -> ServedGlossary:
     """Embed every spoken form of every entry (reusing ``reuse``'s rows) and index them."""
-    forms, row_entry = [], []
+    forms, form_entry = [], []
     for i, e in enumerate(g.entries):
         for f in e.forms():
             forms.append(f)
-            row_entry.append(i)
-    rows = embed_rows(model, forms, model_key, reuse, progress)
+            form_entry.append(i)
+    rows, row_form = embed_rows(model, forms, model_key, reuse, progress)
     phones = tuple(model.phone_labels(list(rows.units))) if model.phone is not None else ()
     index = TermIndex(
-        rows.vectors, np.asarray(row_entry), exact_max, precision=precision, row_prior=rows.prior
+        rows.vectors,
+        np.asarray(form_entry, np.int64)[row_form],
+        exact_max,
+        precision=precision,
+        row_prior=rows.prior,
     )
-    return ServedGlossary(g, index, tuple(forms), phones, rows)
+    return ServedGlossary(g, index, rows.forms, phones, rows)
 
 
 class Engine:
@@ -421,7 +435,7 @@ class Engine:
         served = embed_glossary(
             model, g, self.cfg.exact_max, precision=self.cfg.precision, model_key=key, reuse=reuse
         )
-        if reuse is None or served.rows.forms != reuse.forms:
+        if reuse is None or served.rows.units != reuse.units:
             self.embeddings.save(g.glossary_id, served.rows)
         return served
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import audio as A
+from . import pronounce
 from .g2p import units
 from .index import pad_rows, quantize_rows
 from .rescore import (
@@ -91,6 +92,10 @@ class ModelConfig:
     text_unit: str = "phonemes"
     # espeak-ng language for G2P.
     g2p_language: str = "en-us"
+    # How a form becomes index rows: "rules" (espeak-ng's reading, one row) or
+    # "rules+dictionary" (also a row for its CMUdict pronunciation where that differs
+    # from the rules' reading: ``retriever.pronounce``; English phonemes only).
+    pronunciations: str = "rules"
     # Symbols known to the text encoder (ids start at 2; 0 = pad, 1 = unknown).
     text_vocab: tuple[str, ...] = ()
     # Text encoder widths.
@@ -198,6 +203,9 @@ class ModelConfig:
         return cls(**d)
 
 
+PRONUNCIATIONS = ("rules", "rules+dictionary")
+
+
 def validate_config(c: ModelConfig) -> None:
     if c.frontend.kind not in ("ctranslate2", "transformers"):
         raise ValueError(
@@ -209,6 +217,17 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"pool_segments must be in [0, 12], got {c.pool_segments}")
     if c.text_unit not in ("phonemes", "letters"):
         raise ValueError(f"text_unit must be 'phonemes' or 'letters', got {c.text_unit!r}")
+    if c.pronunciations not in PRONUNCIATIONS:
+        raise ValueError(
+            f"pronunciations must be one of {list(PRONUNCIATIONS)}, got {c.pronunciations!r}"
+        )
+    if c.pronunciations != "rules" and (
+        c.text_unit != "phonemes" or not c.g2p_language.startswith("en")
+    ):
+        raise ValueError(
+            f"pronunciations {c.pronunciations!r} needs English phonemes as text units, got "
+            f"{c.text_unit!r} in {c.g2p_language!r}"
+        )
     if not c.window_frames or min(c.window_frames) < 3:
         raise ValueError(
             f"window_frames must be non-empty, each >= 3 frames, got {c.window_frames}"
@@ -665,6 +684,26 @@ class DualEncoder(nn.Module):
 
     def term_units(self, terms: list[str]) -> list[str]:
         return units(terms, self.config.text_unit, self.config.g2p_language)
+
+    def glossary_rows(self, forms: list[str]) -> tuple[list[str], np.ndarray]:
+        """The index rows that spell ``forms``: each row's unit string and the number of
+        the form it spells. Every form's reading by the rules (``term_units``), followed,
+        with ``pronunciations`` "rules+dictionary", by its dictionary pronunciation where
+        that differs (``pronounce.variants``). A form's rows are adjacent and in the
+        forms' order, so the first n forms' rows are a prefix
+        (``np.searchsorted(row_form, n)`` of them)."""
+        base = self.term_units(forms)
+        if self.config.pronunciations == "rules":
+            return base, np.arange(len(forms), dtype=np.int64)
+        extra = pronounce.variants(forms, base)
+        units_, row_form = [], []
+        for i, (u, v) in enumerate(zip(base, extra, strict=True)):
+            units_.append(u)
+            row_form.append(i)
+            if v is not None:
+                units_.append(v)
+                row_form.append(i)
+        return units_, np.asarray(row_form, np.int64)
 
     def phone_labels(self, unit_strings: list[str]) -> list[np.ndarray]:
         """Unit strings (``term_units``) as the phone head's CTC labels."""

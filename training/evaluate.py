@@ -171,9 +171,17 @@ def encode_occurrences(
 
 
 def prefix(prior: np.ndarray | None, size: int) -> np.ndarray | None:
-    """The rows of a nested glossary's prior (``DualEncoder.row_penalty``) for its first
-    ``size`` entries."""
+    """The first ``size`` rows of a nested glossary's prior (``DualEncoder.row_penalty``)."""
     return None if prior is None else prior[:size]
+
+
+def nested_index(
+    vecs: np.ndarray, row_term: np.ndarray, prior: np.ndarray | None, size: int, **kw
+) -> TermIndex:
+    """The index of a nested glossary's first ``size`` terms: the prefix of its rows
+    (``DualEncoder.glossary_rows``) that spell them."""
+    n = int(np.searchsorted(row_term, size))
+    return TermIndex(vecs[:n], row_term[:n], row_prior=prefix(prior, n), **kw)
 
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -245,15 +253,17 @@ def retrieval_metrics(
     rescorer: Rescorer | None = None,
     row_prior: np.ndarray | None = None,
     agreement: Agreement | None = None,
+    row_entry: np.ndarray | None = None,
 ) -> dict:
     """Recall@k and MRR over occurrences; with ``groups`` (one label per occurrence, e.g.
-    the TTS engine), recall@k per group too. ``precision``: the exact index's arithmetic;
+    the TTS engine), recall@k per group too. ``row_entry``: the glossary term each row of
+    ``glossary_vecs`` spells (default: one row per term). ``precision``: the exact index's arithmetic;
     ``rescorer``: the second stage, over the same glossary (needs ``occ`` with spans);
     ``row_prior``: the model's specificity prior of each glossary row; ``agreement``: the
     model's window agreement penalty."""
-    index = TermIndex(
-        glossary_vecs, np.arange(len(glossary_terms)), precision=precision, row_prior=row_prior
-    )
+    if row_entry is None:
+        row_entry = np.arange(len(glossary_terms))
+    index = TermIndex(glossary_vecs, row_entry, precision=precision, row_prior=row_prior)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary_terms)}
     kmax = max(ks)
     ranks = []
@@ -305,22 +315,25 @@ def evaluate(
     # Group occurrences by speech source ("flite", "piper", "espeak-ng", "human"...).
     engines = [cache.utt_speaker[u].split(":")[0] or "?" for u in occ.occ_utt]
     biggest = build_glossary(test_terms, distractors, max(sizes), seed)
-    unit_strings = model.term_units(biggest)
+    unit_strings, row_term = model.glossary_rows(biggest)
     vecs = model.encode_units(unit_strings, progress=progress)
     rescorer = Rescorer.of(model, unit_strings)
     prior = model.row_penalty(vecs, unit_strings)
     for size in sizes:
         # Nested glossaries: each size is a prefix of the biggest, test terms always in.
+        n = int(np.searchsorted(row_term, size))
         report["sizes"][str(size)] = retrieval_metrics(
             occ,
-            vecs[:size],
+            vecs[:n],
             biggest[:size],
             groups=engines,
             precision=precision,
             rescorer=rescorer,
-            row_prior=prefix(prior, size),
+            row_prior=prefix(prior, n),
             agreement=model.agreement,
+            row_entry=row_term[:n],
         )
+        report["sizes"][str(size)]["rows"] = n
     return report
 
 
@@ -354,7 +367,8 @@ def calibrate_thresholds(
     if not sizes:
         return []
     biggest = build_glossary(terms, distractors, sizes[-1], seed)
-    unit_strings = model.term_units(biggest)
+    unit_strings, row_term = model.glossary_rows(biggest)
+    row_forms = [biggest[i] for i in row_term]
     vecs = model.encode_units(unit_strings)
     rescorer = Rescorer.of(model, unit_strings)
     prior = model.row_penalty(vecs, unit_strings)
@@ -365,7 +379,7 @@ def calibrate_thresholds(
     n_pos = sum(len(w) for w in spoken.values())
     out = []
     for size in sizes:
-        index = TermIndex(vecs[:size], np.arange(size), row_prior=prefix(prior, size))
+        index = nested_index(vecs, row_term, prior, size)
         scored = []  # (score, correct)
         for u, want in spoken.items():
             if rescorer is not None:
@@ -376,7 +390,7 @@ def calibrate_thresholds(
                     occ.phone_logprobs[u],
                     RANK_ALL,
                     top_k,
-                    biggest,
+                    row_forms,
                 )
             else:
                 D, I = index.search(occ.all_vectors[u], 16)
@@ -391,7 +405,7 @@ def calibrate_thresholds(
                         spans=occ.all_spans[u],
                         agreement=model.agreement,
                         suppression=model.suppression,
-                        row_forms=biggest,
+                        row_forms=row_forms,
                         cohort=model.cohort,
                     )
                 ]

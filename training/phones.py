@@ -264,11 +264,9 @@ def tune_rescore_weight(
     occ = encode_occurrences(model, dev)
     terms = list(dict.fromkeys(occ.terms))
     glossary = build_glossary(terms, distractors, min(size, len(terms) + len(distractors)))
-    unit_strings = model.term_units(glossary)
+    unit_strings, row_term = model.glossary_rows(glossary)
     vecs = model.encode_units(unit_strings)
-    index = TermIndex(
-        vecs, np.arange(len(glossary)), row_prior=model.row_penalty(vecs, unit_strings)
-    )
+    index = TermIndex(vecs, row_term, row_prior=model.row_penalty(vecs, unit_strings))
     rescorer = Rescorer.of(model, unit_strings)
     pos = {normalize_term(t).lower(): i for i, t in enumerate(glossary)}
     found = [

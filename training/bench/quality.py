@@ -91,7 +91,7 @@ def bench_quality(
     from rasst.retriever.audio import load_audio
     from rasst.retriever.model import DualEncoder, _package_model_dir, build_frontend
 
-    from ..evaluate import Rescorer, build_glossary, covering_windows, prefix, ranked_entries
+    from ..evaluate import Rescorer, build_glossary, covering_windows, nested_index, ranked_entries
     from ..manifests import read_manifest
 
     rows = read_manifest(manifest)[:limit]
@@ -105,10 +105,10 @@ def bench_quality(
     torch.set_num_threads(1)
     model = DualEncoder.from_pretrained(checkpoint)
     fe = build_frontend(model.config.frontend, threads=1)
-    unit_strings = model.term_units(glossary)
+    unit_strings, row_term = model.glossary_rows(glossary)
+    row_forms = [glossary[i] for i in row_term]
     term_vecs = model.encode_units(unit_strings)
     prior = model.row_penalty(term_vecs, unit_strings)
-    from rasst.retriever.index import TermIndex
     from rasst.retriever.scoring import RANK_ALL, score_entries
 
     c0 = time.process_time()
@@ -130,21 +130,17 @@ def bench_quality(
         # The second stage's search-time part as served: candidates above the calibrated
         # threshold (1K entries), each window voting for its 2 nearest rows.
         size = min(sizes)
-        index = TermIndex(
-            term_vecs[:size], np.arange(size), use_gpu=False, row_prior=prefix(prior, size)
-        )
+        index = nested_index(term_vecs, row_term, prior, size, use_gpu=False)
         thr = model.config.threshold_for(size)
         c0 = time.process_time()
         for v, spans, rel in zip(utt_vecs, utt_spans, rels, strict=True):
-            rescorer.hits(index, v, spans, rel, thr, 10, glossary, per_window=2)
+            rescorer.hits(index, v, spans, rel, thr, 10, row_forms, per_window=2)
         rescore_cpu = time.process_time() - c0
         res["rescore_cpu_s_per_audio_s"] = round(rescore_cpu / audio_s, 5)
         res["cpu_s_per_audio_s"] = round((rasst_cpu + rescore_cpu) / audio_s, 5)
     targets = [glossary.index(t) for t in occ_terms]
     for size in sizes:
-        index = TermIndex(
-            term_vecs[:size], np.arange(size), use_gpu=False, row_prior=prefix(prior, size)
-        )
+        index = nested_index(term_vecs, row_term, prior, size, use_gpu=False)
         ranks = []
         for i, (v, target) in enumerate(zip(occ_vecs, targets, strict=True)):
             order = ranked_entries(
@@ -161,7 +157,7 @@ def bench_quality(
                 hints.append(
                     dict(
                         rescorer.hits(
-                            index, v, spans, rel, RANK_ALL, 10**6, glossary, per_window=per_window
+                            index, v, spans, rel, RANK_ALL, 10**6, row_forms, per_window=per_window
                         )
                     )
                 )
@@ -179,7 +175,7 @@ def bench_quality(
                             spans=spans,
                             agreement=model.agreement,
                             suppression=model.suppression,
-                            row_forms=glossary,
+                            row_forms=row_forms,
                         )
                     }
                 )

