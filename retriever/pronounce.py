@@ -94,12 +94,15 @@ def _dictionary() -> dict[str, list[str]]:
 
 
 def ipa_of(words: list[list[str]]) -> str:
-    """Words given as ARPAbet phones (with stress digits) in espeak-ng's American IPA, as it
-    writes phoneme input: its vowel symbols and length marks (an unstressed /iy/ short, as
-    its rules write it); /r/ as "ɹ" before a vowel
-    (across words too), else "r"; a schwa before /r/ r-coloured; a linking "ɹ" after an
-    r-coloured vowel before another vowel; /t/ flapped after a vowel and before an
-    unstressed vowel of its word that no /n/ follows; /n/ as "ŋ" before /k/ or /g/."""
+    """Words given as ARPAbet phones (with stress digits) in the IPA that espeak-ng's
+    American English rules write (``g2p.phonemize``), so that a dictionary row reads like
+    the rules' rows: their vowel symbols and length marks; a short /ao/ before /f/, /s/,
+    /th/, /ng/, or /l/ and a consonant; an unstressed /iy/ short; an unstressed /ah/
+    r-coloured before /r/; the vowel of an "-ed" / "-es" ending "ᵻ"; /r/ as "ɹ", dropped
+    after an r-coloured schwa that no vowel follows; a linking "ɹ" after /er/ before a
+    vowel, across words too; /t/ flapped after a vowel or /r/ and before an unstressed vowel of
+    its word that no /n/ follows; /n/ as "ŋ" before /k/ or /g/. Words are separated by
+    spaces."""
     seq = []  # (phone, stress, word number)
     for w, phones in enumerate(words):
         for p in phones:
@@ -113,23 +116,43 @@ def ipa_of(words: list[list[str]]) -> str:
     out = []
     for k, (p, stress, w) in enumerate(seq):
         prev, nxt, after = at(k - 1), at(k + 1), at(k + 2)
+        word_end = nxt[2] != w
         if k and prev[2] != w:
             out.append(" ")
         if p == "r":
-            out.append("ɹ" if nxt[0] in VOWELS else "r")
-        elif p == "ah" and stress == "0" and nxt[0] == "r":
-            out.append("ɚ")
+            if nxt[0] in VOWELS or not (prev[0] == "ah" and prev[1] == "0"):
+                out.append("ɹ")
+        elif (
+            p in ("ih", "ah")
+            and stress == "0"
+            and prev[0] in ("t", "d", "s", "z", "sh", "ch", "jh")
+            and nxt[0] in ("d", "z")
+            and nxt[2] == w
+            and after[2] != w
+        ):
+            out.append("ᵻ")
+        elif p == "ah" and stress == "0":
+            out.append("ɚ" if nxt[0] == "r" else "ə")
+        elif (
+            p == "ao"
+            and not word_end
+            and (
+                nxt[0] in ("f", "s", "th", "ng")
+                or (nxt[0] == "l" and after[2] == w and after[0] not in VOWELS)
+            )
+        ):
+            out.append("ɔ")
         elif (
             p == "t"
-            and prev[0] in VOWELS
+            and (prev[0] in VOWELS or prev[0] == "r")
             and prev[2] == w
             and nxt[0] in VOWELS
             and nxt[1] == "0"
-            and nxt[2] == w
+            and not word_end
             and not (after[0] == "n" and after[2] == w)
         ):
             out.append("ɾ")
-        elif p == "n" and nxt[0] in ("k", "g") and nxt[2] == w:
+        elif p == "n" and nxt[0] in ("k", "g") and not word_end:
             out.append("ŋ")
         else:
             out.append(
@@ -141,16 +164,18 @@ def ipa_of(words: list[list[str]]) -> str:
 
 
 def dictionary_ipa(terms: list[str]) -> list[str | None]:
-    """Each term's pronunciation from the dictionary in espeak-ng's IPA (words separated
-    by spaces, no stress marks), or None when a word is missing or the term is not words."""
+    """Each term's pronunciation from the dictionary in espeak-ng's IPA (no stress marks;
+    words apart by spaces, hyphenated ones joined as the rules join them), or None when
+    a word is missing or the term is not words."""
     lex = _dictionary()
     out: list[str | None] = []
     for t in terms:
-        words = words_of(t)
-        if not words or any(w not in lex for w in words):
+        chunks = [_WORD.findall(c) for c in t.lower().split()] if words_of(t) else []
+        chunks = [c for c in chunks if c]
+        if not chunks or any(w not in lex for c in chunks for w in c):
             out.append(None)
         else:
-            out.append(ipa_of([lex[w] for w in words]))
+            out.append(ipa_of([[p for w in c for p in lex[w]] for c in chunks]))
     return out
 
 
