@@ -29,6 +29,11 @@ def test_words_stay_apart_and_r_links_across_them():
     assert P.dictionary_ipa(["car", "molar"]) == ["kɑːɹ", "moʊlɚ"]
 
 
+def test_words_of_a_term():
+    assert P.words_of("Rough-and-tumble") == ["rough", "and", "tumble"]
+    assert P.words_of("brewer's yeast") is None and P.words_of("b12") is None
+
+
 def test_distance_is_a_share_of_the_rules_reading():
     assert P.distance("kwɪnoʊə", "kiːnoʊə") == pytest.approx(2 / 7)
     assert P.distance("deɪɾə", "deɪtə") == 0.0  # a flap is a /t/ to the comparison

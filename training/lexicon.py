@@ -17,46 +17,21 @@ import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+from rasst.retriever import pronounce
+
 # A term qualifies when festival's pronunciation differs from espeak's by at least this
-# share of espeak's phonemes (edit distance over phoneme symbols).
+# share of espeak's phonemes (``pronounce.distance``).
 MIN_DISTANCE = 0.1
 
-# ARPAbet (festival's CMU phone set) -> (espeak-ng's English phoneme mnemonic, the IPA
-# that ``g2p.phonemize`` writes; length marks are dropped on both sides of a comparison).
-_PHONES = {
-    "aa": ("A:", "ɑ"), "ae": ("a", "æ"), "ah": ("V", "ʌ"), "ax": ("@", "ə"), "ao": ("O:", "ɔ"),
-    "aw": ("aU", "aʊ"), "ay": ("aI", "aɪ"), "eh": ("E", "ɛ"), "er": ("3:", "ɚ"),
-    "ey": ("eI", "eɪ"), "ih": ("I", "ɪ"), "iy": ("i:", "i"), "ow": ("oU", "oʊ"),
-    "oy": ("OI", "ɔɪ"), "uh": ("U", "ʊ"), "uw": ("u:", "u"), "b": ("b", "b"),
-    "ch": ("tS", "tʃ"), "d": ("d", "d"), "dh": ("D", "ð"), "f": ("f", "f"), "g": ("g", "ɡ"),
-    "hh": ("h", "h"), "jh": ("dZ", "dʒ"), "k": ("k", "k"), "l": ("l", "l"), "m": ("m", "m"),
-    "n": ("n", "n"), "ng": ("N", "ŋ"), "p": ("p", "p"), "r": ("r", "ɹ"), "s": ("s", "s"),
-    "sh": ("S", "ʃ"), "t": ("t", "t"), "th": ("T", "θ"), "v": ("v", "v"), "w": ("w", "w"),
-    "y": ("j", "j"), "z": ("z", "z"), "zh": ("Z", "ʒ"),
-}  # fmt: skip
-_ESPEAK = {p: e for p, (e, _) in _PHONES.items()}
-_IPA = {p: i for p, (_, i) in _PHONES.items()}
-# Unstressed "ah" and "er" are espeak's schwa and r-coloured schwa.
-_UNSTRESSED = {"ah": "@", "er": "3"}
-# espeak's IPA folded onto the coarser CMU distinctions (flap, near-open central vowel,
-# r-coloured vowels, lot) and stress marks dropped before the two are compared.
-_FOLD = (
-    ("ː", ""), ("ˈ", ""), ("ˌ", ""), ("ɾ", "t"), ("ɐ", "ə"), ("ɜ", "ɚ"), ("ᵻ", "ɪ"), ("ɒ", "ɑ"), (" ", ""),
-)  # fmt: skip
+# ARPAbet (festival's CMU phone set) -> espeak-ng's English phoneme mnemonics; unstressed
+# "ah" and "er" are espeak's schwa and r-coloured schwa.
+_ESPEAK = {p: mnemonic for p, (mnemonic, _) in pronounce.ARPABET.items()}
+_UNSTRESSED = {p: mnemonic for p, (mnemonic, _) in pronounce.UNSTRESSED.items()}
 
 Syllables = list[tuple[list[str], int]]  # per syllable: ARPAbet phones, stress (0/1/2)
 
-_WORD = re.compile(r"[a-z]+")
 _ENTRY = re.compile(r'^\("(.*?)" \S+ \((.*)\)\)$')
 _SYLLABLE = re.compile(r"\(\(([a-z ]+)\) (\d)\)")
-
-
-def words_of(term: str) -> list[str] | None:
-    """A term's words as festival's lexicon looks them up; None for a term with characters
-    that the lookup does not handle as words (apostrophes, digits)."""
-    if re.search(r"[^a-zA-Z \-]", term):
-        return None
-    return _WORD.findall(term.lower()) or None
 
 
 def _lookup(words: list[str]) -> dict[str, Syllables]:
@@ -110,20 +85,12 @@ def espeak_input(words: list[Syllables]) -> str:
     return "[[" + " ".join(out) + "]]"
 
 
-def _fold(ipa: str) -> str:
-    for a, b in _FOLD:
-        ipa = ipa.replace(a, b)
-    return ipa
-
-
 def distance(espeak_ipa: str, words: list[Syllables]) -> float:
-    """How far festival's pronunciation lies from espeak's: edit distance over phoneme
-    symbols, as a share of espeak's."""
-    from .phones import edit_distance  # torch: loaded only when a distance is asked for
-
-    ours = _fold(espeak_ipa)
-    theirs = _fold("".join(_IPA[p] for sylls in words for phones, _ in sylls for p in phones))
-    return edit_distance(ours, theirs) / max(1, len(ours))
+    """How far festival's pronunciation lies from espeak's (``pronounce.distance``)."""
+    theirs = "".join(
+        pronounce.ARPABET[p][1] for sylls in words for phones, _ in sylls for p in phones
+    )
+    return pronounce.distance(espeak_ipa, theirs)
 
 
 def respellings(
@@ -133,7 +100,7 @@ def respellings(
     differs from espeak's by at least ``min_distance`` (``distance``), in ``terms``' order."""
     from rasst.retriever.g2p import phonemize
 
-    split = [(t, words_of(t)) for t in terms]
+    split = [(t, pronounce.words_of(t)) for t in terms]
     split = [(t, w) for t, w in split if w]
     lex = festival_lexicon([w for _, ws in split for w in ws], workers)
     split = [(t, ws) for t, ws in split if all(w in lex for w in ws)]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rasst.retriever.model import DualEncoder
+from rasst.retriever.pronounce import edit_distance
 from torch import nn
 
 from .features import FeatureCache
@@ -60,16 +61,6 @@ class PhoneTrainConfig:
             raise ValueError(f"phone hidden must be an even number in [2, 4096], got {self.hidden}")
         if not self.weights or any(not 0 < w <= 10 for w in self.weights):
             raise ValueError(f"phone weights must be in (0, 10], got {self.weights}")
-
-
-def edit_distance(a, b) -> int:
-    d = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(b) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] != b[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(b)]
 
 
 def greedy_decode(logprobs: torch.Tensor, length: int) -> list[int]:
