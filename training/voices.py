@@ -5,6 +5,7 @@ piper and Kokoro; ``render`` turns a voice and a text into 16 kHz audio.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import select
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +149,20 @@ def _piper_model() -> str | None:
     return str(found[0]) if found else None
 
 
-@functools.lru_cache(maxsize=1)
-def _piper_voice():
+_piper_lock = threading.Lock()
+
+
+def _piper_voice(voice: Voice, text: str):
+    """A piper session for one utterance. The model's noise comes from random operators
+    that seed themselves when a session is made, so each utterance gets a session seeded
+    from its voice and text: the same audio whichever worker renders it, in any order."""
+    import onnxruntime
     from piper import PiperVoice
 
-    return PiperVoice.load(_piper_model())
+    seed = int.from_bytes(hashlib.sha256(f"{voice.id}|{text}".encode()).digest()[:4], "big")
+    with _piper_lock:  # the seed is process-wide until the session is made
+        onnxruntime.set_seed(seed)
+        return PiperVoice.load(_piper_model())
 
 
 def kokoro_model_path() -> Path:
@@ -358,7 +369,7 @@ def render(voice: Voice, text: str) -> np.ndarray:
     if voice.engine == "kokoro":
         return trim(_render_kokoro(voice, text))
     if voice.engine == "piper":
-        chunks = list(_piper_voice().synthesize(text))
+        chunks = list(_piper_voice(voice, text).synthesize(text))
         x = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
         sr = chunks[0].sample_rate
     else:
