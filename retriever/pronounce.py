@@ -46,7 +46,7 @@ _PHONE = re.compile(r"([a-z]+)([0-2]?)")
 
 # Where the dictionary's reading differs from espeak's by at least this share of
 # espeak's phonemes (``distance``), a form gets a second row.
-MIN_DISTANCE = 0.1
+MIN_DISTANCE = 0.2
 
 
 def words_of(term: str) -> list[str] | None:

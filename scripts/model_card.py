@@ -31,6 +31,7 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from rasst.retriever import pronounce
     from rasst.retriever.model import DualEncoder
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -60,7 +61,14 @@ def main(argv=None) -> int:
         "## Architecture",
         f"- Speech: Whisper tiny.en encoder, frozen, CTranslate2 int8 from the PyPI package `{cfg['frontend']['package']}`;",
         f"  windows pooled from its 50 frames/s (mean{parts}), MLP {cfg['frontend']['dim'] * (1 + segs)}→{cfg['head_hidden']}→{cfg['embed_dim']}, L2-normalised.",
-        f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised.",
+        f"- Text: espeak-ng {cfg['text_unit']} ({len(cfg['text_vocab'])} symbols) → char CNN + BiGRU ({cfg['text_hidden']}) → {cfg['embed_dim']}, L2-normalised."
+        + (
+            " A form whose CMU Pronouncing Dictionary reading lies at least"
+            f" {pronounce.MIN_DISTANCE} of its phonemes from espeak-ng's gets a second row with"
+            " the dictionary's phonemes (`pronunciations`: rules+dictionary)."
+            if mc.pronunciations == "rules+dictionary"
+            else ""
+        ),
         *(
             [
                 f"- Second stage: a phone head (LayerNorm, linear {cfg['frontend']['dim']}→{mc.phone_hidden}, {PHONE_LAYERS[mc.phone_kind]}, CTC over the",
