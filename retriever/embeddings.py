@@ -1,10 +1,11 @@
 """Embedded glossary rows kept on disk, so that nothing is embedded twice by one model.
 
 Each committed version's rows (spoken form, the unit string of one of its
-pronunciations, its vector and its specificity penalty) are written to ``{data_dir}/embeddings/{glossary_id}.npz``, tagged
-with the hash of the weights that made them. A patch then embeds only the unit strings
-it adds, and a restart loads every glossary's vectors instead of re-embedding them; a
-different model finds the tag changed and embeds again.
+pronunciations, its vector and its specificity penalty) are written to
+``{data_dir}/embeddings/{glossary_id}.npz``, tagged with the hash of the weights and
+config that made them. A patch then embeds only the unit strings it adds, and a restart
+loads every glossary's vectors instead of re-embedding them; a different model finds the
+tag changed and embeds again.
 """
 
 from __future__ import annotations

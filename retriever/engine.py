@@ -435,7 +435,7 @@ class Engine:
         served = embed_glossary(
             model, g, self.cfg.exact_max, precision=self.cfg.precision, model_key=key, reuse=reuse
         )
-        if reuse is None or served.rows.units != reuse.units:
+        if reuse is None or (served.rows.forms, served.rows.units) != (reuse.forms, reuse.units):
             self.embeddings.save(g.glossary_id, served.rows)
         return served
 
