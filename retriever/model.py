@@ -203,9 +203,6 @@ class ModelConfig:
         return cls(**d)
 
 
-PRONUNCIATIONS = ("rules", "rules+dictionary")
-
-
 def validate_config(c: ModelConfig) -> None:
     if c.frontend.kind not in ("ctranslate2", "transformers"):
         raise ValueError(
@@ -217,9 +214,10 @@ def validate_config(c: ModelConfig) -> None:
         raise ValueError(f"pool_segments must be in [0, 12], got {c.pool_segments}")
     if c.text_unit not in ("phonemes", "letters"):
         raise ValueError(f"text_unit must be 'phonemes' or 'letters', got {c.text_unit!r}")
-    if c.pronunciations not in PRONUNCIATIONS:
+    if c.pronunciations not in pronounce.PRONUNCIATIONS:
         raise ValueError(
-            f"pronunciations must be one of {list(PRONUNCIATIONS)}, got {c.pronunciations!r}"
+            f"pronunciations must be one of {list(pronounce.PRONUNCIATIONS)}, got"
+            f" {c.pronunciations!r}"
         )
     if c.pronunciations != "rules" and (
         c.text_unit != "phonemes" or not c.g2p_language.startswith("en")

@@ -44,6 +44,9 @@ _WORDS_ONLY = re.compile(r"[^a-zA-Z \-]")
 _WORD = re.compile(r"[a-z]+")
 _PHONE = re.compile(r"([a-z]+)([0-2]?)")
 
+# How a model turns a form into index rows (``ModelConfig.pronunciations``).
+PRONUNCIATIONS = ("rules", "rules+dictionary")
+
 # Where the dictionary's reading differs from espeak's by at least this share of
 # espeak's phonemes (``distance``), a form gets a second row.
 MIN_DISTANCE = 0.2

@@ -110,6 +110,9 @@ def test_single_process_training_writes_a_loadable_checkpoint(tiny_corpus, tmp_p
     metrics = json.loads((ck / "metrics.json").read_text())
     assert metrics["n_train_terms"] == len(TERMS)
     assert -1 <= m.config.threshold <= 1 and "calibration" in metrics
+    # The recipe's rows, as shipped: a second row where the CMU dictionary reads a form
+    # otherwise, calibrated with them.
+    assert m.config.pronunciations == "rules+dictionary"
     # The served thresholds come from dev streamed through the client (one 8-entry glossary
     # is all the tiny corpus can fill).
     stream = metrics["streaming_calibration"]

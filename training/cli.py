@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rasst.retriever.config import PRECISIONS, EngineConfig
+from rasst.retriever.pronounce import PRONUNCIATIONS
 
 from rasst.pcm import CHUNK_S, LOOKBACK_S
 
@@ -274,6 +275,13 @@ def train_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--text-unit", choices=["phonemes", "letters"], default="phonemes")
     p.add_argument(
+        "--pronunciations",
+        choices=list(PRONUNCIATIONS),
+        default=None,
+        help="index rows of a form: espeak-ng's reading, plus the CMU dictionary's where it"
+        " differs (default: rules+dictionary with phonemes, rules with letters)",
+    )
+    p.add_argument(
         "--pool-segments",
         type=int,
         default=3,
@@ -448,7 +456,13 @@ def train_main(argv: list[str] | None = None) -> int:
             if dist.get_rank() != 0:
                 train_c, dev_c = caches(1)
         distractors = read_lines(args.corpus / "terms" / "train.txt")
-        mkw = {"frontend": fe, "text_unit": args.text_unit, "pool_segments": args.pool_segments}
+        mkw = {
+            "frontend": fe,
+            "text_unit": args.text_unit,
+            "pool_segments": args.pool_segments,
+            "pronunciations": args.pronunciations
+            or ("rules+dictionary" if args.text_unit == "phonemes" else "rules"),
+        }
         if args.window_frames:
             mkw["window_frames"] = tuple(int(x) for x in args.window_frames.split(","))
         cfg = TrainConfig(
