@@ -111,6 +111,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     )
 
 
+def encoded_units(monkeypatch) -> list[list[str]]:
+    """From now on, the unit strings each ``DualEncoder.encode_units`` call embeds."""
+    from rasst.retriever.model import DualEncoder
+
+    encoded: list[list[str]] = []
+    real = DualEncoder.encode_units
+
+    def recording(self, unit_strings, *a, **kw):
+        encoded.append(list(unit_strings))
+        return real(self, unit_strings, *a, **kw)
+
+    monkeypatch.setattr(DualEncoder, "encode_units", recording)
+    return encoded
+
+
 class LiveServer:
     """A real server on 127.0.0.1:0 running its own event loop in a thread."""
 

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import encoded_units
 from rasst.retriever.config import EngineConfig, resolve_workers
 from rasst.retriever.engine import Engine
 from rasst.retriever.glossary import GlossaryStore, make_entry
@@ -220,16 +221,8 @@ def test_swaps_freeze_the_heap(engine):
 
 def test_a_patch_embeds_only_new_forms_and_a_restart_none(tmp_path, tiny_checkpoint, monkeypatch):
     from rasst.retriever.engine import embed_glossary
-    from rasst.retriever.model import DualEncoder
 
-    encoded = []
-    real = DualEncoder.encode_units
-
-    def counting(self, unit_strings, *a, **kw):
-        encoded.append(len(unit_strings))
-        return real(self, unit_strings, *a, **kw)
-
-    monkeypatch.setattr(DualEncoder, "encode_units", counting)
+    encoded = encoded_units(monkeypatch)
     entries = [
         make_entry({"id": f"e{i}", "term": f"word number {i}", "translations": {"de": "x"}}, "e")
         for i in range(300)
@@ -237,11 +230,11 @@ def test_a_patch_embeds_only_new_forms_and_a_restart_none(tmp_path, tiny_checkpo
     e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
     e.load_model(tiny_checkpoint)
     e.commit_glossary(e.store.prepare_put("g", entries))
-    assert sum(encoded) == 300
+    assert sum(map(len, encoded)) == 300
     encoded.clear()
     new = make_entry({"id": "n", "term": "brand new term", "translations": {"de": "y"}}, "e")
     e.commit_glossary(e.store.prepare_patch("g", [new], ["e0"]))
-    assert sum(encoded) == 1  # only the new form
+    assert sum(map(len, encoded)) == 1  # only the new form
     served = e.snapshot.glossaries["g"]
     fresh = embed_glossary(e.snapshot.model, served.glossary, precision="int8")
     np.testing.assert_allclose(served.rows.vectors, fresh.rows.vectors, atol=1e-6)
@@ -251,7 +244,7 @@ def test_a_patch_embeds_only_new_forms_and_a_restart_none(tmp_path, tiny_checkpo
     encoded.clear()
     again = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
     again.load_model(tiny_checkpoint)  # a restart: the rows saved by this model are loaded
-    assert sum(encoded) == 0
+    assert sum(map(len, encoded)) == 0
     assert again.snapshot.glossaries["g"].glossary.version == 2
     np.testing.assert_array_equal(again.snapshot.glossaries["g"].rows.vectors, served.rows.vectors)
     assert again.delete_glossary("g") and not (tmp_path / "embeddings" / "g.npz").exists()
@@ -264,9 +257,9 @@ def test_another_model_embeds_again(tmp_path, tiny_checkpoint, default_checkpoin
     e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=1))
     e.load_model(tiny_checkpoint)
     e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "attention mechanism"}, "e")]))
-    encoded = _count_encoded(monkeypatch)
+    encoded = encoded_units(monkeypatch)
     e.load_model(default_checkpoint)
-    assert sum(encoded) == 1
+    assert sum(map(len, encoded)) == 1
     # A model with a prior keeps each row's penalty beside its vector, reused by a patch.
     e.commit_glossary(e.store.prepare_patch("g", [make_entry({"term": "bleu score"}, "e")], []))
     served = e.snapshot.glossaries["g"]
@@ -300,25 +293,11 @@ def test_a_recalibrated_checkpoint_embeds_again(tmp_path, tiny_checkpoint, monke
     e.load_model(tiny_checkpoint)
     e.commit_glossary(e.store.prepare_put("g", [make_entry({"term": "bleu"}, "e")]))
     assert e.snapshot.glossaries["g"].rows.prior is None
-    encoded = _count_encoded(monkeypatch)
+    encoded = encoded_units(monkeypatch)
     e.load_model(other)
-    assert sum(encoded) == 1
+    assert sum(map(len, encoded)) == 1
     assert e.snapshot.glossaries["g"].rows.prior[0] > 0
     e.close()
-
-
-def _count_encoded(monkeypatch) -> list[int]:
-    """From now on, how many term strings each ``encode_units`` call embeds."""
-    from rasst.retriever.model import DualEncoder
-
-    encoded: list[int] = []
-    real = DualEncoder.encode_units
-    monkeypatch.setattr(
-        DualEncoder,
-        "encode_units",
-        lambda self, u, *a, **kw: encoded.append(len(u)) or real(self, u, *a, **kw),
-    )
-    return encoded
 
 
 def test_a_snapshot_reuses_its_base_model_only_for_the_same_weights_and_config(

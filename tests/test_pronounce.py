@@ -4,6 +4,7 @@ IPA, and the index rows they add."""
 import shutil
 
 import pytest
+from conftest import encoded_units
 from rasst.retriever import pronounce as P
 from rasst.retriever.g2p import phonemize
 
@@ -64,7 +65,6 @@ def test_a_dictionary_model_indexes_both_readings_for_one_entry(
     from rasst.retriever.config import EngineConfig
     from rasst.retriever.engine import Engine
     from rasst.retriever.glossary import GlossaryStore, make_entry
-    from rasst.retriever.model import DualEncoder
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -82,14 +82,7 @@ def test_a_dictionary_model_indexes_both_readings_for_one_entry(
     assert served.row_form == ("quinoa", "quinoa", "gnocchi", "gnocchi", "data rate")
     assert served.index.row_entry.tolist() == [0, 0, 0, 0, 1]
     assert served.rows.units[1] == "kiːnoʊə"
-    encoded = []
-    real = DualEncoder.encode_units
-
-    def counting(self, unit_strings, *a, **kw):
-        encoded.append(list(unit_strings))
-        return real(self, unit_strings, *a, **kw)
-
-    monkeypatch.setattr(DualEncoder, "encode_units", counting)
+    encoded = encoded_units(monkeypatch)
     new = make_entry({"id": "m", "term": "mauve"}, "e")
     e.commit_glossary(e.store.prepare_patch("g", [new], ["d"]))
     assert encoded == [["moʊv", "mɔːv"]]
