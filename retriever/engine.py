@@ -637,7 +637,10 @@ class Engine:
         for jobs in by_index.values():
             served = jobs[0].served
             xq = np.concatenate([vectors[id(j)][0] for j in jobs])
-            D, I = served.index.search(xq, self.cfg.window_top)
+            # Workers idle now lend their cores to this search (an exact int8 search
+            # splits its rows): under real-time load one chunk is usually alone.
+            spare = self._queue.idle() if self.cfg.split_search else 0
+            D, I = served.index.search(xq, self.cfg.window_top, threads=1 + spare)
             off = 0
             for j in jobs:
                 v, spans, rate, frames = vectors[id(j)]

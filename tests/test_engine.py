@@ -176,6 +176,28 @@ def test_light_load_stays_on_one_worker(engine):
     assert len(names) == 6 and len(set(names)) == 1, names
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_a_lone_chunk_searches_on_the_idle_workers_cores(tmp_path, tiny_checkpoint, split):
+    e = Engine(GlossaryStore(tmp_path), EngineConfig(workers=2, split_search=split))
+    try:
+        e.load_model(tiny_checkpoint)
+        entry = make_entry({"term": "semantic parsing", "translations": {"de": "x"}}, "e")
+        e.commit_glossary(e.store.prepare_put("g", [entry]))
+        index, seen = e.snapshot.glossaries["g"].index, []
+        real = index.search
+
+        def recording(xq, k, threads=1):
+            seen.append(threads)
+            return real(xq, k, threads)
+
+        index.search = recording
+        _wait_idle(e, 2)
+        _submit_all(e, _clips(1))
+        assert seen == ([2] if split else [1])
+    finally:
+        e.close()
+
+
 def test_dispatch_hands_work_to_the_last_idle_worker_and_times_out():
     import queue
 

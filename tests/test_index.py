@@ -137,6 +137,44 @@ def test_int8_index_searches_block_by_block_like_one_pass(monkeypatch):
     assert D.shape == (9, 1000) and sorted(I[0]) == list(range(1000))
 
 
+def test_a_100k_entry_glossary_with_aliases_is_searched_exactly():
+    # 100K entries, some with aliases or a second pronunciation: more rows than entries.
+    n = 120_000
+    idx = TermIndex(_unit(n, 8, 16), np.arange(n) * 100_000 // n, precision="int8")
+    assert idx.kind in ("Int8FlatIndex", "IndexFlatIP"), idx.kind
+
+
+def test_int8_search_split_over_threads_equals_one_thread(monkeypatch):
+    import threading
+
+    from rasst.retriever import index as ix
+
+    xb, xq = _unit(1000, 64, 14), _unit(9, 64, 15)
+    idx = TermIndex(xb, np.arange(1000), precision="int8")
+    monkeypatch.setattr(ix.Int8FlatIndex, "BLOCK_ROWS", 128)
+    D1, I1 = idx.search(xq, 5)
+    seen = []
+    ranked = ix.Int8FlatIndex._ranked
+
+    def spy(self, q, k, lo, hi):
+        seen.append((threading.current_thread().name, lo, hi))
+        return ranked(self, q, k, lo, hi)
+
+    monkeypatch.setattr(ix.Int8FlatIndex, "_ranked", spy)
+    for threads in (2, 3):
+        seen.clear()
+        D, I = idx.search(xq, 5, threads=threads)
+        assert np.array_equal(I1, I) and np.allclose(D1, D)
+        # Contiguous ranges covering every row, all but the first on the pool's threads.
+        assert [(lo, hi) for _, lo, hi in sorted(seen, key=lambda s: s[1])] == [
+            (1000 * p // threads, 1000 * (p + 1) // threads) for p in range(threads)
+        ]
+        assert sum(name.startswith("rasst-search") for name, _, _ in seen) == threads - 1
+    seen.clear()
+    idx.search(xq, 5, threads=64)  # never more parts than blocks
+    assert len(seen) == 1000 // 128
+
+
 def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch):
     import rasst.retriever.index as index_mod
 

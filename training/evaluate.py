@@ -280,6 +280,7 @@ def retrieval_metrics(
     out = {f"recall@{k}": float((r <= k).mean()) for k in ks}
     out["mrr"] = float(np.where(r <= kmax * 10, 1.0 / r, 0.0).mean())
     out["n_occurrences"] = len(r)
+    out["index"] = index.kind
     if groups is not None:
         g = np.asarray(groups)
         out["by_group"] = {
