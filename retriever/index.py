@@ -248,8 +248,9 @@ def search_pool():
     global _SEARCH_POOL
     with _SEARCH_POOL_LOCK:
         if _SEARCH_POOL is None:
-            import torch
             from concurrent.futures import ThreadPoolExecutor
+
+            import torch
 
             _SEARCH_POOL = ThreadPoolExecutor(
                 max_workers=os.cpu_count() or 1,
