@@ -19,8 +19,8 @@ from pathlib import Path
 PRECISIONS = ("int8", "float32")  # CPU arithmetic of the speech head and exact search
 # Rows; beyond this HNSW keeps CPU search fast. A 100K-entry glossary has more rows than
 # entries (aliases, second pronunciations) and stays exact: HNSW lost 0.013 of held-out
-# Recall@1 at 104K rows, took ~25 s to build, and searched no faster than the exact int8
-# index split over two cores.
+# Recall@1 at 104K rows and took ~25 s to build; exact search costs ~5 ms of p99 under 8
+# real-time streams on 2 cores (BENCHMARKS.md).
 EXACT_MAX_DEFAULT = 250_000
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

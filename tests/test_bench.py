@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 
 import numpy as np
 import pytest
@@ -108,8 +109,10 @@ def test_index_part_compares_flat_int8_and_hnsw():
         for kind in ("flat", "int8_flat", "hnsw"):
             assert r[f"{kind}_search_ms_p50"] > 0
         assert 0.9 <= r["int8_flat_recall@10_vs_exact"] <= 1.0
+        if (os.cpu_count() or 1) > 1:
+            assert r["int8_flat_split_search_ms_p50"] > 0
     md = markdown({"device": "cpu", "date": "now", "command": "rasst bench", "index": rows})
-    assert "| 800 |" in md and "int8 flat search ms p50" in md
+    assert "| 800 |" in md and "int8 split over the cores ms p50" in md
 
 
 def test_encoder_part_times_batches_on_the_serving_device():

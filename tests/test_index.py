@@ -151,28 +151,27 @@ def test_int8_search_split_over_threads_equals_one_thread(monkeypatch):
 
     xb, xq = _unit(1000, 64, 14), _unit(9, 64, 15)
     idx = TermIndex(xb, np.arange(1000), precision="int8")
-    monkeypatch.setattr(ix.Int8FlatIndex, "BLOCK_ROWS", 128)
+    monkeypatch.setattr(ix.Int8FlatIndex, "BLOCK_ROWS", 128)  # 8 blocks, the last one short
     D1, I1 = idx.search(xq, 5)
-    seen = []
-    ranked = ix.Int8FlatIndex._ranked
+    seen, gate, meet = [], threading.Barrier(2), [True]
+    block = ix.Int8FlatIndex._block
 
-    def spy(self, q, k, lo, hi):
-        seen.append((threading.current_thread().name, lo, hi))
-        return ranked(self, q, k, lo, hi)
+    def spy(self, q, k, start):
+        seen.append((threading.current_thread().name, start))
+        if meet[0] and len(seen) <= 2:
+            gate.wait(10)  # the first two blocks are searched at once, by two threads
+        return block(self, q, k, start)
 
-    monkeypatch.setattr(ix.Int8FlatIndex, "_ranked", spy)
-    for threads in (2, 3):
-        seen.clear()
-        D, I = idx.search(xq, 5, threads=threads)
-        assert np.array_equal(I1, I) and np.allclose(D1, D)
-        # Contiguous ranges covering every row, all but the first on the pool's threads.
-        assert [(lo, hi) for _, lo, hi in sorted(seen, key=lambda s: s[1])] == [
-            (1000 * p // threads, 1000 * (p + 1) // threads) for p in range(threads)
-        ]
-        assert sum(name.startswith("rasst-search") for name, _, _ in seen) == threads - 1
+    monkeypatch.setattr(ix.Int8FlatIndex, "_block", spy)
+    D, I = idx.search(xq, 5, threads=2)
+    assert np.array_equal(I1, I) and np.allclose(D1, D)
+    assert sorted(start for _, start in seen) == list(range(0, 1000, 128))  # each block once
+    names = {name for name, _ in seen}
+    assert len(names) == 2 and any(n.startswith("rasst-search") for n in names)
     seen.clear()
-    idx.search(xq, 5, threads=64)  # never more parts than blocks
-    assert len(seen) == 1000 // 128
+    meet[0] = False
+    D, I = idx.search(xq, 5)  # one thread: the caller alone
+    assert {name for name, _ in seen} == {threading.current_thread().name}
 
 
 def test_int8_falls_back_to_float32_where_torch_cannot_multiply_int8(monkeypatch):
