@@ -385,6 +385,11 @@ class TermIndex:
         self.index = build_index(xb, exact_max, use_gpu, precision) if self.ntotal else None
         self.kind = type(self.index).__name__ if self.index is not None else "empty"
 
+    @property
+    def approximate(self) -> bool:
+        """Whether the search may miss a row's true rank (HNSW)."""
+        return self.kind.startswith("IndexHNSW")
+
     def search(self, xq: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows per query: D (nq, k) scores, I (nq, k) rows (-1 where fewer).
         ``threads``: how many threads an int8 exact search may split its rows over

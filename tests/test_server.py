@@ -944,3 +944,22 @@ def test_overlap_suppression_is_served_leaving_one_hit_per_stretch_of_speech(
     before = {h.term: h.score for h in off}
     assert all(before[h.term] == pytest.approx(h.score) for h in on if h.term in before)
     assert len(on) < len(off) and clashes(off) and not clashes(on)
+
+
+def test_a_glossary_searched_approximately_says_so(live_server, tiny_checkpoint):
+    entries = [
+        {"term": t, "translations": {"de": t.upper()}}
+        for t in ("semantic parsing", "attention mechanism", "bleu score")
+    ]
+    exact = live_server(checkpoint=str(tiny_checkpoint), demo_glossary=False)
+    c = Client(exact.address, TOKEN)
+    assert list(c.put_glossary("g", entries).warnings) == []
+    c.close()
+    small = live_server(checkpoint=str(tiny_checkpoint), demo_glossary=False, exact_max=2)
+    c = Client(small.address, TOKEN)
+    (w,) = c.put_glossary("g", entries).warnings
+    assert "3 index rows" in w and "exact_max (2)" in w and "HNSW" in w
+    # A patch that leaves it under the limit is searched exactly again, without a warning.
+    g = c.patch_glossary("g", [], delete_ids=[c.get_glossary("g", True).entries[0].id])
+    assert list(g.warnings) == []
+    c.close()

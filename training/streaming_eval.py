@@ -326,7 +326,9 @@ def play_manifest(
             if not glossary_id:
                 c = Client(address, token, timeout=600)
                 try:
-                    await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
+                    g = await asyncio.to_thread(c.put_glossary, gid, None, content, "jsonl")
+                    for w in g.warnings:  # e.g. a glossary searched approximately
+                        logger.warning("glossary %s: %s", gid, w)
                 finally:
                     c.close()
             t0 = time.time()
