@@ -14,6 +14,17 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- index scaling
 
 
+def _median_ms(repeats: int, fn, *args, **kw):
+    """The median wall time of ``repeats`` calls of ``fn(*args, **kw)`` in ms (3
+    decimals), and the last call's result."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn(*args, **kw)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(times), 3), result
+
+
 def bench_index(
     sizes: list[int],
     vectors: np.ndarray | None = None,
@@ -60,25 +71,17 @@ def bench_index(
             idx = build_index(xb, exact_max=exact_max, use_gpu=on_gpu, precision=precision)
             build = time.perf_counter() - t0
             idx.search(xq, k)  # GPU kernels load on first use
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                D, I = idx.search(xq, k)
-                times.append((time.perf_counter() - t0) * 1e3)
             row[f"{kind}_build_s"] = round(build, 3)
-            row[f"{kind}_search_ms_p50"] = round(statistics.median(times), 3)
+            row[f"{kind}_search_ms_p50"], (D, I) = _median_ms(repeats, idx.search, xq, k)
             if kind != "flat":
                 row[f"{kind}_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
             if kind == "hnsw":
                 row["hnsw_recall@1_vs_exact"] = round(recall_at(I[:50], Ie, 1), 4)
             if kind == "int8_flat" and isinstance(idx, Int8FlatIndex) and cores > 1:
                 # Split over every core, as the server splits a lone chunk's search.
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    idx.search(xq, k, threads=cores)
-                    times.append((time.perf_counter() - t0) * 1e3)
-                row["int8_flat_split_search_ms_p50"] = round(statistics.median(times), 3)
+                row["int8_flat_split_search_ms_p50"], _ = _median_ms(
+                    repeats, idx.search, xq, k, threads=cores
+                )
         out.append(row)
         logger.info("index %s", row)
     return out
