@@ -152,24 +152,28 @@ def _entries_from_pb(entries, where: str):
     ]
 
 
-def _warnings(g, index=None, exact_max: int = 0) -> list[str]:
-    """What a user should know about a version the server accepted (``index``: the
-    version's search index, where this process holds it)."""
-    out = []
+def _warnings(g) -> list[str]:
+    """What a user should know about a version the server accepted."""
     bare = [e.id for e in g.entries if not e.translations]
-    if bare:
-        some = ", ".join(shown(i, 40) for i in bare[:3]) + (", ..." if len(bare) > 3 else "")
-        out.append(
-            f"{len(bare)} of {len(g.entries)} entries have no translations ({some}): "
-            "their hints carry an empty translation"
-        )
-    if index is not None and index.approximate:
-        out.append(
-            f"{index.ntotal:,} index rows (terms, aliases, second pronunciations) are more "
-            f"than exact_max ({exact_max:,}): searched approximately (HNSW), which misses "
-            "some right entries; raise exact_max to search them exactly"
-        )
-    return out
+    if not bare:
+        return []
+    some = ", ".join(shown(i, 40) for i in bare[:3]) + (", ..." if len(bare) > 3 else "")
+    return [
+        f"{len(bare)} of {len(g.entries)} entries have no translations ({some}): "
+        "their hints carry an empty translation"
+    ]
+
+
+def _approximate_warning(index, exact_max: int) -> str | None:
+    """What a user should know about a version's search index (None: searched exactly,
+    or held by a cluster's replicas, not this process)."""
+    if index is None or not index.approximate:
+        return None
+    return (
+        f"{index.ntotal:,} index rows (terms, aliases, second pronunciations) are more "
+        f"than exact_max ({exact_max:,}): searched approximately (HNSW), which misses "
+        "some right entries; raise exact_max to search them exactly"
+    )
 
 
 def _page_token(gid: str, version: int, offset: int) -> str:
@@ -255,12 +259,13 @@ class GlossaryAdminServicer(admin_pb2_grpc.GlossaryAdminServicer):
             len(g.entries),
         )
         served = self.s.engine.snapshot.glossaries.get(g.glossary_id)
-        index = getattr(served, "index", None)  # a cluster's replicas hold theirs
-        warnings = _warnings(g, index, getattr(self.s.engine.cfg, "exact_max", 0))
-        if index is not None and index.approximate:
-            logger.warning("glossary %s version %d: %s", g.glossary_id, g.version, warnings[-1])
+        approximate = _approximate_warning(
+            getattr(served, "index", None), self.s.engine.cfg.exact_max
+        )
+        if approximate:
+            logger.warning("glossary %s version %d: %s", g.glossary_id, g.version, approximate)
         pb = _glossary_pb(g)
-        pb.warnings.extend(warnings)
+        pb.warnings.extend(_warnings(g) + ([approximate] if approximate else []))
         return pb
 
     @_statuses
