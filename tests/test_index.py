@@ -328,3 +328,78 @@ def test_query_normalisation_shifts_every_score_of_a_query_by_its_cohort():
     got = Cohort(1.0, 3).shift(ti, D, I, unalignable, phones, spans)
     firsts = [h.score for h in ti.best_entries(D, I, RANK_ALL, 3, prior=True)]
     assert got == pytest.approx(np.mean([-1.0, *firsts[1:]]), abs=1e-6)
+
+
+def _low_rank(n, d, rank, seed, noise=0.01):
+    """Unit rows about a common mean whose spread lies mostly in ``rank`` directions, as
+    the text encoder's term vectors do."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T  # (rank, d) orthonormal
+    x = 0.5 * rng.standard_normal(d) + rng.standard_normal((n, rank)) @ basis
+    x += noise * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _assert_exact_top_k(xq, xb, D, I, k):
+    """``D``, ``I`` are the exact top ``k``: the rows' own scores are the exact top-k
+    scores (rows of equal score may come in either order)."""
+    De, _ = exact_search(xq, xb, k)
+    assert D.shape == De.shape and np.allclose(D, De, atol=1e-5)
+    assert np.allclose(np.einsum("qd,qkd->qk", xq, xb[I]), De, atol=1e-5)
+    assert all(len(set(row)) == len(row) for row in I)
+
+
+def test_low_rank_rows_get_an_index_that_is_still_exact():
+    from rasst.retriever.index import Int8FlatIndex, LowRankIndex
+
+    xb = _low_rank(20_000, 64, 8, 20)
+    idx = build_index(xb, use_gpu=False, precision="int8")
+    assert isinstance(idx, LowRankIndex) and idx.ntotal == 20_000 and idx.rank <= 16
+    # Queries near rows (as a spoken term's windows are) and anywhere on the sphere.
+    near = xb[:40] + 0.1 * _unit(40, 64, 21)
+    xq = np.concatenate([near / np.linalg.norm(near, axis=1, keepdims=True), _unit(26, 64, 22)])
+    for k in (1, 2, 10, 300):
+        D, I = idx.search(xq, k)
+        assert D.dtype == np.float32 and I.dtype == np.int64
+        _assert_exact_top_k(xq, xb, D, I, k)
+    D, I = idx.search(xq[:3], 30_000)  # k above ntotal: every row, ranked
+    assert D.shape == (3, 20_000) and sorted(I[0]) == list(range(20_000))
+    # Rows spread in every direction gain nothing from it: the flat int8 index.
+    assert isinstance(build_index(_unit(10_000, 64, 23), use_gpu=False, precision="int8"), Int8FlatIndex)
+
+
+def test_low_rank_search_looks_again_where_the_estimate_could_be_wrong(monkeypatch):
+    from rasst.retriever.index import LowRankIndex
+
+    # Some rows stand out in a direction the low-rank estimate ignores, and queries point
+    # at it: those rows win on their exact scores while their estimates rank them low.
+    xb = _low_rank(20_000, 64, 8, 24, noise=0.0)
+    rng = np.random.default_rng(25)
+    odd = rng.choice(20_000, 50, replace=False)
+    centred = xb - xb.mean(0)
+    off = np.linalg.eigh(centred.T @ centred)[1][:, 0].astype(np.float32)  # least-used direction
+    xb[odd] += 0.6 * off
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    idx = LowRankIndex.of(xb)
+    assert idx is not None
+    monkeypatch.setattr(LowRankIndex, "CANDIDATES", 1)  # few candidates: more second looks
+    xq = off + 0.1 * xb[:20]
+    xq = np.concatenate([xq / np.linalg.norm(xq, axis=1, keepdims=True), xb[20:30]])
+    D, I = idx.search(xq, 2)
+    assert idx.second_looks >= 20
+    _assert_exact_top_k(xq, xb, D, I, 2)
+    assert set(I[:20].ravel()) <= set(odd)
+
+
+def test_low_rank_search_split_over_threads_equals_one_thread(monkeypatch):
+    from rasst.retriever.index import LowRankIndex
+
+    xb = _low_rank(9_000, 64, 8, 26)
+    idx = TermIndex(xb, np.arange(9_000), precision="int8")
+    assert idx.kind == "LowRankIndex"
+    monkeypatch.setattr(LowRankIndex, "BLOCK_ROWS", 1024)  # 9 blocks, the last one short
+    xq = _unit(66, 64, 27)
+    D1, I1 = idx.search(xq, 2)
+    D2, I2 = idx.search(xq, 2, threads=2)
+    assert np.array_equal(I1, I2) and np.array_equal(D1, D2)
+    _assert_exact_top_k(xq, xb, D1, I1, 2)

@@ -25,18 +25,18 @@ def markdown(report: dict) -> str:
     ]
     if "index" in report:
         L += [
-            f"## Index scaling ({report.get('index_queries', 66)} queries = one 0.96 s chunk's windows, k=10, 256-d; {report.get('index_vectors', 'random unit vectors')})",
+            f"## Index scaling (queries: {report.get('index_queries', '66 windows of one 0.96 s chunk')}; k=10, 256-d; {report.get('index_vectors', 'random unit vectors')})",
             "",
         ]
         gpu = any("gpu_flat_search_ms_p50" in r for r in report["index"])
-        head = "| entries | flat build s | flat search ms p50 | int8 flat search ms p50 | int8 split over the cores ms p50 | int8 recall@10 vs exact | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |"
-        rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        head = "| entries | flat build s | flat search ms p50 | int8 flat search ms p50 | int8 split over the cores ms p50 | int8 recall@10 vs exact | low-rank build s | low-rank search ms p50 | low-rank split ms p50 | low-rank recall@10 vs exact | HNSW build s | HNSW search ms p50 | HNSW recall@1 / @10 vs exact |"
+        rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         if gpu:
             head += " GPU flat build s | GPU flat search ms p50 | GPU flat recall@10 vs exact |"
             rule += "---:|---:|---:|"
         L += [head, rule]
         for r in report["index"]:
-            line = f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r.get('int8_flat_search_ms_p50', '-')} | {r.get('int8_flat_split_search_ms_p50', '-')} | {r.get('int8_flat_recall@10_vs_exact', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
+            line = f"| {r['entries']:,} | {r.get('flat_build_s', '-')} | {r.get('flat_search_ms_p50', '-')} | {r.get('int8_flat_search_ms_p50', '-')} | {r.get('int8_flat_split_search_ms_p50', '-')} | {r.get('int8_flat_recall@10_vs_exact', '-')} | {r.get('low_rank_build_s', '-')} | {r.get('low_rank_search_ms_p50', '-')} | {r.get('low_rank_split_search_ms_p50', '-')} | {r.get('low_rank_recall@10_vs_exact', '-')} | {r['hnsw_build_s']} | {r['hnsw_search_ms_p50']} | {r.get('hnsw_recall@1_vs_exact', '-')} / {r['hnsw_recall@10_vs_exact']} |"
             if gpu:
                 line += f" {r.get('gpu_flat_build_s', '-')} | {r.get('gpu_flat_search_ms_p50', '-')} | {r.get('gpu_flat_recall@10_vs_exact', '-')} |"
             L.append(line)
