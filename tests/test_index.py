@@ -365,7 +365,9 @@ def test_low_rank_rows_get_an_index_that_is_still_exact():
     D, I = idx.search(xq[:3], 30_000)  # k above ntotal: every row, ranked
     assert D.shape == (3, 20_000) and sorted(I[0]) == list(range(20_000))
     # Rows spread in every direction gain nothing from it: the flat int8 index.
-    assert isinstance(build_index(_unit(10_000, 64, 23), use_gpu=False, precision="int8"), Int8FlatIndex)
+    assert isinstance(
+        build_index(_unit(10_000, 64, 23), use_gpu=False, precision="int8"), Int8FlatIndex
+    )
 
 
 def test_low_rank_search_looks_again_where_the_estimate_could_be_wrong(monkeypatch):

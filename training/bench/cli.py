@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         # One streaming chunk's queries: the windows of chunk + look-back that reach the
         # chunk, from the demo talk (the 0.96 s from 2.88 s on, 1.92 s of look-back).
-        from rasst.pcm import SAMPLE_RATE
         from rasst.retriever.model import CT2WhisperFrontend
+
+        from rasst.pcm import SAMPLE_RATE
 
         rate = model.config.frontend.frame_rate
         clip = talk[int(0.96 * SAMPLE_RATE) : int(3.84 * SAMPLE_RATE)]

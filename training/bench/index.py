@@ -8,7 +8,6 @@ import statistics
 import time
 
 import numpy as np
-
 from rasst.retriever.config import EngineConfig
 
 logger = logging.getLogger(__name__)
