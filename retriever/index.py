@@ -2,7 +2,7 @@
 
 Exact ``IndexFlatIP`` up to ``exact_max`` rows, HNSW above it; with int8 arithmetic,
 ``Int8FlatIndex``, or ``LowRankIndex`` for many rows whose variance lies in a few
-directions (term vectors: still exact, a fraction of the cost). On a GPU, exact indexes
+directions (term vectors: the same answers at a fraction of the cost). On a GPU, exact indexes
 live on the GPU: faiss-gpu's ``GpuIndexFlatIP`` where faiss-gpu is installed, else
 ``TorchFlatIndex`` (one matrix product and a top-k in PyTorch: faiss-gpu's wheels need
 CUDA 12 libraries that a CUDA 13 machine lacks). Names follow FAISS: queries ``xq``,
@@ -32,8 +32,9 @@ GPU_EXACT_MAX = 5_000_000
 GPU_WARM_QUERIES = 4096
 HNSW_M = 32
 # An int8 index of at least this many rows whose variance lies in a few directions is a
-# LowRankIndex: below it a flat search takes a millisecond or two anyway.
-LOW_RANK_MIN_ROWS = 8192
+# LowRankIndex. Below it the flat search is as fast (one chunk, term vectors, one thread:
+# 1.5 ms flat against 1.8 ms at 10.6K rows; 2.4 against 1.9 at 16K; 8.4 against 5.1 at 50K).
+LOW_RANK_MIN_ROWS = 16384
 # The share of the rows' variance that the low-rank directions must hold.
 LOW_RANK_VARIANCE = 0.999
 HNSW_EF_SEARCH = 128
@@ -232,8 +233,8 @@ class Int8FlatIndex:
 
 
 class LowRankIndex:
-    """Exact inner-product search of rows whose spread lies in a few directions, most
-    of its arithmetic in those directions, in int8.
+    """:class:`Int8FlatIndex`'s answers for rows whose spread lies in a few directions, at
+    a fraction of its cost.
 
     The text encoder's term vectors are such rows: 32 of their 256 directions hold
     99.9% of their variance about the mean. A row ``x`` is its mean ``mu`` plus its
@@ -241,21 +242,23 @@ class LowRankIndex:
     ``q . x = q . mu + (P'q) . c + residual term``, and ``(P'q) . c`` ranks the rows all
     but exactly at an eighth of the cost (``r`` = 32 instead of 256, int8, one shared
     scale so the int32 products rank without conversion). Each query's best
-    ``CANDIDATES`` rows by that estimate are then scored exactly (float32, every
-    dimension).
+    ``CANDIDATES`` rows by that estimate are then scored as :class:`Int8FlatIndex`
+    scores every row (per-row int8, the same arithmetic, the same scores).
 
-    Exact, not approximate: what a row can score beyond its estimate is bounded (the
-    residuals' and the int8 rounding's largest norms, known from the rows, times the
-    query's own). Where a row left out could still reach a query's k-th exact score, the
-    query is searched again with every row whose estimate comes within that bound, so the
-    answer is always the exact top k (ties aside). On the evaluation's 100K glossary about
-    one window in 300 needs that second look.
+    The answers do not depend on the estimate: how far a row's int8 score can lie above
+    its estimate is bounded (the residuals', the coordinates' rounding and the int8
+    rows' largest error norms, known from the rows, times the query's own). Where a row
+    left out could still reach a query's k-th score, the query gets a second look at
+    every row whose estimate comes within that bound, so the answer is always the flat
+    int8 search's top k (ties aside). On the evaluation's 100K glossary about one window
+    in forty needs the second look, which reads a few dozen rows.
     """
 
     BLOCK_ROWS = 16384
-    # Candidates scored exactly per query: at least this many, and four times k (with
-    # fewer, more queries need a second look: at k = 10 and 20 candidates two in three did).
-    CANDIDATES = 16
+    # Candidates scored per query: at least this many, and four times k. On the 100K
+    # glossary 16 sent one window in seven to a second look, 24 one in forty (and took
+    # 9.0 against 10.7 ms a chunk), 32 hardly any (9.2 ms).
+    CANDIDATES = 24
 
     def __init__(self, xb: np.ndarray, mean, directions):
         """Over rows ``xb`` (n, d), given their ``mean`` (d,) and the principal
@@ -264,7 +267,10 @@ class LowRankIndex:
 
         x = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
         self.d = x.shape[1]
-        self.xb = x  # float32 rows, for the exact scores
+        self.rows, self.scale = quantize_rows(x)  # as Int8FlatIndex holds them
+        deq = self.rows.float() * self.scale[:, None]
+        self.row_error = float((x - deq).norm(dim=1).max())
+        self.row_norm = float(deq.norm(dim=1).max())
         self.mean = mean
         self.P = directions
         centred = x - self.mean
@@ -281,46 +287,64 @@ class LowRankIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self.xb.shape[0])
+        return int(self.scale.shape[0])
 
     @property
     def rank(self) -> int:
         return int(self.P.shape[1])
 
     def search(self, xq: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k rows per query, exact. ``threads`` as for :class:`Int8FlatIndex`."""
+        """Top-k rows per query, as :class:`Int8FlatIndex` finds them; ``threads`` as
+        there."""
         import torch
 
         Q = torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32))
         n = self.ntotal
         k = min(k, n)
+        q8, q8scale = quantize_rows(Q)
         proj = Q @ self.P
         qi, qscale = quantize_rows(proj)
         c = min(n, max(self.CANDIDATES, 4 * k))
         est, cand = merge_blocks(
             in_blocks(n, self.BLOCK_ROWS, threads, lambda s: self._block(qi, c, s)), c
         )
-        exact = torch.einsum("md,mcd->mc", Q, self.xb[cand])
-        D, j = exact.topk(k, dim=1)
-        I = torch.gather(cand, 1, j)
+        D, I = self._scores(q8, cand, k)  # without the query's scale, as Int8FlatIndex
         if c < n:
-            # What a row can score above its estimate: the query's parts off and on the
-            # directions (and their int8 rounding) times the rows' largest counterparts.
+            # How far a row's score can lie above its estimate: the query's parts off and
+            # on the directions and its int8 rounding, times the rows' largest counterparts.
             slack = (
                 (Q - proj @ self.P.T).norm(dim=1) * self.residual
                 + proj.norm(dim=1) * self.rounding
                 + (proj - qi.float() * qscale[:, None]).norm(dim=1) * self.coords_norm
-                + 1e-4  # float32 rounding of the products
+                + (Q - q8.float() * q8scale[:, None]).norm(dim=1) * self.row_norm
+                + Q.norm(dim=1) * self.row_error
+                + 1e-4  # float32 rounding
             )
             base = Q @ self.mean
             unit = qscale * self.unit
+            kth = D[:, -1] * q8scale
             # A row left out estimates no higher than the last candidate.
-            reach = base + est[:, -1].float() * unit + slack
-            late = (reach >= D[:, -1]).nonzero().flatten()
+            late = (base + est[:, -1].float() * unit + slack >= kth).nonzero().flatten()
             if len(late):
-                floor = (D[late, -1] - base[late] - slack[late]) / unit[late]
-                D[late], I[late] = self._second_look(Q[late], qi[late], floor, k)
-        return D.numpy(), I.numpy()
+                self.second_looks += len(late)
+                floor = (kth[late] - base[late] - slack[late]) / unit[late]
+                reach = torch._int_mm(qi[late], self.coords_t) >= floor[:, None]
+                for m, near in zip(late.tolist(), reach, strict=True):
+                    rows = near.nonzero().flatten()
+                    if len(rows) < k:  # cannot happen but by float rounding: every row
+                        rows = torch.arange(n)
+                    D[m], I[m] = self._scores(q8[m : m + 1], rows[None, :], k)
+        return (D * q8scale[:, None]).numpy(), I.numpy()
+
+    def _scores(self, q8, rows, k: int):
+        """The top ``k`` of each query's ``rows`` ((m, c) row numbers) by int8 score,
+        without the query's scale: int32 sums (exact in float32 at 256 dimensions) times
+        the rows' scales, as :class:`Int8FlatIndex` computes them."""
+        import torch
+
+        dots = torch.einsum("md,mcd->mc", q8.float(), self.rows[rows].float())
+        D, j = dots.mul_(self.scale[rows]).topk(k, dim=1)
+        return D, torch.gather(rows, 1, j)
 
     def _block(self, qi, c: int, start: int):
         """The ``c`` best estimates (int32, in the query's units) of one block's rows."""
@@ -330,23 +354,6 @@ class LowRankIndex:
         S = torch._int_mm(qi, self.coords_t[:, start:end])
         D, I = topk_rows(S, min(c, end - start))
         return D, I + start
-
-    def _second_look(self, Q, qi, floor, k: int):
-        """Some queries' exact top k, each among every row whose estimate reaches its
-        ``floor``."""
-        import torch
-
-        self.second_looks += len(Q)
-        est = torch._int_mm(qi, self.coords_t)
-        D = torch.empty((len(Q), k))
-        I = torch.empty((len(Q), k), dtype=torch.int64)
-        for m in range(len(Q)):
-            rows = (est[m] >= floor[m]).nonzero().flatten()
-            if len(rows) < k:  # cannot happen but by float rounding: then every row
-                rows = torch.arange(self.ntotal)
-            D[m], j = (self.xb[rows] @ Q[m]).topk(k)
-            I[m] = rows[j]
-        return D, I
 
     @classmethod
     def of(cls, xb: np.ndarray) -> LowRankIndex | None:
