@@ -236,44 +236,41 @@ class LowRankIndex:
     """:class:`Int8FlatIndex`'s answers for rows whose spread lies in a few directions, at
     a fraction of its cost.
 
-    The text encoder's term vectors are such rows: 32 of their 256 directions hold
-    99.9% of their variance about the mean. A row ``x`` is its mean ``mu`` plus its
+    An int8 score is an inner product of two dequantised vectors: the query's and the
+    row's (each int8 vector times its scale). The text encoder's term vectors spread in
+    few directions: 32 of their 256 hold 99.9% of their variance about the mean, and so
+    do their int8 versions. A dequantised row ``x`` is their mean ``mu`` plus its
     coordinates ``c`` on the top ``r`` principal directions ``P`` plus a residual; so
     ``q . x = q . mu + (P'q) . c + residual term``, and ``(P'q) . c`` ranks the rows all
-    but exactly at an eighth of the cost (``r`` = 32 instead of 256, int8, one shared
-    scale so the int32 products rank without conversion). Each query's best
+    but exactly at an eighth of the cost (``r`` = 32 instead of 256, int8 again, one
+    shared scale so the int32 sums rank without conversion). Each query's best
     ``CANDIDATES`` rows by that estimate are then scored as :class:`Int8FlatIndex`
-    scores every row (per-row int8, the same arithmetic, the same scores).
+    scores every row (the same arithmetic, the same scores).
 
-    The answers do not depend on the estimate: how far a row's int8 score can lie above
-    its estimate is bounded (the residuals', the coordinates' rounding and the int8
-    rows' largest error norms, known from the rows, times the query's own). Where a row
-    left out could still reach a query's k-th score, the query gets a second look at
-    every row whose estimate comes within that bound, so the answer is always the flat
-    int8 search's top k (ties aside). On the evaluation's 100K glossary about one window
-    in forty needs the second look, which reads a few dozen rows.
+    The answers do not depend on the estimate: how far a row's score can lie from its
+    estimate is bounded (the rows' largest residual and coordinate-rounding norms, known
+    from the rows, times the query's own). Where a row left out could still reach a
+    query's k-th score, the query gets a second look at every row whose estimate comes
+    within that bound, so the answer is always the flat int8 search's top k (ties
+    aside). On the evaluation's 100K glossary about one window in 400 needs it.
     """
 
     BLOCK_ROWS = 16384
-    # Candidates scored per query: at least this many, and four times k. On the 100K
-    # glossary 16 sent one window in seven to a second look, 24 one in forty (and took
-    # 9.0 against 10.7 ms a chunk), 32 hardly any (9.2 ms).
-    CANDIDATES = 24
+    # Candidates scored per query: at least this many, and four times k (with 8, one
+    # window in five needed a second look on the 100K glossary).
+    CANDIDATES = 16
 
-    def __init__(self, xb: np.ndarray, mean, directions):
-        """Over rows ``xb`` (n, d), given their ``mean`` (d,) and the principal
-        ``directions`` to estimate with ((d, r) float32 tensor; :meth:`of` finds both)."""
+    def __init__(self, rows, scale, mean, directions):
+        """Over int8 ``rows`` (n, d) and their ``scale`` (n,) (``quantize_rows``), given
+        the dequantised rows' ``mean`` (d,) and the principal ``directions`` to estimate
+        with ((d, r) float32; :meth:`of` finds them)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
-        self.d = x.shape[1]
-        self.rows, self.scale = quantize_rows(x)  # as Int8FlatIndex holds them
-        deq = self.rows.float() * self.scale[:, None]
-        self.row_error = float((x - deq).norm(dim=1).max())
-        self.row_norm = float(deq.norm(dim=1).max())
+        self.d = rows.shape[1]
+        self.rows, self.scale = rows, scale
         self.mean = mean
         self.P = directions
-        centred = x - self.mean
+        centred = rows.float() * scale[:, None] - mean
         coords = centred @ self.P
         # Largest norm of a row's part off the directions: bounds its residual score.
         self.residual = float((centred - coords @ self.P.T).norm(dim=1).max())
@@ -298,10 +295,10 @@ class LowRankIndex:
         there."""
         import torch
 
-        Q = torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32))
         n = self.ntotal
         k = min(k, n)
-        q8, q8scale = quantize_rows(Q)
+        q8, q8scale = quantize_rows(torch.from_numpy(np.ascontiguousarray(xq, np.float32)))
+        Q = q8.float() * q8scale[:, None]  # the query as its int8 scores see it
         proj = Q @ self.P
         qi, qscale = quantize_rows(proj)
         c = min(n, max(self.CANDIDATES, 4 * k))
@@ -310,14 +307,12 @@ class LowRankIndex:
         )
         D, I = self._scores(q8, cand, k)  # without the query's scale, as Int8FlatIndex
         if c < n:
-            # How far a row's score can lie above its estimate: the query's parts off and
-            # on the directions and its int8 rounding, times the rows' largest counterparts.
+            # How far a row's score can lie from its estimate: the query's parts off and
+            # on the directions (and the latter's rounding) times the rows' largest.
             slack = (
                 (Q - proj @ self.P.T).norm(dim=1) * self.residual
                 + proj.norm(dim=1) * self.rounding
                 + (proj - qi.float() * qscale[:, None]).norm(dim=1) * self.coords_norm
-                + (Q - q8.float() * q8scale[:, None]).norm(dim=1) * self.row_norm
-                + Q.norm(dim=1) * self.row_error
                 + 1e-4  # float32 rounding
             )
             base = Q @ self.mean
@@ -362,7 +357,8 @@ class LowRankIndex:
         their mean; None when they do not (there is nothing to gain)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
+        rows, scale = quantize_rows(torch.from_numpy(np.ascontiguousarray(xb, np.float32)))
+        x = rows.float() * scale[:, None]
         mean = x.mean(dim=0)
         centred = x - mean
         var, vecs = torch.linalg.eigh((centred.T @ centred).double())
@@ -371,7 +367,7 @@ class LowRankIndex:
         d = x.shape[1]
         for r in range(8, d // 4 + 1, 8):
             if share[r - 1] >= LOW_RANK_VARIANCE:
-                return cls(xb, mean, vecs[:, :r].float().contiguous())
+                return cls(rows, scale, mean, vecs[:, :r].float().contiguous())
         return None
 
 
