@@ -252,7 +252,7 @@ class LowRankIndex:
     from the rows, times the query's own). Where a row left out could still reach a
     query's k-th score, the query gets a second look at every row whose estimate comes
     within that bound, so the answer is always the flat int8 search's top k (ties
-    aside). On the evaluation's 100K glossary about one window in 400 needs it.
+    aside). On the evaluation's 100K glossary about one window in a hundred needs it.
     """
 
     BLOCK_ROWS = 16384
