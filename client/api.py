@@ -86,6 +86,11 @@ _BY_CODE = {
 # re-opened stream then gets the server's real status. A status the server chose
 # (NOT_FOUND, INVALID_ARGUMENT, ...) is final.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL}
+# After such an INTERNAL the re-opened stream sends its config alone for this long before
+# its chunks: a server that refuses the config (an unknown glossary) then ends the stream
+# with no write in flight, and its status arrives as it is. Under CPU load the race came
+# back on every retry without it (3 sessions in 10 ended with INTERNAL, not NOT_FOUND).
+CONFIG_SETTLE_S = 0.1
 
 
 def from_rpc_error(e: grpc.RpcError) -> RasstError:
@@ -437,6 +442,7 @@ class Session:
 
     async def _run(self) -> None:
         attempt = 0
+        settle = False  # the last attempt broke with INTERNAL: send the config alone first
         try:
             while True:
                 first = min(self._pending) if self._pending else self._next_seq
@@ -448,8 +454,10 @@ class Session:
                     self._outbox.put_nowait(None)
                 outbox = self._outbox
 
-                async def requests(first=first, offset=offset, outbox=outbox):
+                async def requests(first=first, offset=offset, outbox=outbox, settle=settle):
                     yield self._config(first, offset)
+                    if settle:
+                        await asyncio.sleep(CONFIG_SETTLE_S)
                     while True:
                         seq = await outbox.get()
                         if seq is None:
@@ -492,6 +500,7 @@ class Session:
                     if e.code() not in RETRYABLE or attempt >= self.o.max_retries:
                         self.error = from_rpc_error(e)
                         return
+                    settle = e.code() == grpc.StatusCode.INTERNAL
                     delay = min(self.o.backoff_max_s, self.o.backoff_s * 2**attempt) * (
                         0.5 + random.random() / 2
                     )
