@@ -60,10 +60,9 @@ def bench_index(
         pad = rng.standard_normal((n - len(real), dim)).astype(np.float32)
         pad /= np.linalg.norm(pad, axis=1, keepdims=True)
         xb = np.ascontiguousarray(np.concatenate([real, pad]))
-        # Queries near database points, as real windows are near their terms.
         if queries is not None:
             xq = np.ascontiguousarray(queries, dtype=np.float32)
-        else:
+        else:  # queries near database points, as real windows are near their terms
             xq = xb[rng.integers(0, n, nq)] + 0.05 * rng.standard_normal((nq, dim)).astype(
                 np.float32
             )
