@@ -194,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         # One streaming chunk's queries: the windows of chunk + look-back that reach the
         # chunk, from the demo talk (the 0.96 s from 2.88 s on, 1.92 s of look-back).
-        from rasst.retriever.model import CT2WhisperFrontend
+        from rasst.retriever.model import build_frontend
 
         from rasst.pcm import SAMPLE_RATE
 
         rate = model.config.frontend.frame_rate
         clip = talk[int(0.96 * SAMPLE_RATE) : int(3.84 * SAMPLE_RATE)]
-        frames = CT2WhisperFrontend(model.config.frontend).frames([clip])[0]
+        frames = build_frontend(model.config.frontend).frames([clip])[0]
         windows, spans = model.encode_audio(frames)
         queries = windows[spans[:, 1] > int(1.92 * rate)]
         report["index_queries"] = f"{len(queries)} windows of one chunk of the demo talk"

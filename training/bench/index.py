@@ -89,7 +89,7 @@ def bench_index(
             else:
                 idx = build_index(xb, exact_max=exact_max, use_gpu=on_gpu, precision=precision)
             build = time.perf_counter() - t0
-            D, I = idx.search(xq, k)  # and GPU kernels load on first use
+            _, I = idx.search(xq, k)  # and GPU kernels load on first use
             row[f"{kind}_build_s"] = round(build, 3)
             if kind != "flat":
                 row[f"{kind}_recall@{k}_vs_exact"] = round(recall_at(I[:50], Ie, k), 4)
